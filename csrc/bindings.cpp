@@ -1,0 +1,176 @@
+// The one translation unit that includes torch/extension.h: pybind11 module pyzero._C and the
+// torch.library registrations of the `pyzero::` ops (CPU and, when built, CUDA kernels).
+#include <torch/extension.h>
+
+#include <vector>
+
+#include "adam.h"
+#include "cpu/adam_cpu.h"
+
+#ifdef PYZERO_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "cuda/adam_cuda.h"
+#endif
+
+#ifndef PYZERO_CUDA_ARCHS
+#define PYZERO_CUDA_ARCHS ""
+#endif
+
+namespace pyzero {
+namespace {
+
+DType to_dtype(at::ScalarType t, const char* what) {
+  switch (t) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kHalf: return DType::kFloat16;
+    default: TORCH_CHECK(false, "pyzero.fused_adamw: ", what, " must be float32, bfloat16 or float16, got ", t);
+  }
+}
+
+void check_tensor(const at::Tensor& t, const char* what, size_t i, const at::Device& device, int64_t numel) {
+  TORCH_CHECK(t.device() == device, "pyzero.fused_adamw: ", what, "[", i, "] is on ", t.device(),
+              " but params[0] is on ", device);
+  TORCH_CHECK(t.is_contiguous(), "pyzero.fused_adamw: ", what, "[", i, "] must be contiguous");
+  TORCH_CHECK(t.numel() == numel, "pyzero.fused_adamw: ", what, "[", i, "] has ", t.numel(),
+              " elements but params[", i, "] has ", numel);
+}
+
+// Validates the op's arguments (sizes, dtypes, devices, contiguity) and packs raw pointers.
+std::vector<AdamTensor> pack(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                             at::TensorList exp_avg_sqs, at::TensorList params_out, at::TensorList steps) {
+  const size_t n = params.size();
+  TORCH_CHECK(grads.size() == n && exp_avgs.size() == n && exp_avg_sqs.size() == n && steps.size() == n,
+              "pyzero.fused_adamw: params, grads, exp_avgs, exp_avg_sqs and state_steps must have equal "
+              "lengths");
+  TORCH_CHECK(params_out.empty() || params_out.size() == n,
+              "pyzero.fused_adamw: params_out must be empty or as long as params");
+  std::vector<AdamTensor> out(n);
+  if (n == 0) return out;
+  const at::Device device = params[0].device();
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.scalar_type() == at::kFloat, "pyzero.fused_adamw: params[", i, "] must be float32, got ",
+                p.scalar_type());
+    check_tensor(p, "params", i, device, p.numel());
+    check_tensor(grads[i], "grads", i, device, p.numel());
+    check_tensor(exp_avgs[i], "exp_avgs", i, device, p.numel());
+    check_tensor(exp_avg_sqs[i], "exp_avg_sqs", i, device, p.numel());
+    TORCH_CHECK(exp_avgs[i].scalar_type() == at::kFloat && exp_avg_sqs[i].scalar_type() == at::kFloat,
+                "pyzero.fused_adamw: exp_avgs[", i, "] and exp_avg_sqs[", i, "] must be float32");
+    TORCH_CHECK(steps[i].scalar_type() == at::kFloat && steps[i].numel() == 1 && steps[i].device() == device,
+                "pyzero.fused_adamw: state_steps[", i, "] must be a one-element float32 tensor on ", device);
+    AdamTensor& t = out[i];
+    t.param = p.data_ptr<float>();
+    t.grad = grads[i].const_data_ptr();
+    t.grad_dtype = to_dtype(grads[i].scalar_type(), "grads");
+    t.exp_avg = exp_avgs[i].data_ptr<float>();
+    t.exp_avg_sq = exp_avg_sqs[i].data_ptr<float>();
+    t.n = p.numel();
+    if (params_out.empty()) {
+      t.param_out = nullptr;
+      t.out_dtype = DType::kNone;
+    } else {
+      check_tensor(params_out[i], "params_out", i, device, p.numel());
+      t.param_out = params_out[i].data_ptr();
+      t.out_dtype = to_dtype(params_out[i].scalar_type(), "params_out");
+    }
+  }
+  return out;
+}
+
+const float* scalar_ptr(const std::optional<at::Tensor>& t, const char* what, const at::Device& device) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == 1, "pyzero.fused_adamw: ", what,
+              " must be a one-element float32 tensor");
+  TORCH_CHECK(t->device() == device, "pyzero.fused_adamw: ", what, " is on ", t->device(), " but params are on ",
+              device);
+  return t->const_data_ptr<float>();
+}
+
+AdamHyper hyper(double lr, double beta1, double beta2, double eps, double weight_decay, bool adamw_mode,
+                bool maximize) {
+  return AdamHyper{lr, beta1, beta2, eps, weight_decay, adamw_mode, maximize};
+}
+
+void fused_adamw_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                     at::TensorList exp_avg_sqs, at::TensorList params_out, at::TensorList state_steps, double lr,
+                     double beta1, double beta2, double eps, double weight_decay, bool adamw_mode, bool maximize,
+                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  std::vector<AdamTensor> tensors = pack(params, grads, exp_avgs, exp_avg_sqs, params_out, state_steps);
+  if (tensors.empty()) return;
+  const at::Device device = params[0].device();
+  const float* fi = scalar_ptr(found_inf, "found_inf", device);
+  const float* gs = scalar_ptr(grad_scale, "grad_scale", device);
+  if (fi != nullptr && *fi != 0.0f) return;
+  const AdamHyper h = hyper(lr, beta1, beta2, eps, weight_decay, adamw_mode, maximize);
+  const float scale = gs != nullptr ? *gs : 1.0f;
+  std::vector<AdamScalars> scalars(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    float* step = state_steps[i].data_ptr<float>();
+    *step += 1.0f;
+    scalars[i] = make_adam_scalars(h, static_cast<double>(*step), scale);
+  }
+  cpu::fused_adamw(tensors.data(), scalars.data(), static_cast<int64_t>(tensors.size()), at::get_num_threads());
+}
+
+#ifdef PYZERO_WITH_CUDA
+void fused_adamw_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
+                      at::TensorList exp_avg_sqs, at::TensorList params_out, at::TensorList state_steps, double lr,
+                      double beta1, double beta2, double eps, double weight_decay, bool adamw_mode, bool maximize,
+                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+  std::vector<AdamTensor> tensors = pack(params, grads, exp_avgs, exp_avg_sqs, params_out, state_steps);
+  if (tensors.empty()) return;
+  const at::Device device = params[0].device();
+  const c10::cuda::CUDAGuard guard(device);
+  std::vector<cuda::AdamTensorCuda> list(tensors.size());
+  for (size_t i = 0; i < tensors.size(); ++i) list[i] = {tensors[i], state_steps[i].data_ptr<float>()};
+  const cudaError_t err =
+      cuda::fused_adamw(list.data(), static_cast<int64_t>(list.size()),
+                        hyper(lr, beta1, beta2, eps, weight_decay, adamw_mode, maximize),
+                        scalar_ptr(grad_scale, "grad_scale", device), scalar_ptr(found_inf, "found_inf", device),
+                        c10::cuda::getCurrentCUDAStream(device.index()).stream());
+  TORCH_CHECK(err == cudaSuccess, "pyzero.fused_adamw (CUDA): ", cudaGetErrorString(err));
+}
+#endif
+
+void set_cpu_isa(const std::string& name) {
+  cpu::Isa isa;
+  TORCH_CHECK_VALUE(cpu::parse_isa(name.c_str(), &isa), "set_cpu_isa: isa must be 'scalar', 'avx2' or 'avx512', got '",
+                    name, "'");
+  TORCH_CHECK_VALUE(cpu::set_isa(isa), "set_cpu_isa: this processor does not support '", name, "' (best: ",
+                    cpu::isa_name(cpu::detect_isa()), ")");
+}
+
+}  // namespace
+}  // namespace pyzero
+
+TORCH_LIBRARY(pyzero, m) {
+  m.def(
+      "fused_adamw_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
+      "Tensor(d!)[] params_out, Tensor(e!)[] state_steps, *, float lr, float beta1, float beta2, float eps, "
+      "float weight_decay, bool adamw_mode, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(pyzero, CPU, m) { m.impl("fused_adamw_", &pyzero::fused_adamw_cpu); }
+
+#ifdef PYZERO_WITH_CUDA
+TORCH_LIBRARY_IMPL(pyzero, CUDA, m) { m.impl("fused_adamw_", &pyzero::fused_adamw_cuda); }
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "pyzero native kernels (the ops are registered under torch.ops.pyzero)";
+  m.def("cpu_isa", [] { return std::string(pyzero::cpu::isa_name(pyzero::cpu::active_isa())); },
+        "ISA the CPU kernels use now: 'avx512', 'avx2' or 'scalar'.");
+  m.def("cpu_isa_detected", [] { return std::string(pyzero::cpu::isa_name(pyzero::cpu::detect_isa())); },
+        "Best ISA this processor supports.");
+  m.def("set_cpu_isa", &pyzero::set_cpu_isa, "Selects the CPU kernels' ISA (for tests and benchmarks).");
+#ifdef PYZERO_WITH_CUDA
+  m.attr("with_cuda") = true;
+#else
+  m.attr("with_cuda") = false;
+#endif
+  m.attr("cuda_archs") = std::string(PYZERO_CUDA_ARCHS);
+}

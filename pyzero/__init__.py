@@ -1,0 +1,13 @@
+"""pyzero: ZeRO-sharded training with fused optimizers, and exact compiled tree inference.
+
+Import ``torch`` before the extension: this module does it for you.
+"""
+
+import torch  # noqa: F401  (loads libc10 before pyzero._C)
+
+from pyzero._version import __version__
+from pyzero.info import info
+from pyzero.ops import fused_adamw
+from pyzero.optim import FusedAdam, FusedAdamW
+
+__all__ = ["FusedAdam", "FusedAdamW", "__version__", "fused_adamw", "info"]

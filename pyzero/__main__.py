@@ -1,0 +1,3 @@
+from pyzero.cli import main
+
+raise SystemExit(main())

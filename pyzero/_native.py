@@ -1,0 +1,56 @@
+"""Loads the compiled extension ``pyzero._C`` and registers fake kernels for its ops.
+
+Importing ``torch`` first makes ``libc10.so`` resolvable for the extension. The extension is built
+by ``pip install`` (never at import); when it is missing, ``C`` is None and ``require()`` explains.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from pyzero import _C as C
+
+    IMPORT_ERROR: Exception | None = None
+except ImportError as exc:  # the pure-torch parts (reference backend) still work
+    C = None
+    IMPORT_ERROR = exc
+
+
+def require(what: str):
+    """Returns the extension module or raises a RuntimeError naming what needed it."""
+    if C is None:
+        raise RuntimeError(
+            f"{what} needs the compiled extension pyzero._C, which failed to import "
+            f"({IMPORT_ERROR}); reinstall with `pip install --no-build-isolation .`"
+        )
+    return C
+
+
+def cuda_built() -> bool:
+    """True when pyzero._C was built with its CUDA kernels."""
+    return C is not None and bool(C.with_cuda)
+
+
+if C is not None:
+
+    @torch.library.register_fake("pyzero::fused_adamw_")
+    def _fused_adamw_fake(
+        params,
+        grads,
+        exp_avgs,
+        exp_avg_sqs,
+        params_out,
+        state_steps,
+        *,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        adamw_mode,
+        maximize,
+        grad_scale=None,
+        found_inf=None,
+    ) -> None:
+        return None
