@@ -53,7 +53,10 @@ def extension():
         os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         cxx += ["-DPYZERO_WITH_CUDA", f'-DPYZERO_CUDA_ARCHS="{archs}"']
-        log(f"building CUDAExtension: CPU kernels + CUDA kernels for archs {archs} (nvcc in {cpp_extension.CUDA_HOME})")
+        log(
+            f"building CUDAExtension: CPU kernels + CUDA kernels for archs {archs} "
+            f"(nvcc in {cpp_extension.CUDA_HOME})"
+        )
         return cpp_extension.CUDAExtension(
             "pyzero._C",
             sources,

@@ -62,7 +62,10 @@ def run_demo(steps: int = 60, device: str = "cpu") -> int:
             losses.append(loss.item())
         runs[name] = (losses, step_times)
 
-    print(f"\nMLP {DEMO_DEPTH}x{DEMO_WIDTH} ({nparams / 1e6:.1f}M params), batch {DEMO_BATCH}, {steps} steps on {dev}")
+    print(
+        f"\nMLP {DEMO_DEPTH}x{DEMO_WIDTH} ({nparams / 1e6:.1f}M params), batch {DEMO_BATCH}, "
+        f"{steps} steps on {dev}"
+    )
     names = list(runs)
     print(f"{'step':>5}  " + "  ".join(f"{n:>26}" for n in names))
     for s in range(0, steps, LOG_EVERY):

@@ -6,6 +6,7 @@ definition.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
@@ -45,8 +46,12 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type != "cuda":
             raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
     elif backend == "triton":
-        if not triton_available():
-            raise ValueError("backend='triton' needs Triton and a GPU (or TRITON_INTERPRET=1 on CPU)")
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        if not triton_available() or not (device.type == "cuda" or (device.type == "cpu" and interpreted)):
+            raise ValueError(
+                f"backend='triton' needs Triton and CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
+                f"got tensors on {device}"
+            )
     return backend
 
 
@@ -71,7 +76,12 @@ def _check(
         return torch.device("cpu")
     device = params[0].device
     for i, p in enumerate(params):
-        named = [("params", p), ("grads", grads[i]), ("exp_avgs", exp_avgs[i]), ("exp_avg_sqs", exp_avg_sqs[i])]
+        named = [
+            ("params", p),
+            ("grads", grads[i]),
+            ("exp_avgs", exp_avgs[i]),
+            ("exp_avg_sqs", exp_avg_sqs[i]),
+        ]
         if params_out:
             named.append(("params_out", params_out[i]))
         for name, t in named:

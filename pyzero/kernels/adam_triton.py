@@ -19,7 +19,7 @@ NUM_WARPS = 8
 @triton.jit
 def _pow_f64(base_hi, base_lo, e):
     """(base_hi + base_lo) ** e in fp64 by repeated squaring; e is a non-negative int32."""
-    b = base_hi.to(tl.float64) + base_lo.to(tl.float64)
+    b = tl.cast(base_hi, tl.float64) + tl.cast(base_lo, tl.float64)
     r = b * 0.0 + 1.0
     while e > 0:
         if e % 2 == 1:
@@ -67,7 +67,7 @@ def _fused_adamw_kernel(
         step = tl.load(step_ptr).to(tl.int32) + 1
         bc1 = 1.0 - _pow_f64(beta1_hi, beta1_lo, step)
         bc2 = 1.0 - _pow_f64(beta2_hi, beta2_lo, step)
-        step_size = ((lr_hi.to(tl.float64) + lr_lo.to(tl.float64)) / bc1).to(tl.float32)
+        step_size = ((tl.cast(lr_hi, tl.float64) + tl.cast(lr_lo, tl.float64)) / bc1).to(tl.float32)
         bc2_sqrt = tl.sqrt(bc2).to(tl.float32)
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n

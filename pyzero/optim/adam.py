@@ -64,7 +64,9 @@ class _FusedAdamBase(torch.optim.Optimizer):
     ) -> None:
         _check_hyper(lr, betas, eps, weight_decay)
         if amsgrad:
-            raise ValueError(f"amsgrad=True is not supported by {type(self).__name__}; use torch.optim for it")
+            raise ValueError(
+                f"amsgrad=True is not supported by {type(self).__name__}; use torch.optim for it"
+            )
         if differentiable:
             raise ValueError(f"differentiable=True is not supported by {type(self).__name__}")
         if backend not in ops.BACKENDS:
@@ -127,7 +129,9 @@ class _FusedAdamBase(torch.optim.Optimizer):
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
             state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+            state["exp_avg_sq"] = torch.zeros_like(
+                p, dtype=torch.float32, memory_format=torch.contiguous_format
+            )
         if p.dtype != torch.float32 and "master_param" not in state:
             state["master_param"] = p.detach().to(torch.float32, memory_format=torch.contiguous_format)
         return state
@@ -162,9 +166,13 @@ class _FusedAdamBase(torch.optim.Optimizer):
             self._step_group(gi, group, grad_scale, found_inf)
         return loss
 
-    def _step_group(self, gi: int, group: dict[str, Any], grad_scale: Tensor | None, found_inf: Tensor | None):
+    def _step_group(
+        self, gi: int, group: dict[str, Any], grad_scale: Tensor | None, found_inf: Tensor | None
+    ):
         if group["amsgrad"]:
-            raise ValueError(f"param_groups[{gi}] has amsgrad=True, which {type(self).__name__} does not support")
+            raise ValueError(
+                f"param_groups[{gi}] has amsgrad=True, which {type(self).__name__} does not support"
+            )
         # One kernel call per (device, grad dtype, output dtype).
         buckets: dict[tuple, tuple[list[Tensor], ...]] = {}
         for pi, p in enumerate(group["params"]):
