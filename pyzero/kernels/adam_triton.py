@@ -59,38 +59,37 @@ def _fused_adamw_kernel(
     HAS_FOUND_INF: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    skip = False
+    # The step count after this update (the wrapper advances the stored count afterwards).
+    step = tl.load(step_ptr).to(tl.int32) + 1
+    bc1 = 1.0 - _pow_f64(beta1_hi, beta1_lo, step)
+    bc2 = 1.0 - _pow_f64(beta2_hi, beta2_lo, step)
+    step_size = ((tl.cast(lr_hi, tl.float64) + tl.cast(lr_lo, tl.float64)) / bc1).to(tl.float32)
+    bc2_sqrt = tl.sqrt(bc2).to(tl.float32)
     if HAS_FOUND_INF:
-        skip = tl.load(found_inf_ptr) != 0.0
-    if not skip:
-        # The step count after this update (the wrapper advances the stored count afterwards).
-        step = tl.load(step_ptr).to(tl.int32) + 1
-        bc1 = 1.0 - _pow_f64(beta1_hi, beta1_lo, step)
-        bc2 = 1.0 - _pow_f64(beta2_hi, beta2_lo, step)
-        step_size = ((tl.cast(lr_hi, tl.float64) + tl.cast(lr_lo, tl.float64)) / bc1).to(tl.float32)
-        bc2_sqrt = tl.sqrt(bc2).to(tl.float32)
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n
-        g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
-        if HAS_GRAD_SCALE:
-            g = g * tl.load(grad_scale_ptr)
-        if MAXIMIZE:
-            g = -g
-        p = tl.load(p_ptr + offs, mask=mask)
-        if ADAMW:
-            p = p * decay
-        else:
-            g = g + l2 * p
-        m = tl.load(m_ptr + offs, mask=mask)
-        m = m + one_minus_beta1 * (g - m)
-        v = tl.load(v_ptr + offs, mask=mask) * beta2 + one_minus_beta2 * (g * g)
-        denom = tl.sqrt_rn(v) / bc2_sqrt + eps
-        p = p - step_size * tl.div_rn(m, denom)
-        tl.store(p_ptr + offs, p, mask=mask)
-        tl.store(m_ptr + offs, m, mask=mask)
-        tl.store(v_ptr + offs, v, mask=mask)
-        if HAS_OUT:
-            tl.store(out_ptr + offs, p.to(out_ptr.dtype.element_ty), mask=mask)
+        # A nonzero flag empties the range, masking every load and store: the step is a no-op.
+        n = tl.where(tl.load(found_inf_ptr) == 0.0, n, 0)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
+    if HAS_GRAD_SCALE:
+        g = g * tl.load(grad_scale_ptr)
+    if MAXIMIZE:
+        g = -g
+    p = tl.load(p_ptr + offs, mask=mask)
+    if ADAMW:
+        p = p * decay
+    else:
+        g = g + l2 * p
+    m = tl.load(m_ptr + offs, mask=mask)
+    m = m + one_minus_beta1 * (g - m)
+    v = tl.load(v_ptr + offs, mask=mask) * beta2 + one_minus_beta2 * (g * g)
+    denom = tl.div_rn(tl.sqrt_rn(v), bc2_sqrt) + eps
+    p = p - step_size * tl.div_rn(m, denom)
+    tl.store(p_ptr + offs, p, mask=mask)
+    tl.store(m_ptr + offs, m, mask=mask)
+    tl.store(v_ptr + offs, v, mask=mask)
+    if HAS_OUT:
+        tl.store(out_ptr + offs, p.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _split(x: float) -> tuple[float, float]:

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# GPU check, for a machine with a CUDA GPU (H100/H200, torch with CUDA, nvcc, ninja; no internet):
+# builds pyzero._C with its CUDA kernels in place, runs the cuda- and triton-marked tests, then the
+# GPU benchmarks, and prints a short table last. Logs and JSON go to $OUT (or bench/out).
+# Budget: under 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYZERO_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+[ -n "${CUDA_HOME:-}" ] || export CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+echo "== build =="
+t0=$(date +%s)
+"$PY" setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+echo "built in $(( $(date +%s) - t0 )) s"
+"$PY" -m pyzero info | tee "$OUT/info.txt"
+
+echo "== tests (cuda, triton, then the rest) =="
+"$PY" -m pytest -q -p no:cacheprovider -m "cuda or triton" tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
+"$PY" -m pytest -q -p no:cacheprovider -m "not cuda and not triton" tests 2>&1 | tee "$OUT/pytest_rest.log" | tail -4
+
+echo "== benchmarks =="
+"$PY" bench/bench_adam.py --device cuda --out "$OUT/bench_adam_cuda.json" 2>&1 | tee "$OUT/bench_adam.log"
