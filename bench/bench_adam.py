@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--tensors", type=int, default=DEFAULT_TENSORS)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--only", default=None, help="comma-separated substrings: keep methods whose name has one"
+    )
     args = ap.parse_args()
     dev = args.device
     n = args.params or DEFAULT_PARAMS[dev]
@@ -132,6 +135,9 @@ def main() -> None:
             fns.update(torch_variants(params, mixed))
             fns.update(deepspeed_variant(params, dev, mixed))
             fns.update(pyzero_variants(params, dev, mixed))
+            if args.only:
+                keep = [k.strip() for k in args.only.split(",")]
+                fns = {k: f for k, f in fns.items() if k == "bandwidth" or any(w in k for w in keep)}
             med = common.interleaved_medians(fns, dev, repeats)
             bw = bw_bytes / med.pop("bandwidth") / 1e9  # measured in the same interleaved run
             bws.append(bw)
