@@ -9,6 +9,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch; assert 
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "$TORCH_CUDA_PIN" ninja setuptools wheel numpy
 fi
+export PATH="$PWD/$VENV/bin:$PATH"
 NVCC=$(command -v nvcc || true)
 if [ -z "$NVCC" ]; then
   echo "cuda_build_check: nvcc not found; skipped" >&2

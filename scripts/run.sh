@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${PYZERO_VENV:-.venv}
 PY=$VENV/bin/python
+export PATH="$PWD/$VENV/bin:$PATH"  # the venv's ninja for torch's extension build and for cmake
 
 setup() {
   [ -x "$PY" ] || python3 -m venv "$VENV"

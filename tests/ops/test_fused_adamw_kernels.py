@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyzero
 from pyzero import _native
@@ -343,3 +345,35 @@ def test_cuda_found_inf_grad_scale_and_many_tensors():
     for a, b in zip(ps, ref, strict=True):
         assert rel_err(a.cpu(), b) <= TOL["adam_fp32_vs_fp64"]
     assert all(float(s) == 1 for s in st[2])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 3000),
+    offset=st.integers(0, 3),
+    lr=st.floats(1e-5, 1e-1),
+    beta1=st.floats(0.0, 0.99),
+    beta2=st.floats(0.5, 0.9999),
+    weight_decay=st.floats(0.0, 0.5),
+    adamw_mode=st.booleans(),
+    maximize=st.booleans(),
+    grad_dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]),
+)
+def test_property_cpu_matches_reference(
+    n, offset, lr, beta1, beta2, weight_decay, adamw_mode, maximize, grad_dtype
+):
+    """Any size, alignment, hyperparameters and grad dtype: the CPU kernel equals the reference."""
+    hyper = dict(
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        eps=1e-8,
+        weight_decay=weight_decay,
+        adamw_mode=adamw_mode,
+        maximize=maximize,
+    )
+    grads = random_grads(n, steps=2, dtype=grad_dtype)
+    cpu = run_steps(n, grads, "cpu", offset=offset, hyper=hyper)
+    ref = run_steps(n, grads, "reference", hyper=hyper)
+    for a, b in zip(cpu[:4], ref[:4], strict=True):
+        assert rel_err(a, b) <= TOL["adam_fp32_vs_fp64"]
