@@ -41,25 +41,25 @@ struct AdamHyper {
 // Scalars one tensor's update needs, derived from AdamHyper and its step count.
 struct AdamScalars {
   float grad_scale;
-  float decay;         // 1 - lr * wd in AdamW mode, 1 otherwise
-  float l2;            // wd in Adam (L2) mode, 0 otherwise
+  float decay;  // 1 - lr * wd in AdamW mode, 1 otherwise
+  float l2;     // wd in Adam (L2) mode, 0 otherwise
   float beta1;
   float beta2;
   float one_minus_beta1;
   float one_minus_beta2;
-  float step_size;     // lr / (1 - beta1^step)
-  float bc2_sqrt;      // sqrt(1 - beta2^step)
+  float step_size;  // lr / (1 - beta1^step)
+  float bc2_sqrt;   // sqrt(1 - beta2^step)
   float eps;
   bool maximize;
 };
 
 // One tensor (or one flat buffer) to update in place.
 struct AdamTensor {
-  float* param;         // fp32 master parameter, n elements
-  const void* grad;     // n elements of grad_dtype
-  float* exp_avg;       // n fp32
-  float* exp_avg_sq;    // n fp32
-  void* param_out;      // n elements of out_dtype, or nullptr (out_dtype == kNone)
+  float* param;       // fp32 master parameter, n elements
+  const void* grad;   // n elements of grad_dtype
+  float* exp_avg;     // n fp32
+  float* exp_avg_sq;  // n fp32
+  void* param_out;    // n elements of out_dtype, or nullptr (out_dtype == kNone)
   int64_t n;
   DType grad_dtype;
   DType out_dtype;

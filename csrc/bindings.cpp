@@ -26,7 +26,8 @@ DType to_dtype(at::ScalarType t, const char* what) {
     case at::kFloat: return DType::kFloat32;
     case at::kBFloat16: return DType::kBFloat16;
     case at::kHalf: return DType::kFloat16;
-    default: TORCH_CHECK(false, "pyzero.fused_adamw: ", what, " must be float32, bfloat16 or float16, got ", t);
+    default:
+      TORCH_CHECK(false, "pyzero.fused_adamw: ", what, " must be float32, bfloat16 or float16, got ", t);
   }
 }
 
@@ -85,8 +86,8 @@ const float* scalar_ptr(const std::optional<at::Tensor>& t, const char* what, co
   if (!t.has_value()) return nullptr;
   TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == 1, "pyzero.fused_adamw: ", what,
               " must be a one-element float32 tensor");
-  TORCH_CHECK(t->device() == device, "pyzero.fused_adamw: ", what, " is on ", t->device(), " but params are on ",
-              device);
+  TORCH_CHECK(t->device() == device, "pyzero.fused_adamw: ", what, " is on ", t->device(),
+              " but params are on ", device);
   return t->const_data_ptr<float>();
 }
 
@@ -96,9 +97,10 @@ AdamHyper hyper(double lr, double beta1, double beta2, double eps, double weight
 }
 
 void fused_adamw_cpu(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                     at::TensorList exp_avg_sqs, at::TensorList params_out, at::TensorList state_steps, double lr,
-                     double beta1, double beta2, double eps, double weight_decay, bool adamw_mode, bool maximize,
-                     const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                     at::TensorList exp_avg_sqs, at::TensorList params_out, at::TensorList state_steps,
+                     double lr, double beta1, double beta2, double eps, double weight_decay, bool adamw_mode,
+                     bool maximize, const std::optional<at::Tensor>& grad_scale,
+                     const std::optional<at::Tensor>& found_inf) {
   std::vector<AdamTensor> tensors = pack(params, grads, exp_avgs, exp_avg_sqs, params_out, state_steps);
   if (tensors.empty()) return;
   const at::Device device = params[0].device();
@@ -113,35 +115,37 @@ void fused_adamw_cpu(at::TensorList params, at::TensorList grads, at::TensorList
     *step += 1.0f;
     scalars[i] = make_adam_scalars(h, static_cast<double>(*step), scale);
   }
-  cpu::fused_adamw(tensors.data(), scalars.data(), static_cast<int64_t>(tensors.size()), at::get_num_threads());
+  cpu::fused_adamw(tensors.data(), scalars.data(), static_cast<int64_t>(tensors.size()),
+                   at::get_num_threads());
 }
 
 #ifdef PYZERO_WITH_CUDA
 void fused_adamw_cuda(at::TensorList params, at::TensorList grads, at::TensorList exp_avgs,
-                      at::TensorList exp_avg_sqs, at::TensorList params_out, at::TensorList state_steps, double lr,
-                      double beta1, double beta2, double eps, double weight_decay, bool adamw_mode, bool maximize,
-                      const std::optional<at::Tensor>& grad_scale, const std::optional<at::Tensor>& found_inf) {
+                      at::TensorList exp_avg_sqs, at::TensorList params_out, at::TensorList state_steps,
+                      double lr, double beta1, double beta2, double eps, double weight_decay, bool adamw_mode,
+                      bool maximize, const std::optional<at::Tensor>& grad_scale,
+                      const std::optional<at::Tensor>& found_inf) {
   std::vector<AdamTensor> tensors = pack(params, grads, exp_avgs, exp_avg_sqs, params_out, state_steps);
   if (tensors.empty()) return;
   const at::Device device = params[0].device();
   const c10::cuda::CUDAGuard guard(device);
   std::vector<cuda::AdamTensorCuda> list(tensors.size());
   for (size_t i = 0; i < tensors.size(); ++i) list[i] = {tensors[i], state_steps[i].data_ptr<float>()};
-  const cudaError_t err =
-      cuda::fused_adamw(list.data(), static_cast<int64_t>(list.size()),
-                        hyper(lr, beta1, beta2, eps, weight_decay, adamw_mode, maximize),
-                        scalar_ptr(grad_scale, "grad_scale", device), scalar_ptr(found_inf, "found_inf", device),
-                        c10::cuda::getCurrentCUDAStream(device.index()).stream());
+  const cudaError_t err = cuda::fused_adamw(list.data(), static_cast<int64_t>(list.size()),
+                                            hyper(lr, beta1, beta2, eps, weight_decay, adamw_mode, maximize),
+                                            scalar_ptr(grad_scale, "grad_scale", device),
+                                            scalar_ptr(found_inf, "found_inf", device),
+                                            c10::cuda::getCurrentCUDAStream(device.index()).stream());
   TORCH_CHECK(err == cudaSuccess, "pyzero.fused_adamw (CUDA): ", cudaGetErrorString(err));
 }
 #endif
 
 void set_cpu_isa(const std::string& name) {
   cpu::Isa isa;
-  TORCH_CHECK_VALUE(cpu::parse_isa(name.c_str(), &isa), "set_cpu_isa: isa must be 'scalar', 'avx2' or 'avx512', got '",
-                    name, "'");
-  TORCH_CHECK_VALUE(cpu::set_isa(isa), "set_cpu_isa: this processor does not support '", name, "' (best: ",
-                    cpu::isa_name(cpu::detect_isa()), ")");
+  TORCH_CHECK_VALUE(cpu::parse_isa(name.c_str(), &isa),
+                    "set_cpu_isa: isa must be 'scalar', 'avx2' or 'avx512', got '", name, "'");
+  TORCH_CHECK_VALUE(cpu::set_isa(isa), "set_cpu_isa: this processor does not support '", name,
+                    "' (best: ", cpu::isa_name(cpu::detect_isa()), ")");
 }
 
 }  // namespace
@@ -151,21 +155,28 @@ TORCH_LIBRARY(pyzero, m) {
   m.def(
       "fused_adamw_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, "
       "Tensor(d!)[] params_out, Tensor(e!)[] state_steps, *, float lr, float beta1, float beta2, float eps, "
-      "float weight_decay, bool adamw_mode, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) -> ()");
+      "float weight_decay, bool adamw_mode, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) "
+      "-> ()");
 }
 
-TORCH_LIBRARY_IMPL(pyzero, CPU, m) { m.impl("fused_adamw_", &pyzero::fused_adamw_cpu); }
+TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
+  m.impl("fused_adamw_", &pyzero::fused_adamw_cpu);
+}
 
 #ifdef PYZERO_WITH_CUDA
-TORCH_LIBRARY_IMPL(pyzero, CUDA, m) { m.impl("fused_adamw_", &pyzero::fused_adamw_cuda); }
+TORCH_LIBRARY_IMPL(pyzero, CUDA, m) {
+  m.impl("fused_adamw_", &pyzero::fused_adamw_cuda);
+}
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pyzero native kernels (the ops are registered under torch.ops.pyzero)";
-  m.def("cpu_isa", [] { return std::string(pyzero::cpu::isa_name(pyzero::cpu::active_isa())); },
-        "ISA the CPU kernels use now: 'avx512', 'avx2' or 'scalar'.");
-  m.def("cpu_isa_detected", [] { return std::string(pyzero::cpu::isa_name(pyzero::cpu::detect_isa())); },
-        "Best ISA this processor supports.");
+  m.def(
+      "cpu_isa", [] { return std::string(pyzero::cpu::isa_name(pyzero::cpu::active_isa())); },
+      "ISA the CPU kernels use now: 'avx512', 'avx2' or 'scalar'.");
+  m.def(
+      "cpu_isa_detected", [] { return std::string(pyzero::cpu::isa_name(pyzero::cpu::detect_isa())); },
+      "Best ISA this processor supports.");
   m.def("set_cpu_isa", &pyzero::set_cpu_isa, "Selects the CPU kernels' ISA (for tests and benchmarks).");
 #ifdef PYZERO_WITH_CUDA
   m.attr("with_cuda") = true;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's one entry point; sets everything up on first use (venv, dependencies, the build).
-#   bash scripts/run.sh demo    the main job: `pyzero info` and the demo
+#   bash scripts/run.sh demo    the main job: `pyzero demo` (it prints `pyzero info` first)
 #   bash scripts/run.sh test    all tests: C++ unit tests (ctest) and pytest
 #   bash scripts/run.sh setup   only the set-up
 set -euo pipefail
@@ -37,7 +37,6 @@ case "${1:-}" in
   setup) setup ;;
   demo)
     setup
-    "$VENV/bin/pyzero" info
     "$VENV/bin/pyzero" demo "${@:2}"
     ;;
   test)

@@ -45,9 +45,18 @@ Isa detect_isa() {
 
 bool parse_isa(const char* name, Isa* out) {
   if (name == nullptr) return false;
-  if (std::strcmp(name, "scalar") == 0) { *out = Isa::kScalar; return true; }
-  if (std::strcmp(name, "avx2") == 0) { *out = Isa::kAvx2; return true; }
-  if (std::strcmp(name, "avx512") == 0) { *out = Isa::kAvx512; return true; }
+  if (std::strcmp(name, "scalar") == 0) {
+    *out = Isa::kScalar;
+    return true;
+  }
+  if (std::strcmp(name, "avx2") == 0) {
+    *out = Isa::kAvx2;
+    return true;
+  }
+  if (std::strcmp(name, "avx512") == 0) {
+    *out = Isa::kAvx512;
+    return true;
+  }
   return false;
 }
 

@@ -23,8 +23,7 @@ bool parse_isa(const char* name, Isa* out);
 
 // Updates `num_tensors` tensors in place, tensors[i] with scalars[i], split into chunks of
 // kChunkElems elements run on up to `num_threads` OpenMP threads.
-void fused_adamw(const AdamTensor* tensors, const AdamScalars* scalars, int64_t num_tensors,
-                 int num_threads);
+void fused_adamw(const AdamTensor* tensors, const AdamScalars* scalars, int64_t num_tensors, int num_threads);
 
 // Elements per unit of parallel work (a multiple of every vector width).
 constexpr int64_t kChunkElems = 1 << 15;

@@ -20,14 +20,14 @@ namespace {
 
 int g_failures = 0;
 
-#define EXPECT(cond, ...)                                  \
-  do {                                                     \
-    if (!(cond)) {                                         \
-      ++g_failures;                                        \
+#define EXPECT(cond, ...)                                         \
+  do {                                                            \
+    if (!(cond)) {                                                \
+      ++g_failures;                                               \
       std::printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-      std::printf(__VA_ARGS__);                            \
-      std::printf("\n");                                   \
-    }                                                      \
+      std::printf(__VA_ARGS__);                                   \
+      std::printf("\n");                                          \
+    }                                                             \
   } while (0)
 
 uint32_t bits(float f) {
@@ -46,7 +46,10 @@ float from_bits(uint32_t u) {
 void expected_update(float g, float& p, float& m, float& v, const AdamScalars& s, bool adamw) {
   g *= s.grad_scale;
   if (s.maximize) g = -g;
-  if (adamw) p *= s.decay; else g += s.l2 * p;
+  if (adamw)
+    p *= s.decay;
+  else
+    g += s.l2 * p;
   m = m + s.one_minus_beta1 * (g - m);
   v = v * s.beta2 + s.one_minus_beta2 * (g * g);
   p = p - s.step_size * (m / (std::sqrt(v) / s.bc2_sqrt + s.eps));
@@ -79,7 +82,8 @@ void test_conversions() {
 }
 
 // Runs one update with `isa` over a tensor at element offset `off` and compares bit for bit.
-void test_update(cpu::Isa isa, int64_t n, int off, DType gd, DType od, bool adamw, bool maximize, int threads) {
+void test_update(cpu::Isa isa, int64_t n, int off, DType gd, DType od, bool adamw, bool maximize,
+                 int threads) {
   std::mt19937 rng(static_cast<uint32_t>(n * 31 + off));
   std::normal_distribution<float> dist(0.0f, 1.0f);
   const size_t len = static_cast<size_t>(n + off);
@@ -102,8 +106,9 @@ void test_update(cpu::Isa isa, int64_t n, int off, DType gd, DType od, bool adam
   t.exp_avg = m.data() + off;
   t.exp_avg_sq = v.data() + off;
   t.out_dtype = od;
-  t.param_out = od == DType::kNone ? nullptr : od == DType::kFloat32 ? static_cast<void*>(out32.data() + off)
-                                                                       : out16.data() + off;
+  t.param_out = od == DType::kNone      ? nullptr
+                : od == DType::kFloat32 ? static_cast<void*>(out32.data() + off)
+                                        : out16.data() + off;
   t.n = n;
   cpu::set_isa(isa);
   cpu::fused_adamw(&t, &s, 1, threads);
