@@ -95,7 +95,7 @@ def _check(
                 raise ValueError(f"{name}[{i}] has {t.numel()} elements but params[{i}] has {p.numel()}")
             if not t.is_contiguous():
                 raise ValueError(f"{name}[{i}] must be contiguous")
-        for name, t in named[:1] + named[2:4]:
+        for name, t in (("params", p), ("exp_avgs", exp_avgs[i]), ("exp_avg_sqs", exp_avg_sqs[i])):
             if t.dtype != torch.float32:
                 raise ValueError(f"{name}[{i}] must be float32, got {t.dtype}")
         if grads[i].dtype not in GRAD_DTYPES:
