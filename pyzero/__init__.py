@@ -9,5 +9,6 @@ from pyzero._version import __version__
 from pyzero.info import info
 from pyzero.ops import fused_adamw
 from pyzero.optim import FusedAdam, FusedAdamW
+from pyzero.zero import FusedShardedAdam, plan
 
-__all__ = ["FusedAdam", "FusedAdamW", "__version__", "fused_adamw", "info"]
+__all__ = ["FusedAdam", "FusedAdamW", "FusedShardedAdam", "__version__", "fused_adamw", "info", "plan"]
