@@ -4,11 +4,16 @@ accounting, async handles, and a local (world size 1, no process group) fallback
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+# Ring exchanges tag their messages with a counter modulo this.
+RING_TAG_MODULUS = 2**30
 
 
 class _Done:
@@ -19,6 +24,20 @@ class _Done:
 
     def is_completed(self) -> bool:
         return True
+
+
+class _ThreadWork:
+    """Handle of a collective running on the Comm's worker thread."""
+
+    def __init__(self, future: Future) -> None:
+        self.future = future
+
+    def wait(self) -> bool:
+        self.future.result()
+        return True
+
+    def is_completed(self) -> bool:
+        return self.future.done()
 
 
 class Comm:
@@ -42,6 +61,54 @@ class Comm:
         # *_tensor names are deprecated for gloo there), the *_tensor forms otherwise.
         self._all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
         self._reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+        # On gloo, reduce-scatter and all-gather run as rings of point-to-point sends on one worker
+        # thread (FIFO, so every rank issues them in the same order). Measured here, 2 ranks, 8M
+        # floats: gloo's reduce_scatter 33 ms and all_reduce 22 ms against 19 ms for the ring.
+        self.use_ring = self.backend == "gloo" and self.world_size > 1
+        self._executor: ThreadPoolExecutor | None = None
+        self._tag = 0
+        if self.use_ring:
+            self._next = self._global((self.rank + 1) % self.world_size)
+            self._prev = self._global((self.rank - 1) % self.world_size)
+
+    def _global(self, group_rank: int) -> int:
+        return dist.get_global_rank(self.group, group_rank) if self.group is not None else group_rank
+
+    def _submit(self, fn: Callable[[], None], async_op: bool):
+        if not async_op:
+            fn()
+            return _Done()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyzero-comm")
+        return _ThreadWork(self._executor.submit(fn))
+
+    def _exchange(self, send: Tensor, recv: Tensor) -> None:
+        """Sends `send` to the next rank and receives `recv` from the previous one. Each exchange
+        carries its own tag (a counter that advances identically on every rank), so a message can
+        only ever match the receive it was meant for."""
+        self._tag = (self._tag + 1) % RING_TAG_MODULUS
+        s = dist.isend(send, self._next, group=self.group, tag=self._tag)
+        r = dist.irecv(recv, self._prev, group=self.group, tag=self._tag)
+        s.wait()
+        r.wait()
+
+    def _ring_reduce_scatter(self, output: Tensor, input: Tensor) -> None:
+        world, rank = self.world_size, self.rank
+        chunks = input.chunk(world)
+        buf = torch.empty_like(chunks[0])
+        cur = chunks[(rank - 1) % world].clone()
+        for step in range(world - 1):
+            self._exchange(cur, buf)
+            cur = chunks[(rank - step - 2) % world] + buf
+        output.copy_(cur)
+
+    def _ring_all_gather(self, output: Tensor, input: Tensor) -> None:
+        world, rank = self.world_size, self.rank
+        chunks = output.chunk(world)
+        if chunks[rank].data_ptr() != input.data_ptr():
+            chunks[rank].copy_(input)
+        for step in range(world - 1):
+            self._exchange(chunks[(rank - step) % world], chunks[(rank - step - 1) % world])
 
     def _count(self, kind: str, t: Tensor) -> None:
         self.bytes[kind] += t.numel() * t.element_size()
@@ -61,6 +128,8 @@ class Comm:
             if output.data_ptr() != input.data_ptr():
                 output.copy_(input)
             return _Done()
+        if self.use_ring:
+            return self._submit(lambda: self._ring_reduce_scatter(output, input), async_op)
         work = self._reduce_scatter(output, input, group=self.group, async_op=async_op)
         return work if async_op else _Done()
 
@@ -71,8 +140,8 @@ class Comm:
             if output.data_ptr() != input.data_ptr():
                 output.copy_(input)
             return _Done()
-        if self.backend == "gloo" and _overlaps(output, input):
-            input = input.clone()  # gloo copies the input into the output: keep the two apart
+        if self.use_ring:
+            return self._submit(lambda: self._ring_all_gather(output, input), async_op)
         work = self._all_gather(output, input, group=self.group, async_op=async_op)
         return work if async_op else _Done()
 
@@ -101,8 +170,3 @@ class Comm:
     def device_for_collectives(self) -> torch.device | None:
         """The device NCCL needs tensors on, or None when any device works (gloo, local)."""
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else None
-
-
-def _overlaps(a: Tensor, b: Tensor) -> bool:
-    a0, b0 = a.data_ptr(), b.data_ptr()
-    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()

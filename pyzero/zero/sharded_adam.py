@@ -82,8 +82,8 @@ class _FlatGroup:
             for b, _, _ in pieces:
                 self.params_per_bucket[b] += 1
         self.remaining = list(self.params_per_bucket)
-        self.launched = [False] * lay.num_buckets
-        self.shard_has_grad = False  # stage 2: shards already hold this cycle's gradient
+        self.launched = [False] * lay.num_buckets  # reduction launched in the current backward
+        self.shard_filled = [False] * lay.num_buckets  # stage 2: shard already holds gradient this cycle
 
     def _split(self, partition: Tensor) -> list[Tensor]:
         lay = self.layout
@@ -190,7 +190,8 @@ class FusedShardedAdam(torch.optim.Optimizer):
         self._backward_seen = False
         self._callback_queued = False
         self._no_sync = False
-        self._works: list[tuple[_FlatGroup, int, Any, Tensor | None]] = []
+        self._works: list[tuple[_FlatGroup, int, Any, Tensor | None, bool]] = []
+        self._unlaunched = False  # a backward ended without launching its reductions (no_sync)
         self.last_step_skipped = False
 
     # ----------------------------------------------------------------------------------- set-up
@@ -293,53 +294,54 @@ class FusedShardedAdam(torch.optim.Optimizer):
         g.launched[b] = True
         inp = g.bucket_grad(b)
         temp = None
+        accumulate = False
         if self.stage == 1:
             out = g.grad_shards[b]  # in place: this rank's chunk of its own bucket
-        elif g.shard_has_grad or g.shard_dtype != g.reduce_dtype:
-            temp = torch.empty(g.layout.shard_numel(b), dtype=g.reduce_dtype, device=g.device)
-            out = temp
         else:
-            out = g.grad_shards[b]
+            accumulate = g.shard_filled[b]
+            if accumulate or g.shard_dtype != g.reduce_dtype:
+                temp = torch.empty(g.layout.shard_numel(b), dtype=g.reduce_dtype, device=g.device)
+            out = temp if temp is not None else g.grad_shards[b]
+            g.shard_filled[b] = True
         work = self.comm.reduce_scatter(out, inp, async_op=True)
-        self._works.append((g, b, work, temp))
+        self._works.append((g, b, work, temp, accumulate))
 
     def _end_of_backward(self) -> None:
+        """Runs once at the end of every backward pass (queued from the first gradient hook)."""
         self._callback_queued = False
         sync = self._sync_this_backward()
         for g in self.groups:
             if sync:
                 self._launch_ready(g, force=True)  # buckets with unused params: their grads are zero
+                g.launched = [False] * g.layout.num_buckets
             g.remaining = list(g.params_per_bucket)
-        if sync:
-            self._finish_reductions(wait=False)
+        self._unlaunched = not sync
+        self._release_finished()
 
     def _release_finished(self) -> None:
-        """Frees stage-2 bucket buffers whose reduce-scatter completed (bounds memory during backward)."""
+        """Completes finished reductions in order (frees stage-2 bucket buffers early)."""
         while self._works and self._works[0][2].is_completed():
             self._complete(*self._works.pop(0))
 
-    def _complete(self, g: _FlatGroup, b: int, work: Any, temp: Tensor | None) -> None:
+    def _complete(self, g: _FlatGroup, b: int, work: Any, temp: Tensor | None, accumulate: bool) -> None:
         work.wait()
         if temp is not None:
-            if g.shard_has_grad:
+            if accumulate:
                 g.grad_shards[b].add_(temp)
             else:
                 g.grad_shards[b].copy_(temp)
         if self.stage == 2:
             g.bucket_bufs[b] = None
 
-    def _finish_reductions(self, wait: bool = True) -> None:
-        if wait:
-            while self._works:
-                self._complete(*self._works.pop(0))
-        else:
-            self._release_finished()
-        if not self._works:
+    def _finish_reductions(self) -> None:
+        """Launches what a no_sync backward left behind, then waits for every reduction."""
+        if self._unlaunched:
             for g in self.groups:
-                if all(g.launched):
-                    g.launched = [False] * g.layout.num_buckets
-                    if self.stage == 2:
-                        g.shard_has_grad = True
+                self._launch_ready(g, force=True)
+                g.launched = [False] * g.layout.num_buckets
+            self._unlaunched = False
+        while self._works:
+            self._complete(*self._works.pop(0))
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -377,14 +379,11 @@ class FusedShardedAdam(torch.optim.Optimizer):
         self._micro += 1
         if self._micro % self.accumulation_steps != 0:
             if self.stage == 2:
-                self._finish_reductions(wait=True)
+                self._finish_reductions()
             return loss
         self._micro = 0
         self._backward_seen = False
-        if any(not all(g.launched) for g in self.groups):  # e.g. overlap_comm=False, or no_sync before
-            for g in self.groups:
-                self._launch_ready(g, force=True)
-        self._finish_reductions(wait=True)
+        self._finish_reductions()
         world, scale = self.comm.world_size, self.loss_scale
         grad_scale = 1.0 / (world * scale)
         self.last_step_skipped = False
@@ -444,7 +443,7 @@ class FusedShardedAdam(torch.optim.Optimizer):
         for g in self.groups:
             if g.flat_grad is not None:
                 g.flat_grad.zero_()
-            g.shard_has_grad = False
+            g.shard_filled = [False] * g.layout.num_buckets
             g.bucket_bufs = [None] * g.layout.num_buckets
 
     def zero_grad(self, set_to_none: bool = True) -> None:
