@@ -88,8 +88,8 @@ def build(method: str, base: torch.nn.Module):
             return nbytes(ps) + nbytes(p.grad for p in ps) + st, st
 
         return model, opt, mem
-    stage = int(method[-1])
-    opt = pyzero.FusedShardedAdam(model, lr=LR, stage=stage)
+    stage = int(method.split("stage ")[1][0])
+    opt = pyzero.FusedShardedAdam(model, lr=LR, stage=stage, overlap_param_gather="prefetch" in method)
 
     def mem():
         r = opt.memory_report()

@@ -118,6 +118,9 @@ class FusedShardedAdam(torch.optim.Optimizer):
         process_group: group to shard over (default: the default group; none initialized = 1 rank).
         bucket_cap_mb: gradient bucket size in MiB of the reduce dtype.
         overlap_comm: launch reductions asynchronously during backward (else at step()).
+        overlap_param_gather: return from step() while the updated parameters are still being
+            all-gathered; each module waits for its own parameters in a forward pre-hook (needs the
+            nn.Module). Read parameters outside forward only after `wait_for_params()`.
         reduce_dtype: dtype gradients are reduced in (default fp32 for bf16 params, else the param dtype).
         max_grad_norm: clip the global gradient norm (over all shards) to this value.
         loss_scale: "dynamic" (fp16 dynamic loss scaling), a float (static scale) or None.
@@ -142,6 +145,7 @@ class FusedShardedAdam(torch.optim.Optimizer):
         process_group: Any = None,
         bucket_cap_mb: float = 25,
         overlap_comm: bool = True,
+        overlap_param_gather: bool = False,
         master_dtype: torch.dtype = torch.float32,
         reduce_dtype: torch.dtype | None = None,
         max_grad_norm: float | None = None,
@@ -165,7 +169,12 @@ class FusedShardedAdam(torch.optim.Optimizer):
         if reduce_dtype is not None and reduce_dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"reduce_dtype must be one of {SUPPORTED_DTYPES}, got {reduce_dtype}")
         _check_hyper(lr, betas, eps, weight_decay)
-        params = model_or_params.parameters() if isinstance(model_or_params, nn.Module) else model_or_params
+        module = model_or_params if isinstance(model_or_params, nn.Module) else None
+        if overlap_param_gather and module is None:
+            raise ValueError(
+                "overlap_param_gather=True needs the nn.Module (its forward pre-hooks wait for params)"
+            )
+        params = module.parameters() if module is not None else model_or_params
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self.stage = stage
@@ -185,7 +194,11 @@ class FusedShardedAdam(torch.optim.Optimizer):
             self.static_scale = float(loss_scale) if loss_scale is not None else None
         else:
             raise ValueError(f"loss_scale must be 'dynamic', a number or None, got {loss_scale!r}")
+        self.overlap_param_gather = overlap_param_gather
+        self._gathers: dict[tuple[int, int], Any] = {}  # (flat group, bucket) -> all-gather in flight
         self._build_groups()
+        if overlap_param_gather:
+            self._register_prefetch_waits(module)
         self._micro = 0  # step() calls since the last update
         self._backward_seen = False
         self._callback_queued = False
@@ -426,15 +439,38 @@ class FusedShardedAdam(torch.optim.Optimizer):
                 maximize=False,
                 grad_scale=gs,
             )
-        works = []
-        for g in self.groups:
-            for b in range(g.layout.num_buckets):
+        # Buckets go out last-first: the last bucket holds the first layers' parameters (reverse packing).
+        for gi, g in enumerate(self.groups):
+            for b in reversed(range(g.layout.num_buckets)):
                 s, e = g.layout.bucket_bounds[b]
-                works.append(self.comm.all_gather(g.flat_param[s:e], g.param_shards[b], async_op=True))
-        for w in works:
-            w.wait()
+                self._gathers[(gi, b)] = self.comm.all_gather(
+                    g.flat_param[s:e], g.param_shards[b], async_op=True
+                )
+        if not self.overlap_param_gather:
+            self.wait_for_params()
         self._clear_grads()
         return loss
+
+    def wait_for_params(self, keys: Iterable[tuple[int, int]] | None = None) -> None:
+        """Waits for the all-gathers of updated parameters still in flight (all, or the given
+        (flat group, bucket) keys). Only needed with overlap_param_gather=True outside forward."""
+        for key in list(self._gathers) if keys is None else keys:
+            work = self._gathers.pop(key, None)
+            if work is not None:
+                work.wait()
+
+    def _register_prefetch_waits(self, module: nn.Module) -> None:
+        """Forward pre-hooks: each module waits only for the buckets holding its own parameters."""
+        where: dict[int, list[tuple[int, int]]] = {}
+        for gi, g in enumerate(self.groups):
+            for i, p in enumerate(g.params):
+                where.setdefault(id(p), []).extend((gi, b) for b, _, _ in g.pieces[i])
+        for m in module.modules():
+            keys = sorted({k for p in m.parameters(recurse=False) for k in where.get(id(p), [])})
+            if keys:
+                self._hooks.append(
+                    m.register_forward_pre_hook(lambda _m, _a, keys=keys: self.wait_for_params(keys))
+                )
 
     def _grad_partition(self, g: _FlatGroup) -> Tensor:
         return g.grad_shard if g.grad_shard is not None else torch.cat(g.grad_shards)
@@ -482,6 +518,7 @@ class FusedShardedAdam(torch.optim.Optimizer):
     # ---------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """This rank's shard of the optimizer state (load it at the same world size and stage)."""
+        self.wait_for_params()
         return {
             "format": "pyzero.FusedShardedAdam/1",
             "stage": self.stage,
@@ -502,6 +539,7 @@ class FusedShardedAdam(torch.optim.Optimizer):
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.wait_for_params()
         for key, mine in (("world_size", self.comm.world_size), ("stage", self.stage)):
             if state_dict.get(key) != mine:
                 raise ValueError(

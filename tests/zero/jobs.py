@@ -22,7 +22,10 @@ def flat_params(model) -> torch.Tensor:
 def reference(world: int, cfg: dict) -> torch.Tensor:
     """torch.optim.AdamW in fp64 on the full batch (all ranks' micro-batches), same schedule."""
     model = make_model(dtype=cfg.get("dtype", torch.float32)).double()
-    opt = torch.optim.AdamW(param_groups(model), lr=LR, foreach=False)
+    groups = (
+        [p for p in model.parameters() if p.requires_grad] if cfg.get("prefetch") else param_groups(model)
+    )
+    opt = torch.optim.AdamW(groups, lr=LR, foreach=False)
     accum = cfg.get("accum", 1)
     data = batches(PARITY_STEPS * accum, world)
     for step in range(PARITY_STEPS):
@@ -43,8 +46,9 @@ def parity_job(rank: int, world: int, configs: list[dict]) -> list[float]:
         accum = cfg.get("accum", 1)
         no_sync = cfg.get("no_sync", False)
         opt = FusedShardedAdam(
-            param_groups(model),
+            model if cfg.get("prefetch") else param_groups(model),
             lr=LR,
+            overlap_param_gather=cfg.get("prefetch", False),
             stage=cfg["stage"],
             bucket_cap_mb=cfg.get("bucket_mb", TINY_BUCKET_MB),
             max_grad_norm=cfg.get("clip"),
@@ -61,6 +65,7 @@ def parity_job(rank: int, world: int, configs: list[dict]) -> list[float]:
                 loss.backward()
                 opt.step()
                 opt.zero_grad()
+        opt.wait_for_params()
         ours = flat_params(model)
         gathered = [torch.zeros_like(ours) for _ in range(world)]
         torch.distributed.all_gather(gathered, ours)

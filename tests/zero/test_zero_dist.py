@@ -21,6 +21,8 @@ CONFIGS = [
     {"stage": 2, "accum": 2, "no_sync": True},
     {"stage": 1, "dtype": torch.bfloat16},
     {"stage": 2, "dtype": torch.bfloat16, "bucket_mb": 25},
+    {"stage": 2, "prefetch": True},
+    {"stage": 1, "prefetch": True, "accum": 2, "bucket_mb": 25},
 ]
 
 

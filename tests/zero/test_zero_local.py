@@ -84,6 +84,11 @@ def test_bad_arguments_are_named(kwargs, match):
         FusedShardedAdam(make_model(), **kwargs)
 
 
+def test_overlap_param_gather_needs_the_module():
+    with pytest.raises(ValueError, match=r"overlap_param_gather=True needs the nn\.Module"):
+        FusedShardedAdam(list(make_model().parameters())[:2], overlap_param_gather=True)
+
+
 def test_bad_params_are_named():
     a = nn.Parameter(torch.zeros(4))
     with pytest.raises(ValueError, match="more than one parameter group"):
@@ -104,3 +109,17 @@ def test_load_state_dict_rejects_other_stage_or_size():
     small = FusedShardedAdam(nn.Linear(3, 3), stage=2)
     with pytest.raises(ValueError, match="partition has"):
         small.load_state_dict(sd)
+
+
+def test_lr_scheduler_drives_param_groups():
+    model = make_model()
+    opt = FusedShardedAdam(
+        [{"params": [p for p in model.parameters() if p.requires_grad], "lr": 1e-2}], stage=1
+    )
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    x = torch.randint(0, 37, (2, 6))
+    for _ in range(3):
+        nn.functional.cross_entropy(model(x[:, :-1]).float().reshape(-1, 37), x[:, 1:].reshape(-1)).backward()
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-2 / 8)
