@@ -116,6 +116,7 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
         "FSDP2 fully_shard",
         "pyzero stage 1",
         "pyzero stage 2",
+        "pyzero stage 2 +prefetch",
     ]
     setups = {m: build(m, base) for m in methods}
     gen = torch.Generator().manual_seed(100 + rank)
