@@ -23,5 +23,11 @@ echo "== tests (cuda, triton, then the rest) =="
 "$PY" -m pytest -q -p no:cacheprovider -m "cuda or triton" tests 2>&1 | tee "$OUT/pytest_gpu.log" | tail -15
 "$PY" -m pytest -q -p no:cacheprovider -m "not cuda and not triton" tests 2>&1 | tee "$OUT/pytest_rest.log" | tail -4
 
+echo "== sharded training on the GPU (NCCL, 1 rank) =="
+for stage in 1 2; do
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 examples/train_gpt.py --zero-stage $stage \
+    --steps 20 2>/dev/null | tail -3
+done
+[ "${GPU_CHECK_SKIP_BENCH:-0}" = 1 ] && exit 0
 echo "== benchmarks =="
 "$PY" bench/bench_adam.py --device cuda --out "$OUT/bench_adam_cuda.json" 2>&1 | tee "$OUT/bench_adam.log"
