@@ -70,13 +70,21 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--no-compare", action="store_true", help="skip the unsharded reference run")
+    ap.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: one GPU per local rank when there are enough GPUs (NCCL), else CPU (gloo)",
+    )
     args = ap.parse_args()
     if args.zero_stage == 3:
         print("--zero-stage 3 needs the ZeRO-3 engine, which is not built yet", file=sys.stderr)
         return 2
 
     distributed = "RANK" in os.environ
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else None
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.device_count() >= local_world)
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else None
     if distributed:
         if device is not None:
             torch.cuda.set_device(device)

@@ -11,7 +11,7 @@ from tests.zero.dist_utils import free_port
 SCRIPT = str(Path(__file__).resolve().parents[2] / "examples" / "train_gpt.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 RUN_TIMEOUT_S = 240
-ARGS = ["--steps", "6", "--dim", "64", "--layers", "2", "--micro-batch", "4"]
+ARGS = ["--steps", "6", "--dim", "64", "--layers", "2", "--micro-batch", "4", "--device", "cpu"]
 
 
 def test_standalone_two_ranks_matches_unsharded_run():
