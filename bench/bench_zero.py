@@ -166,7 +166,7 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = common_free_port()
+    port = common.free_port()
     procs = [ctx.Process(target=worker, args=(r, args.ranks, port, args, queue)) for r in range(args.ranks)]
     for p in procs:
         p.start()
@@ -202,14 +202,6 @@ def main() -> None:
     common.print_table(
         rows, ["method", "s/step", "vs DDP", "model states MiB/rank", "optimizer state MiB/rank"]
     )
-
-
-def common_free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

@@ -403,7 +403,8 @@ class FusedShardedAdam(torch.optim.Optimizer):
         if self.max_grad_norm is not None or self.scaler is not None:
             sumsq = torch.zeros(1, dtype=torch.float64, device=self.groups[0].device)
             for g in self.groups:
-                sumsq += torch.linalg.vector_norm(self._grad_partition(g), dtype=torch.float32).double() ** 2
+                for shard in g.grad_shards:
+                    sumsq += torch.linalg.vector_norm(shard, dtype=torch.float32).double() ** 2
             self.comm.all_reduce(sumsq, "sum")
             total = float(sumsq)
             overflow = not math.isfinite(total)
@@ -471,9 +472,6 @@ class FusedShardedAdam(torch.optim.Optimizer):
                 self._hooks.append(
                     m.register_forward_pre_hook(lambda _m, _a, keys=keys: self.wait_for_params(keys))
                 )
-
-    def _grad_partition(self, g: _FlatGroup) -> Tensor:
-        return g.grad_shard if g.grad_shard is not None else torch.cat(g.grad_shards)
 
     def _clear_grads(self) -> None:
         for g in self.groups:
