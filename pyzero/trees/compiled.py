@@ -1,0 +1,216 @@
+"""trees.compile / CompiledForest / trees.verify."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyzero.trees import convert_sklearn, strategies
+from pyzero.trees.forest import Forest
+
+BACKENDS = ("auto", "torch")
+STRATEGIES = ("auto", "traverse")
+# verify(): random rows drawn when no X is given, and the cap on adversarial rows.
+VERIFY_RANDOM_ROWS = 2000
+VERIFY_MAX_ADVERSARIAL_ROWS = 20000
+# A huge but finite input (scikit-learn sums the whole input to check finiteness: 3e38 would overflow).
+HUGE = 1.0e30
+
+
+def convert(model: Any) -> Forest:
+    """The Forest of a fitted model; TypeError for unsupported classes, ValueError when unfitted."""
+    name = type(model).__name__
+    module = type(model).__module__
+    if module.startswith("sklearn.") and name in convert_sklearn.SUPPORTED:
+        if not hasattr(model, "n_features_in_"):
+            raise ValueError(f"{name} is not fitted; call fit() before trees.compile()")
+        return convert_sklearn.convert(model)
+    supported = ", ".join(f"sklearn {n}" for n in convert_sklearn.SUPPORTED)
+    raise TypeError(f"trees.compile does not support {module}.{name}; supported: {supported}")
+
+
+class CompiledForest:
+    """A converted ensemble bound to a device; predicts with the chosen strategy.
+
+    Inputs: numpy arrays, torch tensors (on the compiled device) or pandas DataFrames of numbers,
+    shape [rows, n_features]; values are cast to float32 as the native libraries do. Outputs come
+    back as float64 numpy arrays (torch tensors for torch input).
+    """
+
+    def __init__(self, forest: Forest, device: torch.device, strategy: str) -> None:
+        self.forest = forest
+        self.device = device
+        self.strategy = strategy
+        self._ft = strategies.ForestTensors(forest, device)
+        self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
+
+    def to(self, device: str | torch.device) -> CompiledForest:
+        return CompiledForest(self.forest, torch.device(device), self.strategy)
+
+    # ------------------------------------------------------------------------------- inputs
+    def _input(self, X: Any) -> tuple[Tensor, bool]:
+        as_torch = isinstance(X, Tensor)
+        if as_torch:
+            if X.device != self.device:
+                raise ValueError(
+                    f"X is on {X.device} but the forest is compiled for {self.device}; use cf.to()"
+                )
+            x = X
+        else:
+            if hasattr(X, "to_numpy"):  # pandas
+                X = X.to_numpy()
+            arr = np.asarray(X)
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"X must hold numbers, got dtype {arr.dtype} (encode string features first)")
+            x = torch.as_tensor(arr.astype(np.float32, copy=False))
+        if x.dim() != 2 or x.shape[1] != self.forest.n_features:
+            raise ValueError(
+                f"X must have shape (rows, {self.forest.n_features}) for this model, got {tuple(x.shape)}"
+            )
+        return x.to(device=self.device, dtype=torch.float32).contiguous(), as_torch
+
+    def _output(self, t: Tensor, as_torch: bool):
+        return t if as_torch else t.cpu().numpy()
+
+    # ------------------------------------------------------------------------------ outputs
+    def _raw(self, x: Tensor) -> Tensor:
+        f = self.forest
+        return strategies.raw_scores(self._ft, x, f.n_trees, f.aggregation, self._base)
+
+    def decision_function(self, X: Any):
+        """Raw scores before the post-transform: [rows] for one output, else [rows, outputs]."""
+        x, as_torch = self._input(X)
+        raw = self._raw(x)
+        return self._output(raw[:, 0] if raw.shape[1] == 1 else raw, as_torch)
+
+    def _proba(self, x: Tensor) -> Tensor:
+        raw = self._raw(x)
+        post = self.forest.post_transform
+        if post == "sigmoid":
+            p = torch.sigmoid(raw[:, 0])
+            return torch.stack([1 - p, p], dim=1)
+        if post == "softmax":
+            return torch.softmax(raw, dim=1)
+        return raw
+
+    def predict_proba(self, X: Any):
+        """Class probabilities [rows, classes] (classifiers only)."""
+        if self.forest.classes is None:
+            raise AttributeError(f"{self.forest.source} is a regressor: it has no predict_proba")
+        x, as_torch = self._input(X)
+        return self._output(self._proba(x), as_torch)
+
+    def predict(self, X: Any):
+        """Class labels for classifiers, values [rows] or [rows, outputs] for regressors."""
+        x, as_torch = self._input(X)
+        if self.forest.classes is not None:
+            idx = self._proba(x).argmax(dim=1).cpu().numpy()
+            labels = self.forest.classes[idx]
+            return torch.as_tensor(labels) if as_torch else labels
+        raw = self._raw(x)
+        if self.forest.post_transform == "identity" and raw.shape[1] == 1:
+            raw = raw[:, 0]
+        return self._output(raw, as_torch)
+
+    def apply(self, X: Any):
+        """Leaf index reached in every tree, local to the tree as the native apply() numbers it."""
+        x, as_torch = self._input(X)
+        return self._output(strategies.leaves(self._ft, x) - self._ft.roots, as_torch)
+
+
+def compile(model: Any, backend: str = "auto", strategy: str = "auto", device: Any = None) -> CompiledForest:
+    """Converts a fitted tree ensemble into a CompiledForest on `device` (default CPU)."""
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend must be one of {BACKENDS} (cpu, cuda and triton kernels are not built yet)"
+        )
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    forest = convert(model)
+    return CompiledForest(forest, torch.device(device or "cpu"), "traverse")
+
+
+def adversarial_rows(
+    forest: Forest, base_rows: np.ndarray, allow_inf: bool, allow_nan: bool, seed: int = 0
+) -> np.ndarray:
+    """Rows that put every split on its knife edge: each used threshold exactly (float32 nearest and
+    both directed roundings), one ulp below and above, plus +-0, huge values, NaN and +-inf (when the
+    native model accepts them), each written into one column of a base row."""
+    rng = np.random.default_rng(seed)
+    specials = [0.0, -0.0, HUGE, -HUGE]
+    if allow_nan:
+        specials.append(np.nan)
+    if allow_inf:
+        specials += [np.inf, -np.inf]
+    rows = []
+    split = forest.feature >= 0
+    for f in range(forest.n_features):
+        t = forest.threshold64[split & (forest.feature == f)]
+        t32 = np.concatenate([t.astype(np.float32), forest.threshold32[split & (forest.feature == f)]])
+        vals = np.concatenate(
+            [t32, np.nextafter(t32, np.float32(-np.inf)), np.nextafter(t32, np.float32(np.inf)), specials]
+        ).astype(np.float32)
+        if not allow_inf:  # thresholds may be +-inf themselves (sklearn's missing-value-only splits)
+            vals = vals[~np.isinf(vals)]
+        block = base_rows[rng.integers(0, base_rows.shape[0], size=vals.shape[0])].copy()
+        block[:, f] = vals
+        rows.append(block)
+    out = np.concatenate(rows) if rows else base_rows[:0]
+    if out.shape[0] > VERIFY_MAX_ADVERSARIAL_ROWS:
+        out = out[rng.choice(out.shape[0], VERIFY_MAX_ADVERSARIAL_ROWS, replace=False)]
+    return out
+
+
+def verify(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Fuzzes `cf` against the native model on random and adversarial rows; returns a report with
+    the worst absolute disagreement per output kind and whether labels and leaves agree exactly."""
+    rng = np.random.default_rng(seed)
+    f = cf.forest
+    if X is None:
+        base = rng.standard_normal((VERIFY_RANDOM_ROWS, f.n_features)).astype(np.float32)
+    else:
+        base = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X, dtype=np.float32)
+    if not _accepts(model, np.nan, f.n_features):
+        base = base[~np.isnan(base).any(axis=1)]
+    rows = np.concatenate(
+        [
+            base,
+            adversarial_rows(
+                f, base, _accepts(model, np.inf, f.n_features), _accepts(model, np.nan, f.n_features), seed
+            ),
+        ]
+    )
+    report: dict[str, Any] = {"rows": int(rows.shape[0]), "max_abs_diff": {}}
+    for method in ("predict_proba", "decision_function"):
+        if hasattr(model, method) and (method != "predict_proba" or f.classes is not None):
+            ours = np.asarray(getattr(cf, method)(rows), dtype=np.float64)
+            native = np.asarray(getattr(model, method)(rows), dtype=np.float64).reshape(ours.shape)
+            report["max_abs_diff"][method] = float(np.max(np.abs(ours - native))) if rows.size else 0.0
+    ours_pred, native_pred = cf.predict(rows), model.predict(rows)
+    if f.classes is not None:
+        report["labels_equal"] = bool(np.array_equal(ours_pred, native_pred))
+    else:
+        ours_p = np.asarray(ours_pred, dtype=np.float64).reshape(np.shape(native_pred))
+        report["max_abs_diff"]["predict"] = float(np.max(np.abs(ours_p - native_pred))) if rows.size else 0.0
+    if hasattr(model, "apply"):
+        native_leaves = np.asarray(model.apply(rows)).reshape(rows.shape[0], -1)
+        report["leaves_equal"] = bool(
+            np.array_equal(cf.apply(rows).reshape(native_leaves.shape), native_leaves)
+        )
+    worst = max(report["max_abs_diff"].values(), default=0.0)
+    report["worst"] = worst
+    report["ok"] = worst <= 1e-6 and report.get("labels_equal", True) and report.get("leaves_equal", True)
+    return report
+
+
+def _accepts(model: Any, value: float, n_features: int) -> bool:
+    """Whether the native model predicts on a row holding `value` (sklearn rejects inf, and NaN for
+    estimators without missing-value support)."""
+    try:
+        model.predict(np.full((1, n_features), value, dtype=np.float32))
+    except ValueError:
+        return False
+    return True

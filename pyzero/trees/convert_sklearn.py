@@ -1,0 +1,105 @@
+"""scikit-learn tree ensembles -> Forest (see the semantics table in DESIGN.md section 4).
+
+scikit-learn casts inputs to float32 and sends x left when x <= threshold (float64); NaN follows
+tree_.missing_go_to_left.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pyzero.trees.forest import CMP_LE, Forest, concat_trees
+
+SUPPORTED = (
+    "DecisionTreeClassifier",
+    "DecisionTreeRegressor",
+    "ExtraTreeClassifier",
+    "ExtraTreeRegressor",
+    "RandomForestClassifier",
+    "RandomForestRegressor",
+    "ExtraTreesClassifier",
+    "ExtraTreesRegressor",
+    "GradientBoostingClassifier",
+    "GradientBoostingRegressor",
+)
+
+
+def _tree(tree, value: np.ndarray) -> dict:
+    """Local node arrays of one fitted sklearn Tree with the given per-node output vectors."""
+    return {
+        "feature": tree.feature,
+        "threshold": tree.threshold,
+        "left": tree.children_left,
+        "right": tree.children_right,
+        "default_left": tree.missing_go_to_left.astype(bool),
+        "cmp": CMP_LE,
+        "value": value,
+    }
+
+
+def _classifier_value(tree) -> np.ndarray:
+    """Per-node class distribution, normalised as predict_proba normalises it (single output)."""
+    v = tree.value[:, 0, :].astype(np.float64)
+    s = v.sum(axis=1, keepdims=True)
+    return np.divide(v, s, out=np.zeros_like(v), where=s > 0)
+
+
+def _regressor_value(tree) -> np.ndarray:
+    return tree.value[:, :, 0].astype(np.float64)
+
+
+def convert(model) -> Forest:
+    name = type(model).__name__
+    n_features = int(model.n_features_in_)
+    if name.startswith("GradientBoosting"):
+        return _gradient_boosting(model, n_features)
+    estimators = model.estimators_ if hasattr(model, "estimators_") else [model]
+    is_clf = hasattr(model, "classes_")
+    if is_clf and getattr(model, "n_outputs_", 1) != 1:
+        raise TypeError(f"{name} with several outputs (multi-output classification) is not supported")
+    trees = [
+        _tree(e.tree_, _classifier_value(e.tree_) if is_clf else _regressor_value(e.tree_))
+        for e in estimators
+    ]
+    n_out = trees[0]["value"].shape[1]
+    return concat_trees(
+        trees,
+        n_features=n_features,
+        base=np.zeros(n_out),
+        aggregation="mean",
+        post_transform="identity",
+        classes=np.asarray(model.classes_) if is_clf else None,
+        source=name,
+        extra={"kind": "classifier" if is_clf else "regressor"},
+    )
+
+
+def _gradient_boosting(model, n_features: int) -> Forest:
+    name = type(model).__name__
+    stages = model.estimators_  # (n_stages, K) DecisionTreeRegressors
+    k = stages.shape[1]
+    lr = float(model.learning_rate)
+    trees = []
+    for stage in stages:
+        for c, est in enumerate(stage):
+            v = np.zeros((est.tree_.node_count, k))
+            v[:, c] = lr * est.tree_.value[:, 0, 0]  # the same product sklearn forms per stage
+            trees.append(_tree(est.tree_, v))
+    base = np.asarray(
+        model._raw_predict_init(np.zeros((1, n_features), dtype=np.float32))[0], dtype=np.float64
+    )
+    is_clf = name.endswith("Classifier")
+    if is_clf:
+        post = "sigmoid" if k == 1 else "softmax"
+    else:
+        post = "identity"
+    return concat_trees(
+        trees,
+        n_features=n_features,
+        base=base,
+        aggregation="sum",
+        post_transform=post,
+        classes=np.asarray(model.classes_) if is_clf else None,
+        source=name,
+        extra={"kind": "classifier" if is_clf else "regressor"},
+    )

@@ -1,0 +1,150 @@
+"""The forest IR: every tree of an ensemble as flat node arrays (structure of arrays).
+
+Note [Exact thresholds]
+A native library compares a float32 feature value x with a threshold t. For float32 x and a float64
+t, `x <= t` holds exactly when `x <= round_down_to_f32(t)`, and `x < t` exactly when
+`x < round_up_to_f32(t)`. Rounding t to float32 by round-to-nearest instead (what other converters
+do) flips the decision for the x that lie between the two roundings. threshold32 stores the directed
+rounding for its node's comparison kind, so float32 kernels reproduce the native decisions exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Comparison kinds: which test sends a (non-missing) value to the left child.
+CMP_LE = 0  # x <= threshold goes left (scikit-learn, LightGBM)
+CMP_LT = 1  # x < threshold goes left (XGBoost)
+AGGREGATIONS = ("sum", "mean")
+POST_TRANSFORMS = ("identity", "sigmoid", "softmax")
+
+
+def round_down_f32(t: np.ndarray) -> np.ndarray:
+    """Largest float32 <= t (elementwise, float64 in); see Note [Exact thresholds]."""
+    t = np.asarray(t, dtype=np.float64)
+    r = t.astype(np.float32)
+    above = r.astype(np.float64) > t
+    r[above] = np.nextafter(r[above], np.float32(-np.inf))
+    return r
+
+
+def round_up_f32(t: np.ndarray) -> np.ndarray:
+    """Smallest float32 >= t (elementwise, float64 in); see Note [Exact thresholds]."""
+    t = np.asarray(t, dtype=np.float64)
+    r = t.astype(np.float32)
+    below = r.astype(np.float64) < t
+    r[below] = np.nextafter(r[below], np.float32(np.inf))
+    return r
+
+
+@dataclass
+class Forest:
+    """All trees of one ensemble. Node arrays are indexed by a global node id (trees concatenated).
+
+    feature: int32 [nodes], feature index tested at a split node; -1 at a leaf.
+    threshold32: float32 [nodes], the split threshold rounded as Note [Exact thresholds] says.
+    threshold64: float64 [nodes], the native threshold (for float64 comparisons).
+    left, right: int32 [nodes], global ids of the children; a leaf points to itself in both, so a
+        traversal can keep stepping at a leaf without moving.
+    default_left: bool [nodes], where a missing (NaN) value goes.
+    cmp: int8 [nodes], CMP_LE or CMP_LT.
+    value: float64 [nodes, n_outputs], what a leaf adds to the outputs (zero at split nodes), already
+        multiplied by its tree's weight and any learning rate.
+    roots: int32 [trees], global id of each tree's root; depth: int32 [trees], longest root-leaf path.
+    n_features: features the model was fitted on. base: float64 [n_outputs], added to the sum.
+    aggregation: "sum" (boosting) or "mean" (averaging ensembles: sum / n_trees).
+    post_transform: "identity", "sigmoid" (binary: one output -> P(class 1)) or "softmax".
+    classes: class labels for classifiers (predict returns classes[argmax]), else None.
+    """
+
+    feature: np.ndarray
+    threshold32: np.ndarray
+    threshold64: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    default_left: np.ndarray
+    cmp: np.ndarray
+    value: np.ndarray
+    roots: np.ndarray
+    depth: np.ndarray
+    n_features: int
+    base: np.ndarray
+    aggregation: str = "sum"
+    post_transform: str = "identity"
+    classes: np.ndarray | None = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.feature.shape[0]
+        for name in ("threshold32", "threshold64", "left", "right", "default_left", "cmp"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"Forest.{name} must have shape ({n},), got {getattr(self, name).shape}")
+        if self.value.ndim != 2 or self.value.shape[0] != n:
+            raise ValueError(f"Forest.value must have shape ({n}, n_outputs), got {self.value.shape}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"Forest.aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+        if self.post_transform not in POST_TRANSFORMS:
+            raise ValueError(
+                f"Forest.post_transform must be one of {POST_TRANSFORMS}, got {self.post_transform!r}"
+            )
+
+    @property
+    def n_trees(self) -> int:
+        return int(self.roots.shape[0])
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.value.shape[1])
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depth.max()) if self.depth.size else 0
+
+
+def concat_trees(trees: list[dict], **forest_fields) -> Forest:
+    """Builds a Forest from per-tree dicts of local node arrays (children local, -1 at leaves)."""
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("feature", "t64", "cmp", "left", "right", "dl", "value")
+    }
+    roots, depths, offset = [], [], 0
+    for t in trees:
+        n = t["feature"].shape[0]
+        ids = np.arange(n, dtype=np.int64) + offset
+        leaf = t["left"] < 0
+        parts["feature"].append(np.where(leaf, -1, t["feature"]).astype(np.int32))
+        parts["t64"].append(np.where(leaf, 0.0, t["threshold"]).astype(np.float64))
+        parts["cmp"].append(np.full(n, t["cmp"], dtype=np.int8))
+        parts["left"].append(np.where(leaf, ids, t["left"] + offset).astype(np.int32))
+        parts["right"].append(np.where(leaf, ids, t["right"] + offset).astype(np.int32))
+        parts["dl"].append(np.asarray(t["default_left"], dtype=bool))
+        parts["value"].append(np.where(leaf[:, None], t["value"], 0.0).astype(np.float64))
+        roots.append(offset)
+        depths.append(_depth(t["left"], t["right"]))
+        offset += n
+    cat = {k: np.concatenate(v) for k, v in parts.items()}
+    t32 = np.where(cat["cmp"] == CMP_LE, round_down_f32(cat["t64"]), round_up_f32(cat["t64"]))
+    return Forest(
+        feature=cat["feature"],
+        threshold32=t32.astype(np.float32),
+        threshold64=cat["t64"],
+        left=cat["left"],
+        right=cat["right"],
+        default_left=cat["dl"],
+        cmp=cat["cmp"],
+        value=cat["value"],
+        roots=np.asarray(roots, dtype=np.int32),
+        depth=np.asarray(depths, dtype=np.int32),
+        **forest_fields,
+    )
+
+
+def _depth(left: np.ndarray, right: np.ndarray) -> int:
+    depth = np.zeros(left.shape[0], dtype=np.int64)
+    for i in range(left.shape[0]):  # parents precede children in every supported library's order
+        for c in (left[i], right[i]):
+            if c >= 0:
+                depth[c] = depth[i] + 1
+    return int(depth.max()) if depth.size else 0

@@ -1,0 +1,64 @@
+"""Portable torch strategies over the forest IR (any torch device, no extension needed)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from pyzero.trees.forest import CMP_LE, Forest
+
+# Rows per block of the traversal: the [rows, trees] node-index tensor never exceeds this x trees.
+TRAVERSE_ROW_BLOCK = 4096
+
+
+class ForestTensors:
+    """The Forest's node arrays as torch tensors on one device."""
+
+    def __init__(self, forest: Forest, device: torch.device) -> None:
+        def t(a, dtype):
+            return torch.as_tensor(a).to(device=device, dtype=dtype)
+
+        self.feature = t(forest.feature, torch.int64).clamp(min=0)  # leaves read feature 0, then stay put
+        self.threshold = t(forest.threshold32, torch.float32)
+        self.left = t(forest.left, torch.int64)
+        self.right = t(forest.right, torch.int64)
+        self.default_left = t(forest.default_left, torch.bool)
+        self.le = t(forest.cmp == CMP_LE, torch.bool)
+        self.value = t(forest.value, torch.float64)
+        self.roots = t(forest.roots, torch.int64)
+        self.max_depth = forest.max_depth
+
+
+def traverse(ft: ForestTensors, x: Tensor) -> Tensor:
+    """Leaf node id reached in every tree: x float32 [rows, features] -> int64 [rows, trees].
+
+    One step per depth level for all (row, tree) pairs at once; leaves point to themselves.
+    """
+    node = ft.roots.expand(x.shape[0], -1).clone()
+    for _ in range(ft.max_depth):
+        v = torch.gather(x, 1, ft.feature[node])
+        thr = ft.threshold[node]
+        go_left = torch.where(ft.le[node], v <= thr, v < thr)
+        go_left = torch.where(torch.isnan(v), ft.default_left[node], go_left)
+        node = torch.where(go_left, ft.left[node], ft.right[node])
+    return node
+
+
+def raw_scores(ft: ForestTensors, x: Tensor, n_trees: int, aggregation: str, base: Tensor) -> Tensor:
+    """Aggregated leaf values before the post-transform: float64 [rows, outputs], in row blocks."""
+    out = []
+    for start in range(0, x.shape[0], TRAVERSE_ROW_BLOCK):
+        leaves = traverse(ft, x[start : start + TRAVERSE_ROW_BLOCK])
+        s = ft.value[leaves].sum(dim=1)
+        if aggregation == "mean":
+            s = s / n_trees
+        out.append(s + base)
+    if not out:
+        return torch.zeros((0, base.shape[0]), dtype=torch.float64, device=x.device)
+    return torch.cat(out)
+
+
+def leaves(ft: ForestTensors, x: Tensor) -> Tensor:
+    return torch.cat(
+        [traverse(ft, x[s : s + TRAVERSE_ROW_BLOCK]) for s in range(0, x.shape[0], TRAVERSE_ROW_BLOCK)]
+    )
