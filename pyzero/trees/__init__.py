@@ -1,8 +1,9 @@
 """Compiled tree-ensemble inference: one forest IR, exact converters, batched traversal.
 
 Work in progress (issue 4): scikit-learn DecisionTree / RandomForest / ExtraTrees / GradientBoosting
-converters and the portable torch traversal strategy are here; XGBoost, LightGBM, HistGradientBoosting,
-IsolationForest, the GEMM and perfect-tree strategies and the C++ kernel are not yet.
+and XGBoost gbtree (numeric splits) converters, verify(), and the portable torch traversal strategy
+are here; LightGBM, HistGradientBoosting, IsolationForest, XGBoost categorical splits, the GEMM and
+perfect-tree strategies and the C++ kernel are not yet.
 """
 
 from pyzero.trees.compiled import CompiledForest, compile, verify

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyzero.trees import convert_sklearn, strategies
+from pyzero.trees import convert_sklearn, convert_xgboost, strategies
 from pyzero.trees.forest import Forest
 
 BACKENDS = ("auto", "torch")
@@ -20,7 +20,7 @@ VERIFY_MAX_ADVERSARIAL_ROWS = 20000
 HUGE = 1.0e30
 
 
-def convert(model: Any) -> Forest:
+def convert(model: Any, iteration_range: tuple[int, int] | None = None) -> Forest:
     """The Forest of a fitted model; TypeError for unsupported classes, ValueError when unfitted."""
     name = type(model).__name__
     module = type(model).__module__
@@ -28,7 +28,14 @@ def convert(model: Any) -> Forest:
         if not hasattr(model, "n_features_in_"):
             raise ValueError(f"{name} is not fitted; call fit() before trees.compile()")
         return convert_sklearn.convert(model)
-    supported = ", ".join(f"sklearn {n}" for n in convert_sklearn.SUPPORTED)
+    if module.startswith("xgboost") and name in convert_xgboost.SUPPORTED:
+        if name != "Booster" and not hasattr(model, "_Booster"):
+            raise ValueError(f"{name} is not fitted; call fit() before trees.compile()")
+        return convert_xgboost.convert(model, iteration_range)
+    supported = ", ".join(
+        [f"sklearn {n}" for n in convert_sklearn.SUPPORTED]
+        + [f"xgboost {n}" for n in convert_xgboost.SUPPORTED]
+    )
     raise TypeError(f"trees.compile does not support {module}.{name}; supported: {supported}")
 
 
@@ -66,6 +73,9 @@ class CompiledForest:
             if arr.dtype.kind not in "biuf":
                 raise TypeError(f"X must hold numbers, got dtype {arr.dtype} (encode string features first)")
             x = torch.as_tensor(arr.astype(np.float32, copy=False))
+        missing = self.forest.extra.get("missing", np.nan)
+        if not np.isnan(missing):  # XGBoost's missing= value counts as missing, like NaN
+            x = torch.where(x == np.float32(missing), torch.full_like(x, float("nan")), x)
         if x.dim() != 2 or x.shape[1] != self.forest.n_features:
             raise ValueError(
                 f"X must have shape (rows, {self.forest.n_features}) for this model, got {tuple(x.shape)}"
@@ -78,7 +88,9 @@ class CompiledForest:
     # ------------------------------------------------------------------------------ outputs
     def _raw(self, x: Tensor) -> Tensor:
         f = self.forest
-        return strategies.raw_scores(self._ft, x, f.n_trees, f.aggregation, self._base)
+        return strategies.raw_scores(
+            self._ft, x, f.n_trees, f.aggregation, self._base, f.extra.get("accumulate") == "float32"
+        )
 
     def decision_function(self, X: Any):
         """Raw scores before the post-transform: [rows] for one output, else [rows, outputs]."""
@@ -86,15 +98,25 @@ class CompiledForest:
         raw = self._raw(x)
         return self._output(raw[:, 0] if raw.shape[1] == 1 else raw, as_torch)
 
-    def _proba(self, x: Tensor) -> Tensor:
+    def _transformed(self, x: Tensor) -> Tensor:
+        """Raw scores through the forest's post-transform, one column per output."""
         raw = self._raw(x)
         post = self.forest.post_transform
+        if self.forest.extra.get("accumulate") == "float32":  # the library transforms in float32 too
+            raw = raw.to(torch.float32)
         if post == "sigmoid":
-            p = torch.sigmoid(raw[:, 0])
-            return torch.stack([1 - p, p], dim=1)
+            return torch.sigmoid(raw).double()
         if post == "softmax":
-            return torch.softmax(raw, dim=1)
-        return raw
+            return torch.softmax(raw, dim=1).double()
+        if post == "exp":
+            return torch.exp(raw).double()
+        return raw.double()
+
+    def _proba(self, x: Tensor) -> Tensor:
+        p = self._transformed(x)
+        if self.forest.classes is not None and p.shape[1] == 1:  # binary: P(class 1) -> [P(0), P(1)]
+            return torch.cat([1 - p, p], dim=1)
+        return p
 
     def predict_proba(self, X: Any):
         """Class probabilities [rows, classes] (classifiers only)."""
@@ -110,10 +132,10 @@ class CompiledForest:
             idx = self._proba(x).argmax(dim=1).cpu().numpy()
             labels = self.forest.classes[idx]
             return torch.as_tensor(labels) if as_torch else labels
-        raw = self._raw(x)
-        if self.forest.post_transform == "identity" and raw.shape[1] == 1:
-            raw = raw[:, 0]
-        return self._output(raw, as_torch)
+        out = self._transformed(x)
+        if out.shape[1] == 1:
+            out = out[:, 0]
+        return self._output(out, as_torch)
 
     def apply(self, X: Any):
         """Leaf index reached in every tree, local to the tree as the native apply() numbers it."""
@@ -121,15 +143,23 @@ class CompiledForest:
         return self._output(strategies.leaves(self._ft, x) - self._ft.roots, as_torch)
 
 
-def compile(model: Any, backend: str = "auto", strategy: str = "auto", device: Any = None) -> CompiledForest:
-    """Converts a fitted tree ensemble into a CompiledForest on `device` (default CPU)."""
+def compile(
+    model: Any,
+    backend: str = "auto",
+    strategy: str = "auto",
+    device: Any = None,
+    iteration_range: tuple[int, int] | None = None,
+) -> CompiledForest:
+    """Converts a fitted tree ensemble into a CompiledForest on `device` (default CPU).
+
+    iteration_range: XGBoost boosting rounds [start, end) to keep (as in XGBoost's predict)."""
     if backend not in BACKENDS:
         raise ValueError(
             f"backend must be one of {BACKENDS} (cpu, cuda and triton kernels are not built yet)"
         )
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    forest = convert(model)
+    forest = convert(model, iteration_range)
     return CompiledForest(forest, torch.device(device or "cpu"), "traverse")
 
 
@@ -196,10 +226,10 @@ def verify(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> dict
         ours_p = np.asarray(ours_pred, dtype=np.float64).reshape(np.shape(native_pred))
         report["max_abs_diff"]["predict"] = float(np.max(np.abs(ours_p - native_pred))) if rows.size else 0.0
     if hasattr(model, "apply"):
-        native_leaves = np.asarray(model.apply(rows)).reshape(rows.shape[0], -1)
-        report["leaves_equal"] = bool(
-            np.array_equal(cf.apply(rows).reshape(native_leaves.shape), native_leaves)
-        )
+        leaf_rows = rows[~np.isinf(rows).any(axis=1)]  # XGBoost's apply() rejects inf that predict() takes
+        native_leaves = np.asarray(model.apply(leaf_rows)).reshape(leaf_rows.shape[0], -1)
+        ours_leaves = cf.apply(leaf_rows).reshape(native_leaves.shape)
+        report["leaves_equal"] = bool(np.array_equal(ours_leaves, native_leaves))
     worst = max(report["max_abs_diff"].values(), default=0.0)
     report["worst"] = worst
     report["ok"] = worst <= 1e-6 and report.get("labels_equal", True) and report.get("leaves_equal", True)
@@ -211,6 +241,6 @@ def _accepts(model: Any, value: float, n_features: int) -> bool:
     estimators without missing-value support)."""
     try:
         model.predict(np.full((1, n_features), value, dtype=np.float32))
-    except ValueError:
+    except Exception:  # each library raises its own error type
         return False
     return True

@@ -18,7 +18,7 @@ import numpy as np
 CMP_LE = 0  # x <= threshold goes left (scikit-learn, LightGBM)
 CMP_LT = 1  # x < threshold goes left (XGBoost)
 AGGREGATIONS = ("sum", "mean")
-POST_TRANSFORMS = ("identity", "sigmoid", "softmax")
+POST_TRANSFORMS = ("identity", "sigmoid", "softmax", "exp")
 
 
 def round_down_f32(t: np.ndarray) -> np.ndarray:
@@ -55,7 +55,7 @@ class Forest:
     roots: int32 [trees], global id of each tree's root; depth: int32 [trees], longest root-leaf path.
     n_features: features the model was fitted on. base: float64 [n_outputs], added to the sum.
     aggregation: "sum" (boosting) or "mean" (averaging ensembles: sum / n_trees).
-    post_transform: "identity", "sigmoid" (binary: one output -> P(class 1)) or "softmax".
+    post_transform: "identity", "sigmoid" (binary: one output -> P(class 1)), "softmax" or "exp".
     classes: class labels for classifiers (predict returns classes[argmax]), else None.
     """
 

@@ -44,12 +44,31 @@ def traverse(ft: ForestTensors, x: Tensor) -> Tensor:
     return node
 
 
-def raw_scores(ft: ForestTensors, x: Tensor, n_trees: int, aggregation: str, base: Tensor) -> Tensor:
-    """Aggregated leaf values before the post-transform: float64 [rows, outputs], in row blocks."""
+def raw_scores(
+    ft: ForestTensors,
+    x: Tensor,
+    n_trees: int,
+    aggregation: str,
+    base: Tensor,
+    float32_sequential: bool = False,
+) -> Tensor:
+    """Aggregated leaf values before the post-transform: float64 [rows, outputs], in row blocks.
+
+    float32_sequential: accumulate base, tree 0, tree 1, ... in float32, one tree at a time, as
+    XGBoost's predictor does, so results match its float32 outputs bit for bit.
+    """
     out = []
     for start in range(0, x.shape[0], TRAVERSE_ROW_BLOCK):
         leaves = traverse(ft, x[start : start + TRAVERSE_ROW_BLOCK])
-        s = ft.value[leaves].sum(dim=1)
+        v = ft.value[leaves]
+        if float32_sequential:
+            acc = base.to(torch.float32).expand(v.shape[0], -1).clone()
+            v32 = v.to(torch.float32)
+            for t in range(v32.shape[1]):
+                acc += v32[:, t]
+            out.append(acc.to(torch.float64))
+            continue
+        s = v.sum(dim=1)
         if aggregation == "mean":
             s = s / n_trees
         out.append(s + base)

@@ -1,0 +1,108 @@
+"""XGBoost gbtree models -> Forest, read from the model's JSON (not the text dump).
+
+XGBoost sends x left when float32 x < split_condition (a float32), NaN (and the `missing` value)
+follow default_left; a tree adds its leaf value to output group tree_info[i]; the margin starts at
+the base score (stored in output space, turned into a margin by the objective).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from pyzero.trees.forest import CMP_LT, Forest, concat_trees
+
+SUPPORTED = ("XGBClassifier", "XGBRegressor", "XGBRanker", "XGBRFClassifier", "XGBRFRegressor", "Booster")
+# Objective -> post-transform of the summed margin.
+POST = {
+    "reg:squarederror": "identity",
+    "reg:squaredlogerror": "identity",
+    "reg:pseudohubererror": "identity",
+    "reg:absoluteerror": "identity",
+    "reg:logistic": "sigmoid",
+    "binary:logistic": "sigmoid",
+    "binary:logitraw": "identity",
+    "multi:softprob": "softmax",
+    "multi:softmax": "softmax",
+    "count:poisson": "exp",
+    "rank:pairwise": "identity",
+    "rank:ndcg": "identity",
+    "rank:map": "identity",
+}
+
+
+def convert(model, iteration_range: tuple[int, int] | None = None) -> Forest:
+    booster = model.get_booster() if hasattr(model, "get_booster") else model
+    doc = json.loads(booster.save_raw("json"))
+    learner = doc["learner"]
+    objective = learner["objective"]["name"]
+    if objective not in POST:
+        raise TypeError(f"XGBoost objective {objective!r} is not supported; supported: {sorted(POST)}")
+    gb = learner["gradient_booster"]
+    if gb["name"] != "gbtree":
+        raise TypeError(f"XGBoost booster {gb['name']!r} is not supported (only gbtree)")
+    m = gb["model"]
+    n_groups = max(1, int(learner["learner_model_param"]["num_class"]))
+    indptr = m["iteration_indptr"]
+    lo, hi = (0, len(indptr) - 1) if not iteration_range or iteration_range == (0, 0) else iteration_range
+    chosen = range(indptr[lo], indptr[hi])
+    trees = []
+    for i in chosen:
+        t = m["trees"][i]
+        if any(t["split_type"]):
+            raise NotImplementedError("XGBoost categorical splits are not supported yet by pyzero.trees")
+        left = np.asarray(t["left_children"], dtype=np.int64)
+        cond = np.asarray(t["split_conditions"], dtype=np.float32)  # exact float32 values
+        value = np.zeros((left.shape[0], n_groups))
+        value[:, m["tree_info"][i]] = np.where(left < 0, cond, 0.0)
+        trees.append(
+            {
+                "feature": np.asarray(t["split_indices"], dtype=np.int64),
+                "threshold": cond.astype(np.float64),  # directed rounding of an f32 value is itself
+                "left": left,
+                "right": np.asarray(t["right_children"], dtype=np.int64),
+                "default_left": np.asarray(t["default_left"], dtype=bool),
+                "cmp": CMP_LT,
+                "value": value,
+            }
+        )
+    n_features = int(learner["learner_model_param"]["num_feature"])
+    classes = getattr(model, "classes_", None) if type(model).__name__.endswith("Classifier") else None
+    forest = concat_trees(
+        trees,
+        n_features=n_features,
+        base=np.zeros(n_groups),
+        aggregation="sum",
+        post_transform=POST[objective],
+        classes=None if classes is None else np.asarray(classes),
+        source=type(model).__name__,
+        extra={
+            "objective": objective,
+            "missing": float(getattr(model, "missing", np.nan)),
+            "accumulate": "float32",
+        },
+    )
+    forest.base = _base_margin(booster, forest, (lo, hi))
+    return forest
+
+
+def _base_margin(booster, forest: Forest, rounds: tuple[int, int]) -> np.ndarray:
+    """The margin XGBoost starts from, read off the booster: its margin on an all-NaN row minus the
+    leaf values our traversal collects for that row (the stored base_score goes through the
+    objective's link function, and may have been estimated from the data at fit time)."""
+    import xgboost as xgb
+
+    from pyzero.trees.strategies import ForestTensors, traverse
+
+    row = np.full((1, forest.n_features), np.nan, dtype=np.float32)
+    margin = booster.predict(xgb.DMatrix(row), output_margin=True, iteration_range=rounds)
+    native = np.asarray(margin, dtype=np.float64).reshape(-1)
+    import torch
+
+    ft = ForestTensors(forest, torch.device("cpu"))
+    leaves = traverse(ft, torch.as_tensor(row))
+    acc = torch.zeros(forest.n_outputs, dtype=torch.float32)
+    for t in range(forest.n_trees):  # the float32 order XGBoost sums in, so base + trees is exact
+        acc += ft.value[leaves[0, t]].to(torch.float32)
+    return native - acc.double().numpy()

@@ -1,0 +1,81 @@
+"""XGBoost models compiled from their JSON agree with XGBoost (adversarial rows, NaN, missing=, rounds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyzero import trees
+
+xgb = pytest.importorskip("xgboost")
+
+
+def data(n=500, features=6, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, features)).astype(np.float32)
+    X[:, 2] = np.round(X[:, 2] * 2) / 2
+    X[rng.random(X.shape) < 0.05] = np.nan
+    Xf = np.nan_to_num(X)
+    return X, {
+        "bin": (Xf[:, 0] + Xf[:, 1] > 0).astype(int),
+        "multi": np.digitize(Xf[:, 2], [-0.5, 0.5]),
+        "reg": Xf[:, 0] * 2 + np.sin(Xf[:, 4]),
+        "count": rng.poisson(np.exp(Xf[:, 0] * 0.5)),
+        "rank": rng.integers(0, 4, n),
+    }
+
+
+def models(depth):
+    d = dict(max_depth=depth, n_estimators=12, random_state=0)
+    return [
+        (xgb.XGBClassifier(**d), "bin"),
+        (xgb.XGBClassifier(objective="binary:logitraw", **d), "bin"),
+        (xgb.XGBClassifier(**d), "multi"),
+        (xgb.XGBClassifier(objective="multi:softmax", **d), "multi"),
+        (xgb.XGBRegressor(**d), "reg"),
+        (xgb.XGBRegressor(objective="reg:logistic", **d), "bin"),
+        (xgb.XGBRegressor(objective="count:poisson", **d), "count"),
+        (xgb.XGBRFClassifier(max_depth=depth, n_estimators=6, random_state=0), "bin"),
+        (xgb.XGBRFRegressor(max_depth=depth, n_estimators=6, random_state=0), "reg"),
+    ]
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8, 12])
+def test_xgboost_models_match_on_adversarial_inputs(depth):
+    X, ys = data()
+    for model, target in models(depth):
+        model.fit(X, ys[target])
+        report = trees.verify(model, trees.compile(model), X)
+        assert report["ok"], (model.objective, target, report)
+
+
+@pytest.mark.parametrize("objective", ["rank:pairwise", "rank:ndcg"])
+def test_rankers(objective):
+    X, ys = data()
+    qid = np.repeat(np.arange(50), 10)
+    model = xgb.XGBRanker(objective=objective, n_estimators=10, max_depth=4).fit(X, ys["rank"], qid=qid)
+    assert trees.verify(model, trees.compile(model), X)["ok"]
+
+
+def test_missing_value_parameter_and_iteration_range():
+    X, ys = data()
+    Xz = np.nan_to_num(X)  # zeros now mean "missing"
+    model = xgb.XGBRegressor(n_estimators=20, max_depth=5, missing=0.0).fit(Xz, ys["reg"])
+    cf = trees.compile(model)
+    assert np.max(np.abs(cf.predict(Xz) - model.predict(Xz))) <= 1e-6
+    part = trees.compile(model, iteration_range=(0, 7))
+    assert np.max(np.abs(part.predict(Xz) - model.predict(Xz, iteration_range=(0, 7)))) <= 1e-6
+
+
+def test_estimated_base_score_is_used():
+    """XGBoost estimates base_score from the targets at fit time; the margin must start from it."""
+    X, ys = data()
+    y = ys["reg"] + 100.0
+    model = xgb.XGBRegressor(n_estimators=3, max_depth=2).fit(X, y)
+    cf = trees.compile(model)
+    assert np.max(np.abs(cf.predict(X) - model.predict(X))) <= 1e-4 * 100  # float32 at magnitude 100
+
+
+def test_unfitted_model_is_named():
+    with pytest.raises(ValueError, match="XGBClassifier is not fitted"):
+        trees.compile(xgb.XGBClassifier())
