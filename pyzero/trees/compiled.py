@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyzero.trees import convert_sklearn, convert_xgboost, strategies
-from pyzero.trees.forest import Forest
+from pyzero.trees import convert_lightgbm, convert_sklearn, convert_xgboost, strategies
+from pyzero.trees.forest import ZERO_THRESHOLD, Forest
 
 BACKENDS = ("auto", "torch")
+ZERO_THRESHOLD_F32 = float(np.float32(ZERO_THRESHOLD))
 STRATEGIES = ("auto", "traverse")
 # verify(): random rows drawn when no X is given, and the cap on adversarial rows.
 VERIFY_RANDOM_ROWS = 2000
@@ -20,7 +21,9 @@ VERIFY_MAX_ADVERSARIAL_ROWS = 20000
 HUGE = 1.0e30
 
 
-def convert(model: Any, iteration_range: tuple[int, int] | None = None) -> Forest:
+def convert(
+    model: Any, iteration_range: tuple[int, int] | None = None, num_iteration: int | None = None
+) -> Forest:
     """The Forest of a fitted model; TypeError for unsupported classes, ValueError when unfitted."""
     name = type(model).__name__
     module = type(model).__module__
@@ -28,6 +31,10 @@ def convert(model: Any, iteration_range: tuple[int, int] | None = None) -> Fores
         if not hasattr(model, "n_features_in_"):
             raise ValueError(f"{name} is not fitted; call fit() before trees.compile()")
         return convert_sklearn.convert(model)
+    if module.startswith("lightgbm") and name in convert_lightgbm.SUPPORTED:
+        if name != "Booster" and not hasattr(model, "_Booster"):
+            raise ValueError(f"{name} is not fitted; call fit() before trees.compile()")
+        return convert_lightgbm.convert(model, num_iteration)
     if module.startswith("xgboost") and name in convert_xgboost.SUPPORTED:
         if name != "Booster" and not hasattr(model, "_Booster"):
             raise ValueError(f"{name} is not fitted; call fit() before trees.compile()")
@@ -73,6 +80,8 @@ class CompiledForest:
             if arr.dtype.kind not in "biuf":
                 raise TypeError(f"X must hold numbers, got dtype {arr.dtype} (encode string features first)")
             x = torch.as_tensor(arr.astype(np.float32, copy=False))
+        if self.forest.extra.get("zero_tiny_inputs"):  # LightGBM reads |x| <= 1e-35f as 0.0
+            x = torch.where(x.abs() <= ZERO_THRESHOLD_F32, torch.zeros_like(x), x)
         missing = self.forest.extra.get("missing", np.nan)
         if not np.isnan(missing):  # XGBoost's missing= value counts as missing, like NaN
             x = torch.where(x == np.float32(missing), torch.full_like(x, float("nan")), x)
@@ -105,7 +114,7 @@ class CompiledForest:
         if self.forest.extra.get("accumulate") == "float32":  # the library transforms in float32 too
             raw = raw.to(torch.float32)
         if post == "sigmoid":
-            return torch.sigmoid(raw).double()
+            return torch.sigmoid(raw * self.forest.extra.get("sigmoid_scale", 1.0)).double()
         if post == "softmax":
             return torch.softmax(raw, dim=1).double()
         if post == "exp":
@@ -140,7 +149,7 @@ class CompiledForest:
     def apply(self, X: Any):
         """Leaf index reached in every tree, local to the tree as the native apply() numbers it."""
         x, as_torch = self._input(X)
-        return self._output(strategies.leaves(self._ft, x) - self._ft.roots, as_torch)
+        return self._output(self._ft.leaf_id[strategies.leaves(self._ft, x)], as_torch)
 
 
 def compile(
@@ -149,17 +158,19 @@ def compile(
     strategy: str = "auto",
     device: Any = None,
     iteration_range: tuple[int, int] | None = None,
+    num_iteration: int | None = None,
 ) -> CompiledForest:
     """Converts a fitted tree ensemble into a CompiledForest on `device` (default CPU).
 
-    iteration_range: XGBoost boosting rounds [start, end) to keep (as in XGBoost's predict)."""
+    iteration_range: XGBoost boosting rounds [start, end) to keep (as in XGBoost's predict).
+    num_iteration: LightGBM iterations to keep (default: the best iteration if early stopping set one)."""
     if backend not in BACKENDS:
         raise ValueError(
             f"backend must be one of {BACKENDS} (cpu, cuda and triton kernels are not built yet)"
         )
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    forest = convert(model, iteration_range)
+    forest = convert(model, iteration_range, num_iteration)
     return CompiledForest(forest, torch.device(device or "cpu"), "traverse")
 
 
@@ -225,10 +236,10 @@ def verify(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> dict
     else:
         ours_p = np.asarray(ours_pred, dtype=np.float64).reshape(np.shape(native_pred))
         report["max_abs_diff"]["predict"] = float(np.max(np.abs(ours_p - native_pred))) if rows.size else 0.0
-    if hasattr(model, "apply"):
-        leaf_rows = rows[~np.isinf(rows).any(axis=1)]  # XGBoost's apply() rejects inf that predict() takes
-        native_leaves = np.asarray(model.apply(leaf_rows)).reshape(leaf_rows.shape[0], -1)
-        ours_leaves = cf.apply(leaf_rows).reshape(native_leaves.shape)
+    leaf_rows = rows[~np.isinf(rows).any(axis=1)]  # XGBoost's apply() rejects inf that predict() takes
+    native_leaves = _native_leaves(model, leaf_rows)
+    if native_leaves is not None:
+        ours_leaves = np.asarray(cf.apply(leaf_rows)).reshape(native_leaves.shape)
         report["leaves_equal"] = bool(np.array_equal(ours_leaves, native_leaves))
     worst = max(report["max_abs_diff"].values(), default=0.0)
     report["worst"] = worst
@@ -244,3 +255,14 @@ def _accepts(model: Any, value: float, n_features: int) -> bool:
     except Exception:  # each library raises its own error type
         return False
     return True
+
+
+def _native_leaves(model: Any, rows: np.ndarray) -> np.ndarray | None:
+    """Leaf index per (row, tree) from the native library, or None when it cannot say."""
+    if type(model).__module__.startswith("lightgbm"):
+        out = model.predict(rows, pred_leaf=True)
+    elif hasattr(model, "apply"):
+        out = model.apply(rows)
+    else:
+        return None
+    return np.asarray(out).reshape(rows.shape[0], -1)

@@ -17,6 +17,11 @@ import numpy as np
 # Comparison kinds: which test sends a (non-missing) value to the left child.
 CMP_LE = 0  # x <= threshold goes left (scikit-learn, LightGBM)
 CMP_LT = 1  # x < threshold goes left (XGBoost)
+# Missing-value kinds: which inputs take the default direction instead of the comparison.
+MISSING_NAN = 0  # NaN is missing (scikit-learn, XGBoost, LightGBM missing_type NaN)
+MISSING_NONE = 1  # NaN is read as 0.0 and compared (LightGBM missing_type None)
+MISSING_ZERO = 2  # NaN and |x| <= ZERO_THRESHOLD are missing (LightGBM missing_type Zero)
+ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float constant)
 AGGREGATIONS = ("sum", "mean")
 POST_TRANSFORMS = ("identity", "sigmoid", "softmax", "exp")
 
@@ -50,6 +55,9 @@ class Forest:
         traversal can keep stepping at a leaf without moving.
     default_left: bool [nodes], where a missing (NaN) value goes.
     cmp: int8 [nodes], CMP_LE or CMP_LT.
+    missing: int8 [nodes], MISSING_NAN, MISSING_NONE or MISSING_ZERO.
+    leaf_id: int32 [nodes], the number the native apply() reports for a leaf (its local node id, or
+        LightGBM's leaf_index).
     value: float64 [nodes, n_outputs], what a leaf adds to the outputs (zero at split nodes), already
         multiplied by its tree's weight and any learning rate.
     roots: int32 [trees], global id of each tree's root; depth: int32 [trees], longest root-leaf path.
@@ -66,6 +74,8 @@ class Forest:
     right: np.ndarray
     default_left: np.ndarray
     cmp: np.ndarray
+    missing: np.ndarray
+    leaf_id: np.ndarray
     value: np.ndarray
     roots: np.ndarray
     depth: np.ndarray
@@ -79,7 +89,16 @@ class Forest:
 
     def __post_init__(self) -> None:
         n = self.feature.shape[0]
-        for name in ("threshold32", "threshold64", "left", "right", "default_left", "cmp"):
+        for name in (
+            "threshold32",
+            "threshold64",
+            "left",
+            "right",
+            "default_left",
+            "cmp",
+            "missing",
+            "leaf_id",
+        ):
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"Forest.{name} must have shape ({n},), got {getattr(self, name).shape}")
         if self.value.ndim != 2 or self.value.shape[0] != n:
@@ -106,9 +125,8 @@ class Forest:
 
 def concat_trees(trees: list[dict], **forest_fields) -> Forest:
     """Builds a Forest from per-tree dicts of local node arrays (children local, -1 at leaves)."""
-    parts: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("feature", "t64", "cmp", "left", "right", "dl", "value")
-    }
+    keys = ("feature", "t64", "cmp", "left", "right", "dl", "value", "missing", "leaf_id")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     roots, depths, offset = [], [], 0
     for t in trees:
         n = t["feature"].shape[0]
@@ -121,6 +139,10 @@ def concat_trees(trees: list[dict], **forest_fields) -> Forest:
         parts["right"].append(np.where(leaf, ids, t["right"] + offset).astype(np.int32))
         parts["dl"].append(np.asarray(t["default_left"], dtype=bool))
         parts["value"].append(np.where(leaf[:, None], t["value"], 0.0).astype(np.float64))
+        parts["missing"].append(
+            np.broadcast_to(np.asarray(t.get("missing", MISSING_NAN), dtype=np.int8), (n,))
+        )
+        parts["leaf_id"].append(np.asarray(t.get("leaf_id", np.arange(n)), dtype=np.int32))
         roots.append(offset)
         depths.append(_depth(t["left"], t["right"]))
         offset += n
@@ -134,6 +156,8 @@ def concat_trees(trees: list[dict], **forest_fields) -> Forest:
         right=cat["right"],
         default_left=cat["dl"],
         cmp=cat["cmp"],
+        missing=cat["missing"],
+        leaf_id=cat["leaf_id"],
         value=cat["value"],
         roots=np.asarray(roots, dtype=np.int32),
         depth=np.asarray(depths, dtype=np.int32),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pyzero.trees.forest import CMP_LE, Forest
+from pyzero.trees.forest import CMP_LE, MISSING_NONE, MISSING_ZERO, ZERO_THRESHOLD, Forest
 
 # Rows per block of the traversal: the [rows, trees] node-index tensor never exceeds this x trees.
 TRAVERSE_ROW_BLOCK = 4096
@@ -25,6 +25,9 @@ class ForestTensors:
         self.default_left = t(forest.default_left, torch.bool)
         self.le = t(forest.cmp == CMP_LE, torch.bool)
         self.value = t(forest.value, torch.float64)
+        self.missing = t(forest.missing, torch.int64)
+        self.leaf_id = t(forest.leaf_id, torch.int64)
+        self.any_special_missing = bool((forest.missing != 0).any())
         self.roots = t(forest.roots, torch.int64)
         self.max_depth = forest.max_depth
 
@@ -38,8 +41,15 @@ def traverse(ft: ForestTensors, x: Tensor) -> Tensor:
     for _ in range(ft.max_depth):
         v = torch.gather(x, 1, ft.feature[node])
         thr = ft.threshold[node]
+        is_nan = torch.isnan(v)
+        missing = is_nan
+        if ft.any_special_missing:  # LightGBM's missing types (see forest.MISSING_*)
+            kind = ft.missing[node]
+            v = torch.where(is_nan & (kind == MISSING_NONE), torch.zeros_like(v), v)
+            zero = is_nan | (v.abs() <= ZERO_THRESHOLD)
+            missing = torch.where(kind == MISSING_ZERO, zero, is_nan & (kind != MISSING_NONE))
         go_left = torch.where(ft.le[node], v <= thr, v < thr)
-        go_left = torch.where(torch.isnan(v), ft.default_left[node], go_left)
+        go_left = torch.where(missing, ft.default_left[node], go_left)
         node = torch.where(go_left, ft.left[node], ft.right[node])
     return node
 

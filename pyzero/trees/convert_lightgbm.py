@@ -1,0 +1,108 @@
+"""LightGBM models -> Forest, read from Booster.dump_model() JSON.
+
+LightGBM reads inputs with |x| <= 1e-35f as 0.0, then compares double x <= double threshold;
+decision_type's missing type says which inputs take the default direction (None: NaN read as 0.0;
+Zero: NaN and |x| <= 1e-35; NaN: NaN). Tree i adds to
+class i % num_tree_per_iteration; the initial score is folded into the first trees. Boosting "rf"
+averages over iterations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pyzero.trees.forest import CMP_LE, MISSING_NAN, MISSING_NONE, MISSING_ZERO, Forest, concat_trees
+
+SUPPORTED = ("LGBMClassifier", "LGBMRegressor", "LGBMRanker", "Booster")
+MISSING = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
+
+
+def _objective(spec: str) -> tuple[str, dict]:
+    """(post-transform, extra) for LightGBM's objective string, e.g. 'binary sigmoid:1'."""
+    name, *params = spec.split()
+    opts = dict(p.split(":", 1) for p in params if ":" in p)
+    if name == "binary":
+        return "sigmoid", {"sigmoid_scale": float(opts.get("sigmoid", 1.0))}
+    if name == "multiclass":
+        return "softmax", {}
+    if name == "multiclassova":
+        return "sigmoid", {"sigmoid_scale": float(opts.get("sigmoid", 1.0))}
+    if name in (
+        "regression",
+        "regression_l1",
+        "huber",
+        "fair",
+        "quantile",
+        "mape",
+        "lambdarank",
+        "rank_xendcg",
+    ):
+        return "identity", {}
+    if name in ("poisson", "gamma", "tweedie"):
+        return "exp", {}
+    raise TypeError(f"LightGBM objective {spec!r} is not supported")
+
+
+def _flatten(root: dict, n_groups: int, group: int) -> dict:
+    """Preorder node arrays of one dump_model() tree."""
+    feature, threshold, left, right, dl, missing, value, leaf_id = [], [], [], [], [], [], [], []
+
+    def visit(node: dict) -> int:
+        i = len(feature)
+        for lst, v in ((feature, 0), (threshold, 0.0), (left, -1), (right, -1), (dl, False), (missing, 0)):
+            lst.append(v)
+        value.append(np.zeros(n_groups))
+        leaf_id.append(0)
+        if "leaf_value" in node or "split_feature" not in node:
+            value[i][group] = node.get("leaf_value", 0.0)
+            leaf_id[i] = node.get("leaf_index", 0)
+            return i
+        if node["decision_type"] != "<=":
+            raise NotImplementedError("LightGBM categorical splits are not supported yet by pyzero.trees")
+        feature[i] = node["split_feature"]
+        threshold[i] = float(node["threshold"])
+        dl[i] = bool(node["default_left"])
+        missing[i] = MISSING[node["missing_type"]]
+        left[i] = visit(node["left_child"])
+        right[i] = visit(node["right_child"])
+        return i
+
+    visit(root)
+    return {
+        "feature": np.asarray(feature, dtype=np.int64),
+        "threshold": np.asarray(threshold, dtype=np.float64),
+        "left": np.asarray(left, dtype=np.int64),
+        "right": np.asarray(right, dtype=np.int64),
+        "default_left": np.asarray(dl, dtype=bool),
+        "missing": np.asarray(missing, dtype=np.int8),
+        "leaf_id": np.asarray(leaf_id, dtype=np.int32),
+        "cmp": CMP_LE,
+        "value": np.stack(value),
+    }
+
+
+def convert(model, num_iteration: int | None = None) -> Forest:
+    booster = model.booster_ if hasattr(model, "booster_") else model
+    if num_iteration is None:
+        best = getattr(booster, "best_iteration", 0) or 0
+        num_iteration = best if best > 0 else None
+    doc = booster.dump_model(num_iteration=num_iteration if num_iteration is not None else -1)
+    k = int(doc["num_tree_per_iteration"])
+    post, extra = _objective(doc["objective"])
+    trees = [_flatten(t["tree_structure"], k, i % k) for i, t in enumerate(doc["tree_info"])]
+    name = type(model).__name__
+    classes = getattr(model, "classes_", None) if name == "LGBMClassifier" else None
+    average = bool(doc.get("average_output", False))
+    forest = concat_trees(
+        trees,
+        n_features=int(doc["max_feature_idx"]) + 1,
+        base=np.zeros(k),
+        aggregation="sum",
+        post_transform=post,
+        classes=None if classes is None else np.asarray(classes),
+        source=name,
+        extra={"objective": doc["objective"], "zero_tiny_inputs": True, **extra},
+    )
+    if average:  # boosting "rf": the mean over iterations
+        forest.value = forest.value / max(1, len(trees) // k)
+    return forest
