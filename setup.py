@@ -44,7 +44,9 @@ def want_cuda() -> bool:
 
 def extension():
     here = os.path.dirname(os.path.abspath(__file__))
-    cpu_sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cpu_sources = sorted(
+        glob.glob(os.path.join("csrc", "cpu", "*.cpp")) + glob.glob(os.path.join("csrc", "trees", "*.cpp"))
+    )
     sources = [os.path.join("csrc", "bindings.cpp"), *cpu_sources]
     cxx = list(CXX_FLAGS)
     include_dirs = [os.path.join(here, "csrc")]

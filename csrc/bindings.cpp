@@ -6,6 +6,7 @@
 
 #include "adam.h"
 #include "cpu/adam_cpu.h"
+#include "trees/tree_cpu.h"
 
 #ifdef PYZERO_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -140,6 +141,47 @@ void fused_adamw_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
 }
 #endif
 
+trees::ForestView forest_view(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots) {
+  TORCH_CHECK(
+      nodes.scalar_type() == at::kInt && nodes.dim() == 2 && nodes.size(1) == 4 && nodes.is_contiguous(),
+      "pyzero.trees: nodes must be a contiguous int32 tensor of shape (n, 4)");
+  TORCH_CHECK(roots.scalar_type() == at::kInt && roots.dim() == 1 && roots.is_contiguous(),
+              "pyzero.trees: roots must be a contiguous int32 vector");
+  TORCH_CHECK(values.scalar_type() == at::kDouble && values.dim() == 2 && values.size(0) == nodes.size(0) &&
+                  values.is_contiguous(),
+              "pyzero.trees: values must be a contiguous float64 tensor of shape (nodes, outputs)");
+  return trees::ForestView{reinterpret_cast<const trees::Node*>(nodes.data_ptr<int32_t>()),
+                           values.data_ptr<double>(), roots.data_ptr<int32_t>(), roots.size(0),
+                           values.size(1)};
+}
+
+void check_rows(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous(),
+              "pyzero.trees: x must be a contiguous float32 tensor of shape (rows, features)");
+}
+
+at::Tensor tree_predict_raw_cpu(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
+                                const at::Tensor& x, const at::Tensor& base, bool float32_accum) {
+  const trees::ForestView f = forest_view(nodes, values, roots);
+  check_rows(x);
+  TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous(),
+              "pyzero.trees: base must hold one float64 per output");
+  at::Tensor raw = at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
+  trees::predict_raw(f, x.data_ptr<float>(), x.size(0), x.size(1), base.data_ptr<double>(), float32_accum,
+                     raw.data_ptr<double>(), at::get_num_threads());
+  return raw;
+}
+
+at::Tensor tree_predict_leaves_cpu(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
+                                   const at::Tensor& x) {
+  const trees::ForestView f = forest_view(nodes, values, roots);
+  check_rows(x);
+  at::Tensor leaves = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
+  trees::predict_leaves(f, x.data_ptr<float>(), x.size(0), x.size(1), leaves.data_ptr<int32_t>(),
+                        at::get_num_threads());
+  return leaves;
+}
+
 void set_cpu_isa(const std::string& name) {
   cpu::Isa isa;
   TORCH_CHECK_VALUE(cpu::parse_isa(name.c_str(), &isa),
@@ -157,10 +199,17 @@ TORCH_LIBRARY(pyzero, m) {
       "Tensor(d!)[] params_out, Tensor(e!)[] state_steps, *, float lr, float beta1, float beta2, float eps, "
       "float weight_decay, bool adamw_mode, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) "
       "-> ()");
+  m.def(
+      "tree_predict_raw(Tensor nodes, Tensor values, Tensor roots, Tensor x, Tensor base, bool "
+      "float32_accum) "
+      "-> Tensor");
+  m.def("tree_predict_leaves(Tensor nodes, Tensor values, Tensor roots, Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
   m.impl("fused_adamw_", &pyzero::fused_adamw_cpu);
+  m.impl("tree_predict_raw", &pyzero::tree_predict_raw_cpu);
+  m.impl("tree_predict_leaves", &pyzero::tree_predict_leaves_cpu);
 }
 
 #ifdef PYZERO_WITH_CUDA

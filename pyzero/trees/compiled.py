@@ -11,7 +11,7 @@ from torch import Tensor
 from pyzero.trees import convert_lightgbm, convert_sklearn, convert_xgboost, strategies
 from pyzero.trees.forest import ZERO_THRESHOLD, Forest
 
-BACKENDS = ("auto", "torch")
+BACKENDS = ("auto", "cpu", "torch")
 ZERO_THRESHOLD_F32 = float(np.float32(ZERO_THRESHOLD))
 STRATEGIES = ("auto", "traverse")
 # verify(): random rows drawn when no X is given, and the cap on adversarial rows.
@@ -54,15 +54,19 @@ class CompiledForest:
     back as float64 numpy arrays (torch tensors for torch input).
     """
 
-    def __init__(self, forest: Forest, device: torch.device, strategy: str) -> None:
+    def __init__(self, forest: Forest, device: torch.device, strategy: str, backend: str = "auto") -> None:
         self.forest = forest
         self.device = device
         self.strategy = strategy
+        self.backend = _resolve_backend(backend, device)
         self._ft = strategies.ForestTensors(forest, device)
         self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
+        self._packed = strategies.PackedForest(forest) if self.backend == "cpu" else None
 
     def to(self, device: str | torch.device) -> CompiledForest:
-        return CompiledForest(self.forest, torch.device(device), self.strategy)
+        device = torch.device(device)
+        backend = self.backend if device.type == "cpu" or self.backend == "torch" else "auto"
+        return CompiledForest(self.forest, device, self.strategy, backend)
 
     # ------------------------------------------------------------------------------- inputs
     def _input(self, X: Any) -> tuple[Tensor, bool]:
@@ -97,6 +101,11 @@ class CompiledForest:
     # ------------------------------------------------------------------------------ outputs
     def _raw(self, x: Tensor) -> Tensor:
         f = self.forest
+        f32 = f.extra.get("accumulate") == "float32"
+        if self._packed is not None:
+            if f.aggregation == "mean":
+                return self._packed.raw(x, torch.zeros_like(self._base), False) / f.n_trees + self._base
+            return self._packed.raw(x, self._base, f32)
         return strategies.raw_scores(
             self._ft, x, f.n_trees, f.aggregation, self._base, f.extra.get("accumulate") == "float32"
         )
@@ -149,7 +158,8 @@ class CompiledForest:
     def apply(self, X: Any):
         """Leaf index reached in every tree, local to the tree as the native apply() numbers it."""
         x, as_torch = self._input(X)
-        return self._output(self._ft.leaf_id[strategies.leaves(self._ft, x)], as_torch)
+        leaves = self._packed.leaves(x) if self._packed is not None else strategies.leaves(self._ft, x)
+        return self._output(self._ft.leaf_id[leaves], as_torch)
 
 
 def compile(
@@ -171,7 +181,19 @@ def compile(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     forest = convert(model, iteration_range, num_iteration)
-    return CompiledForest(forest, torch.device(device or "cpu"), "traverse")
+    return CompiledForest(forest, torch.device(device or "cpu"), "traverse", backend)
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    from pyzero import _native
+
+    if backend == "auto":
+        return "cpu" if device.type == "cpu" and _native.C is not None else "torch"
+    if backend == "cpu":
+        _native.require("trees backend='cpu'")
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs device cpu, got {device}")
+    return backend
 
 
 def adversarial_rows(

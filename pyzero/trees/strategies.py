@@ -91,3 +91,38 @@ def leaves(ft: ForestTensors, x: Tensor) -> Tensor:
     return torch.cat(
         [traverse(ft, x[s : s + TRAVERSE_ROW_BLOCK]) for s in range(0, x.shape[0], TRAVERSE_ROW_BLOCK)]
     )
+
+
+# Bit layout of a packed node's first word (see csrc/trees/tree_cpu.h).
+FEATURE_BITS = 24
+DEFAULT_LEFT_BIT = 24
+CMP_LT_BIT = 25
+MISSING_SHIFT = 26
+
+
+class PackedForest:
+    """The Forest as 16-byte nodes for the C++ kernel (csrc/trees/tree_cpu.h)."""
+
+    def __init__(self, forest: Forest) -> None:
+        import numpy as np
+
+        if forest.n_features >= 1 << FEATURE_BITS:
+            raise ValueError(f"the C++ kernel handles at most {1 << FEATURE_BITS} features")
+        meta = (
+            np.maximum(forest.feature, 0).astype(np.int64)
+            | (forest.default_left.astype(np.int64) << DEFAULT_LEFT_BIT)
+            | ((forest.cmp != CMP_LE).astype(np.int64) << CMP_LT_BIT)
+            | (forest.missing.astype(np.int64) << MISSING_SHIFT)
+        ).astype(np.int32)
+        thr = forest.threshold32.astype(np.float32).view(np.int32)
+        self.nodes = torch.as_tensor(
+            np.stack([meta, thr, forest.left, forest.right], axis=1).astype(np.int32)
+        )
+        self.values = torch.as_tensor(np.ascontiguousarray(forest.value, dtype=np.float64))
+        self.roots = torch.as_tensor(forest.roots.astype(np.int32))
+
+    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
+        return torch.ops.pyzero.tree_predict_raw(self.nodes, self.values, self.roots, x, base, float32_accum)
+
+    def leaves(self, x: Tensor) -> Tensor:
+        return torch.ops.pyzero.tree_predict_leaves(self.nodes, self.values, self.roots, x).long()
