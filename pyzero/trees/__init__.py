@@ -1,12 +1,13 @@
 """Compiled tree-ensemble inference: one forest IR, exact converters, batched traversal.
 
 Work in progress (issue 4). Here: converters for scikit-learn DecisionTree / RandomForest /
-ExtraTrees / GradientBoosting, XGBoost gbtree and LightGBM (numeric splits), verify(), and the
-portable torch traversal strategy. Not yet: HistGradientBoosting, IsolationForest, categorical
-splits, the GEMM and perfect-tree strategies, the C++ kernel, save/load.
+ExtraTrees / GradientBoosting / IsolationForest, XGBoost gbtree and LightGBM (numeric splits),
+verify(), save/load, the portable torch traversal and a first C++ kernel. Not yet:
+HistGradientBoosting, categorical splits, the GEMM and perfect-tree strategies, a fast (SIMD) kernel,
+CUDA/Triton kernels.
 """
 
-from pyzero.trees.compiled import CompiledForest, compile, verify
+from pyzero.trees.compiled import CompiledForest, compile, load, verify
 from pyzero.trees.forest import Forest
 
-__all__ = ["CompiledForest", "Forest", "compile", "verify"]
+__all__ = ["CompiledForest", "Forest", "compile", "load", "verify"]

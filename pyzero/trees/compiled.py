@@ -63,6 +63,10 @@ class CompiledForest:
         self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
         self._packed = strategies.PackedForest(forest) if self.backend == "cpu" else None
 
+    def save(self, path: Any) -> None:
+        """Saves the forest (not the device or backend) as .npz; trees.load() reads it back."""
+        self.forest.save(path)
+
     def to(self, device: str | torch.device) -> CompiledForest:
         device = torch.device(device)
         backend = self.backend if device.type == "cpu" or self.backend == "torch" else "auto"
@@ -111,10 +115,20 @@ class CompiledForest:
         )
 
     def decision_function(self, X: Any):
-        """Raw scores before the post-transform: [rows] for one output, else [rows, outputs]."""
+        """Raw scores before the post-transform: [rows] for one output, else [rows, outputs].
+        IsolationForest: score_samples - offset_ (negative for outliers), as scikit-learn."""
         x, as_torch = self._input(X)
+        if self.forest.post_transform == "isolation":
+            return self._output(self._transformed(x)[:, 0] - self.forest.extra["offset"], as_torch)
         raw = self._raw(x)
         return self._output(raw[:, 0] if raw.shape[1] == 1 else raw, as_torch)
+
+    def score_samples(self, X: Any):
+        """IsolationForest's anomaly score [rows] (lower is more abnormal)."""
+        if self.forest.post_transform != "isolation":
+            raise AttributeError(f"{self.forest.source} has no score_samples (IsolationForest only)")
+        x, as_torch = self._input(X)
+        return self._output(self._transformed(x)[:, 0], as_torch)
 
     def _transformed(self, x: Tensor) -> Tensor:
         """Raw scores through the forest's post-transform, one column per output."""
@@ -128,6 +142,8 @@ class CompiledForest:
             return torch.softmax(raw, dim=1).double()
         if post == "exp":
             return torch.exp(raw).double()
+        if post == "isolation":
+            return -torch.pow(2.0, -raw / self.forest.extra["denominator"])
         return raw.double()
 
     def _proba(self, x: Tensor) -> Tensor:
@@ -146,6 +162,10 @@ class CompiledForest:
     def predict(self, X: Any):
         """Class labels for classifiers, values [rows] or [rows, outputs] for regressors."""
         x, as_torch = self._input(X)
+        if self.forest.post_transform == "isolation":  # 1 inlier, -1 outlier
+            decision = self._transformed(x)[:, 0] - self.forest.extra["offset"]
+            labels = torch.where(decision < 0, -1, 1)
+            return labels if as_torch else labels.cpu().numpy()
         if self.forest.classes is not None:
             idx = self._proba(x).argmax(dim=1).cpu().numpy()
             labels = self.forest.classes[idx]
@@ -247,13 +267,13 @@ def verify(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> dict
         ]
     )
     report: dict[str, Any] = {"rows": int(rows.shape[0]), "max_abs_diff": {}}
-    for method in ("predict_proba", "decision_function"):
+    for method in ("predict_proba", "decision_function", "score_samples"):
         if hasattr(model, method) and (method != "predict_proba" or f.classes is not None):
             ours = np.asarray(getattr(cf, method)(rows), dtype=np.float64)
             native = np.asarray(getattr(model, method)(rows), dtype=np.float64).reshape(ours.shape)
             report["max_abs_diff"][method] = float(np.max(np.abs(ours - native))) if rows.size else 0.0
     ours_pred, native_pred = cf.predict(rows), model.predict(rows)
-    if f.classes is not None:
+    if f.classes is not None or f.post_transform == "isolation":
         report["labels_equal"] = bool(np.array_equal(ours_pred, native_pred))
     else:
         ours_p = np.asarray(ours_pred, dtype=np.float64).reshape(np.shape(native_pred))
@@ -288,3 +308,8 @@ def _native_leaves(model: Any, rows: np.ndarray) -> np.ndarray | None:
     else:
         return None
     return np.asarray(out).reshape(rows.shape[0], -1)
+
+
+def load(path: Any, backend: str = "auto", device: Any = None) -> CompiledForest:
+    """A CompiledForest from a file written by CompiledForest.save()."""
+    return CompiledForest(Forest.load(path), torch.device(device or "cpu"), "traverse", backend)

@@ -21,6 +21,7 @@ SUPPORTED = (
     "ExtraTreesRegressor",
     "GradientBoostingClassifier",
     "GradientBoostingRegressor",
+    "IsolationForest",
 )
 
 
@@ -53,6 +54,8 @@ def convert(model) -> Forest:
     n_features = int(model.n_features_in_)
     if name.startswith("GradientBoosting"):
         return _gradient_boosting(model, n_features)
+    if name == "IsolationForest":
+        return _isolation_forest(model, n_features)
     estimators = model.estimators_ if hasattr(model, "estimators_") else [model]
     is_clf = hasattr(model, "classes_")
     if is_clf and getattr(model, "n_outputs_", 1) != 1:
@@ -102,4 +105,31 @@ def _gradient_boosting(model, n_features: int) -> Forest:
         classes=np.asarray(model.classes_) if is_clf else None,
         source=name,
         extra={"kind": "classifier" if is_clf else "regressor"},
+    )
+
+
+def _isolation_forest(model, n_features: int) -> Forest:
+    """Leaf value = path length to the leaf + c(samples in the leaf) - 1 (sklearn's per-tree depth);
+    score_samples = -2 ** (-sum / (n_trees * c(max_samples))), decision_function = score - offset_."""
+    from sklearn.ensemble._iforest import _average_path_length
+
+    trees = []
+    for i, (est, features) in enumerate(zip(model.estimators_, model.estimators_features_, strict=True)):
+        t = _tree(est.tree_, np.zeros((est.tree_.node_count, 1)))
+        t["feature"] = np.where(
+            est.tree_.feature >= 0, np.asarray(features)[np.maximum(est.tree_.feature, 0)], -1
+        )
+        dpl = np.asarray(model._decision_path_lengths[i], dtype=np.float64)
+        apl = np.asarray(model._average_path_length_per_tree[i], dtype=np.float64)
+        t["value"] = (dpl + apl - 1.0)[:, None]
+        trees.append(t)
+    denominator = len(model.estimators_) * float(_average_path_length(np.array([model._max_samples]))[0])
+    return concat_trees(
+        trees,
+        n_features=n_features,
+        base=np.zeros(1),
+        aggregation="sum",
+        post_transform="isolation",
+        source="IsolationForest",
+        extra={"kind": "outlier", "denominator": denominator, "offset": float(model.offset_)},
     )

@@ -10,9 +10,29 @@ rounding for its node's comparison kind, so float32 kernels reproduce the native
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+# Format tag of saved forests (bump when the arrays or their meaning change).
+FOREST_FORMAT = "pyzero.trees.Forest/1"
+ARRAY_FIELDS = (
+    "feature",
+    "threshold32",
+    "threshold64",
+    "left",
+    "right",
+    "default_left",
+    "cmp",
+    "missing",
+    "leaf_id",
+    "value",
+    "roots",
+    "depth",
+    "base",
+)
 
 # Comparison kinds: which test sends a (non-missing) value to the left child.
 CMP_LE = 0  # x <= threshold goes left (scikit-learn, LightGBM)
@@ -23,7 +43,7 @@ MISSING_NONE = 1  # NaN is read as 0.0 and compared (LightGBM missing_type None)
 MISSING_ZERO = 2  # NaN and |x| <= ZERO_THRESHOLD are missing (LightGBM missing_type Zero)
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float constant)
 AGGREGATIONS = ("sum", "mean")
-POST_TRANSFORMS = ("identity", "sigmoid", "softmax", "exp")
+POST_TRANSFORMS = ("identity", "sigmoid", "softmax", "exp", "isolation")
 
 
 def round_down_f32(t: np.ndarray) -> np.ndarray:
@@ -63,7 +83,8 @@ class Forest:
     roots: int32 [trees], global id of each tree's root; depth: int32 [trees], longest root-leaf path.
     n_features: features the model was fitted on. base: float64 [n_outputs], added to the sum.
     aggregation: "sum" (boosting) or "mean" (averaging ensembles: sum / n_trees).
-    post_transform: "identity", "sigmoid" (binary: one output -> P(class 1)), "softmax" or "exp".
+    post_transform: "identity", "sigmoid" (binary: one output -> P(class 1)), "softmax", "exp", or
+        "isolation" (IsolationForest: score = -2 ** (-sum / extra["denominator"])).
     classes: class labels for classifiers (predict returns classes[argmax]), else None.
     """
 
@@ -109,6 +130,43 @@ class Forest:
             raise ValueError(
                 f"Forest.post_transform must be one of {POST_TRANSFORMS}, got {self.post_transform!r}"
             )
+
+    def save(self, path: str | Path) -> None:
+        """Writes the forest as one .npz of plain arrays plus JSON metadata (no pickles)."""
+        meta = {
+            "format": FOREST_FORMAT,
+            "n_features": self.n_features,
+            "aggregation": self.aggregation,
+            "post_transform": self.post_transform,
+            "source": self.source,
+            "extra": self.extra,
+        }
+        arrays = {k: getattr(self, k) for k in ARRAY_FIELDS}
+        if self.classes is not None:
+            arrays["classes"] = np.asarray(self.classes)
+        np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+
+    @staticmethod
+    def load(path: str | Path) -> Forest:
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise ValueError(f"{path} is not a pyzero forest (no metadata)")
+            meta = json.loads(str(z["meta"]))
+            if meta.get("format") != FOREST_FORMAT:
+                raise ValueError(
+                    f"{path} has format {meta.get('format')!r}; this pyzero reads {FOREST_FORMAT!r}"
+                )
+            arrays = {k: z[k] for k in ARRAY_FIELDS}
+            classes = z["classes"] if "classes" in z.files else None
+        return Forest(
+            **arrays,
+            n_features=meta["n_features"],
+            aggregation=meta["aggregation"],
+            post_transform=meta["post_transform"],
+            classes=classes,
+            source=meta["source"],
+            extra=meta["extra"],
+        )
 
     @property
     def n_trees(self) -> int:

@@ -124,3 +124,28 @@ def test_errors_name_the_problem():
         trees.compile(LinearRegression().fit(np.nan_to_num(X), np.arange(len(X))))
     with pytest.raises(AttributeError, match="regressor"):
         trees.compile(fit(tree.DecisionTreeRegressor(max_depth=2), "reg")[0]).predict_proba(X)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"n_estimators": 20}, {"n_estimators": 15, "max_features": 0.5, "max_samples": 100}]
+)
+def test_isolation_forest_scores_and_labels(kwargs):
+    X = np.random.default_rng(0).standard_normal((500, 6)).astype(np.float32)
+    model = ensemble.IsolationForest(random_state=0, contamination=0.1, **kwargs).fit(X)
+    cf = trees.compile(model)
+    report = trees.verify(model, cf, X)
+    assert report["ok"] and report["labels_equal"], report
+    assert set(report["max_abs_diff"]) == {"decision_function", "score_samples"}
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model, X = fit(ensemble.GradientBoostingClassifier(n_estimators=10, max_depth=3), "multi")
+    cf = trees.compile(model)
+    path = tmp_path / "forest.npz"
+    cf.save(path)
+    back = trees.load(path)
+    assert np.array_equal(back.predict_proba(X), cf.predict_proba(X))
+    assert np.array_equal(back.predict(X), cf.predict(X))
+    with pytest.raises(ValueError, match="not a pyzero forest"):
+        np.savez(tmp_path / "other.npz", a=np.zeros(3))
+        trees.load(tmp_path / "other.npz")
