@@ -141,17 +141,23 @@ void fused_adamw_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
 }
 #endif
 
-trees::ForestView forest_view(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots) {
+trees::ForestView forest_view(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
+                              const at::Tensor& depths) {
   TORCH_CHECK(
       nodes.scalar_type() == at::kInt && nodes.dim() == 2 && nodes.size(1) == 4 && nodes.is_contiguous(),
       "pyzero.trees: nodes must be a contiguous int32 tensor of shape (n, 4)");
   TORCH_CHECK(roots.scalar_type() == at::kInt && roots.dim() == 1 && roots.is_contiguous(),
               "pyzero.trees: roots must be a contiguous int32 vector");
+  TORCH_CHECK(depths.scalar_type() == at::kInt && depths.sizes() == roots.sizes() && depths.is_contiguous(),
+              "pyzero.trees: depths must be a contiguous int32 vector as long as roots");
   TORCH_CHECK(values.scalar_type() == at::kDouble && values.dim() == 2 && values.size(0) == nodes.size(0) &&
                   values.is_contiguous(),
               "pyzero.trees: values must be a contiguous float64 tensor of shape (nodes, outputs)");
   return trees::ForestView{reinterpret_cast<const trees::Node*>(nodes.data_ptr<int32_t>()),
-                           values.data_ptr<double>(), roots.data_ptr<int32_t>(), roots.size(0),
+                           values.data_ptr<double>(),
+                           roots.data_ptr<int32_t>(),
+                           depths.data_ptr<int32_t>(),
+                           roots.size(0),
                            values.size(1)};
 }
 
@@ -161,8 +167,9 @@ void check_rows(const at::Tensor& x) {
 }
 
 at::Tensor tree_predict_raw_cpu(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
-                                const at::Tensor& x, const at::Tensor& base, bool float32_accum) {
-  const trees::ForestView f = forest_view(nodes, values, roots);
+                                const at::Tensor& depths, const at::Tensor& x, const at::Tensor& base,
+                                bool float32_accum) {
+  const trees::ForestView f = forest_view(nodes, values, roots, depths);
   check_rows(x);
   TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous(),
               "pyzero.trees: base must hold one float64 per output");
@@ -173,8 +180,8 @@ at::Tensor tree_predict_raw_cpu(const at::Tensor& nodes, const at::Tensor& value
 }
 
 at::Tensor tree_predict_leaves_cpu(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
-                                   const at::Tensor& x) {
-  const trees::ForestView f = forest_view(nodes, values, roots);
+                                   const at::Tensor& depths, const at::Tensor& x) {
+  const trees::ForestView f = forest_view(nodes, values, roots, depths);
   check_rows(x);
   at::Tensor leaves = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
   trees::predict_leaves(f, x.data_ptr<float>(), x.size(0), x.size(1), leaves.data_ptr<int32_t>(),
@@ -200,10 +207,9 @@ TORCH_LIBRARY(pyzero, m) {
       "float weight_decay, bool adamw_mode, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) "
       "-> ()");
   m.def(
-      "tree_predict_raw(Tensor nodes, Tensor values, Tensor roots, Tensor x, Tensor base, bool "
-      "float32_accum) "
-      "-> Tensor");
-  m.def("tree_predict_leaves(Tensor nodes, Tensor values, Tensor roots, Tensor x) -> Tensor");
+      "tree_predict_raw(Tensor nodes, Tensor values, Tensor roots, Tensor depths, Tensor x, Tensor base, "
+      "bool float32_accum) -> Tensor");
+  m.def("tree_predict_leaves(Tensor nodes, Tensor values, Tensor roots, Tensor depths, Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {

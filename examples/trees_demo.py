@@ -62,7 +62,7 @@ def main() -> int:
             f"{name:<26} {report['rows']:>11} {report['worst']:>11.1e} {report['ok']!s:>6} "
             f"{native:>14,.0f} {ours:>14,.0f}"
         )
-    print("pyzero: the C++ traversal kernel (scalar, row blocks x trees in order);")
+    print("pyzero: the C++ traversal kernel (scalar; rows of a block in lockstep on shallow trees);")
     print("its SIMD, perfect-tree and GPU paths are not built yet.")
     return 0 if ok else 1
 

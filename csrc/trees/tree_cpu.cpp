@@ -7,6 +7,20 @@
 namespace pyzero::trees {
 namespace {
 
+// One step from node n for the value row[feature]: branch-free, and a leaf (which points to itself)
+// stays where it is, so every row can take the same number of steps (the tree's depth).
+inline int32_t step(const Node* nodes, int32_t n, const float* row) {
+  const Node nd = nodes[n];
+  float v = row[nd.meta & kFeatureMask];
+  const int kind = (nd.meta >> kMissingShift) & 3;
+  const bool nan = std::isnan(v);
+  v = (nan && kind == 1) ? 0.0f : v;
+  const bool missing = kind == 2 ? (nan || std::fabs(v) <= kZeroThreshold) : (nan && kind == 0);
+  const bool cmp = (nd.meta & kCmpLt) ? (v < nd.threshold) : (v <= nd.threshold);
+  const bool go_left = missing ? (nd.meta & kDefaultLeft) != 0 : cmp;
+  return go_left ? nd.left : nd.right;
+}
+
 inline int32_t leaf_of(const Node* nodes, int32_t n, const float* row) {
   for (;;) {
     const Node nd = nodes[n];
@@ -42,9 +56,23 @@ void predict_raw(const ForestView& f, const float* x, int64_t rows, int64_t n_fe
       acc[i] = base[i % static_cast<size_t>(outs)];
       if (float32_accum) acc32[i] = static_cast<float>(acc[i]);
     }
+    int32_t leaves[kRowBlock];
     for (int64_t t = 0; t < f.n_trees; ++t) {
+      // Shallow trees: all rows of the block walk in lockstep, depth steps each, so independent loads
+      // overlap. Deep trees (often unbalanced): each row stops at its leaf.
+      const int32_t root = f.roots[t];
+      const int32_t depth = f.depths[t];
+      const int64_t nr = r1 - r0;
+      if (depth <= kLockstepMaxDepth) {
+        for (int64_t j = 0; j < nr; ++j) leaves[j] = root;
+        for (int32_t d = 0; d < depth; ++d) {
+          for (int64_t j = 0; j < nr; ++j) leaves[j] = step(f.nodes, leaves[j], x + (r0 + j) * n_features);
+        }
+      } else {
+        for (int64_t j = 0; j < nr; ++j) leaves[j] = leaf_of(f.nodes, root, x + (r0 + j) * n_features);
+      }
       for (int64_t r = r0; r < r1; ++r) {
-        const int32_t leaf = leaf_of(f.nodes, f.roots[t], x + r * n_features);
+        const int32_t leaf = leaves[r - r0];
         const double* v = f.values + static_cast<int64_t>(leaf) * outs;
         const size_t base = static_cast<size_t>((r - r0) * outs);
         if (float32_accum) {

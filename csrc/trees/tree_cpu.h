@@ -22,8 +22,9 @@ constexpr float kZeroThreshold = 1e-35f;   // LightGBM's kZeroThreshold
 
 struct ForestView {
   const Node* nodes;
-  const double* values;  // [nodes, n_outputs]
-  const int32_t* roots;  // [n_trees]
+  const double* values;   // [nodes, n_outputs]
+  const int32_t* roots;   // [n_trees]
+  const int32_t* depths;  // [n_trees], longest root-leaf path of each tree
   int64_t n_trees;
   int64_t n_outputs;
 };
@@ -40,5 +41,9 @@ void predict_leaves(const ForestView& f, const float* x, int64_t rows, int64_t n
 
 // Rows per unit of parallel work; trees are walked in order inside a block.
 constexpr int64_t kRowBlock = 64;
+// Trees up to this depth are walked in lockstep (fixed depth steps per row); deeper ones row by row.
+// Measured on the 2-core CPU, 100 trees, breast_cancer x 20: depth 6 XGBoost 2.2 -> 3.5 M rows/s in
+// lockstep, while leaf-wise LightGBM trees (depth ~12) were slower in lockstep than row by row.
+constexpr int32_t kLockstepMaxDepth = 8;
 
 }  // namespace pyzero::trees

@@ -120,9 +120,14 @@ class PackedForest:
         )
         self.values = torch.as_tensor(np.ascontiguousarray(forest.value, dtype=np.float64))
         self.roots = torch.as_tensor(forest.roots.astype(np.int32))
+        self.depths = torch.as_tensor(forest.depth.astype(np.int32))
 
     def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
-        return torch.ops.pyzero.tree_predict_raw(self.nodes, self.values, self.roots, x, base, float32_accum)
+        return torch.ops.pyzero.tree_predict_raw(
+            self.nodes, self.values, self.roots, self.depths, x, base, float32_accum
+        )
 
     def leaves(self, x: Tensor) -> Tensor:
-        return torch.ops.pyzero.tree_predict_leaves(self.nodes, self.values, self.roots, x).long()
+        return torch.ops.pyzero.tree_predict_leaves(
+            self.nodes, self.values, self.roots, self.depths, x
+        ).long()
