@@ -18,21 +18,11 @@ import numpy as np
 
 # Format tag of saved forests (bump when the arrays or their meaning change).
 FOREST_FORMAT = "pyzero.trees.Forest/1"
-ARRAY_FIELDS = (
-    "feature",
-    "threshold32",
-    "threshold64",
-    "left",
-    "right",
-    "default_left",
-    "cmp",
-    "missing",
-    "leaf_id",
-    "value",
-    "roots",
-    "depth",
-    "base",
-)
+# Per-node vectors (shape [nodes]) and all arrays a saved forest holds.
+NODE_FIELDS = (
+    "feature", "threshold32", "threshold64", "left", "right", "default_left", "cmp", "missing", "leaf_id",
+)  # fmt: skip
+ARRAY_FIELDS = (*NODE_FIELDS, "value", "roots", "depth", "base")
 
 # Comparison kinds: which test sends a (non-missing) value to the left child.
 CMP_LE = 0  # x <= threshold goes left (scikit-learn, LightGBM)
@@ -110,16 +100,7 @@ class Forest:
 
     def __post_init__(self) -> None:
         n = self.feature.shape[0]
-        for name in (
-            "threshold32",
-            "threshold64",
-            "left",
-            "right",
-            "default_left",
-            "cmp",
-            "missing",
-            "leaf_id",
-        ):
+        for name in NODE_FIELDS:
             if getattr(self, name).shape != (n,):
                 raise ValueError(f"Forest.{name} must have shape ({n},), got {getattr(self, name).shape}")
         if self.value.ndim != 2 or self.value.shape[0] != n:
