@@ -58,7 +58,10 @@ class CompiledForest:
         self.forest = forest
         self.device = device
         self.strategy = strategy
-        self.backend = _resolve_backend(backend, device)
+        self.backend = _resolve_backend(backend, device, forest)
+        # The dtype the native library compares in (HistGradientBoosting: float64; others float32).
+        self._input_dtype = torch.float64 if forest.extra.get("input") == "float64" else torch.float32
+        self._input_dtype_np = np.float64 if self._input_dtype == torch.float64 else np.float32
         self._ft = strategies.ForestTensors(forest, device)
         self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
         self._packed = strategies.PackedForest(forest) if self.backend == "cpu" else None
@@ -87,7 +90,7 @@ class CompiledForest:
             arr = np.asarray(X)
             if arr.dtype.kind not in "biuf":
                 raise TypeError(f"X must hold numbers, got dtype {arr.dtype} (encode string features first)")
-            x = torch.as_tensor(arr.astype(np.float32, copy=False))
+            x = torch.as_tensor(arr.astype(self._input_dtype_np, copy=False))
         if self.forest.extra.get("zero_tiny_inputs"):  # LightGBM reads |x| <= 1e-35f as 0.0
             x = torch.where(x.abs() <= ZERO_THRESHOLD_F32, torch.zeros_like(x), x)
         missing = self.forest.extra.get("missing", np.nan)
@@ -97,7 +100,7 @@ class CompiledForest:
             raise ValueError(
                 f"X must have shape (rows, {self.forest.n_features}) for this model, got {tuple(x.shape)}"
             )
-        return x.to(device=self.device, dtype=torch.float32).contiguous(), as_torch
+        return x.to(device=self.device, dtype=self._input_dtype).contiguous(), as_torch
 
     def _output(self, t: Tensor, as_torch: bool):
         return t if as_torch else t.cpu().numpy()
@@ -204,12 +207,15 @@ def compile(
     return CompiledForest(forest, torch.device(device or "cpu"), "traverse", backend)
 
 
-def _resolve_backend(backend: str, device: torch.device) -> str:
+def _resolve_backend(backend: str, device: torch.device, forest: Forest) -> str:
     from pyzero import _native
 
+    float64 = forest.extra.get("input") == "float64"
     if backend == "auto":
-        return "cpu" if device.type == "cpu" and _native.C is not None else "torch"
+        return "cpu" if device.type == "cpu" and _native.C is not None and not float64 else "torch"
     if backend == "cpu":
+        if float64:
+            raise ValueError(f"backend='cpu' compares float32; {forest.source} needs float64 (use 'torch')")
         _native.require("trees backend='cpu'")
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs device cpu, got {device}")
@@ -230,12 +236,16 @@ def adversarial_rows(
         specials += [np.inf, -np.inf]
     rows = []
     split = forest.feature >= 0
+    dtype = base_rows.dtype.type
     for f in range(forest.n_features):
         t = forest.threshold64[split & (forest.feature == f)]
-        t32 = np.concatenate([t.astype(np.float32), forest.threshold32[split & (forest.feature == f)]])
+        if dtype == np.float64:
+            edges = t
+        else:
+            edges = np.concatenate([t.astype(np.float32), forest.threshold32[split & (forest.feature == f)]])
         vals = np.concatenate(
-            [t32, np.nextafter(t32, np.float32(-np.inf)), np.nextafter(t32, np.float32(np.inf)), specials]
-        ).astype(np.float32)
+            [edges, np.nextafter(edges, dtype(-np.inf)), np.nextafter(edges, dtype(np.inf)), specials]
+        ).astype(dtype)
         if not allow_inf:  # thresholds may be +-inf themselves (sklearn's missing-value-only splits)
             vals = vals[~np.isinf(vals)]
         block = base_rows[rng.integers(0, base_rows.shape[0], size=vals.shape[0])].copy()
@@ -252,10 +262,11 @@ def verify(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> dict
     the worst absolute disagreement per output kind and whether labels and leaves agree exactly."""
     rng = np.random.default_rng(seed)
     f = cf.forest
+    dtype = cf._input_dtype_np
     if X is None:
-        base = rng.standard_normal((VERIFY_RANDOM_ROWS, f.n_features)).astype(np.float32)
+        base = rng.standard_normal((VERIFY_RANDOM_ROWS, f.n_features)).astype(dtype)
     else:
-        base = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X, dtype=np.float32)
+        base = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X, dtype=dtype)
     if not _accepts(model, np.nan, f.n_features):
         base = base[~np.isnan(base).any(axis=1)]
     rows = np.concatenate(
@@ -293,7 +304,7 @@ def _accepts(model: Any, value: float, n_features: int) -> bool:
     """Whether the native model predicts on a row holding `value` (sklearn rejects inf, and NaN for
     estimators without missing-value support)."""
     try:
-        model.predict(np.full((1, n_features), value, dtype=np.float32))
+        model.predict(np.full((1, n_features), value, dtype=np.float64))
     except Exception:  # each library raises its own error type
         return False
     return True

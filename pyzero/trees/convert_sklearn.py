@@ -22,6 +22,8 @@ SUPPORTED = (
     "GradientBoostingClassifier",
     "GradientBoostingRegressor",
     "IsolationForest",
+    "HistGradientBoostingClassifier",
+    "HistGradientBoostingRegressor",
 )
 
 
@@ -56,6 +58,8 @@ def convert(model) -> Forest:
         return _gradient_boosting(model, n_features)
     if name == "IsolationForest":
         return _isolation_forest(model, n_features)
+    if name.startswith("HistGradientBoosting"):
+        return _hist_gradient_boosting(model, n_features)
     estimators = model.estimators_ if hasattr(model, "estimators_") else [model]
     is_clf = hasattr(model, "classes_")
     if is_clf and getattr(model, "n_outputs_", 1) != 1:
@@ -132,4 +136,61 @@ def _isolation_forest(model, n_features: int) -> Forest:
         post_transform="isolation",
         source="IsolationForest",
         extra={"kind": "outlier", "denominator": denominator, "offset": float(model.offset_)},
+    )
+
+
+# HistGradientBoosting loss -> post-transform of the raw prediction.
+HGB_POST = {
+    "HalfSquaredError": "identity",
+    "AbsoluteError": "identity",
+    "PinballLoss": "identity",
+    "HuberLoss": "identity",
+    "HalfGammaLoss": "exp",
+    "HalfPoissonLoss": "exp",
+    "HalfBinomialLoss": "sigmoid",
+    "HalfMultinomialLoss": "softmax",
+}
+
+
+def _hist_gradient_boosting(model, n_features: int) -> Forest:
+    """scikit-learn compares float64 x <= num_threshold (float64) here, NaN follows missing_go_to_left;
+    raw = baseline + sum of leaf values. Categorical splits are not supported yet."""
+    loss = type(model._loss).__name__
+    if loss not in HGB_POST:
+        raise TypeError(
+            f"HistGradientBoosting with loss {loss} is not supported; supported: {sorted(HGB_POST)}"
+        )
+    k = len(model._predictors[0])
+    trees = []
+    for iteration in model._predictors:
+        for c, predictor in enumerate(iteration):
+            nodes = predictor.nodes
+            if nodes["is_categorical"].any():
+                raise NotImplementedError(
+                    "HistGradientBoosting categorical splits are not supported yet by pyzero.trees"
+                )
+            leaf = nodes["is_leaf"].astype(bool)
+            value = np.zeros((nodes.shape[0], k))
+            value[:, c] = nodes["value"]
+            trees.append(
+                {
+                    "feature": nodes["feature_idx"].astype(np.int64),
+                    "threshold": nodes["num_threshold"].astype(np.float64),
+                    "left": np.where(leaf, -1, nodes["left"].astype(np.int64)),
+                    "right": np.where(leaf, -1, nodes["right"].astype(np.int64)),
+                    "default_left": nodes["missing_go_to_left"].astype(bool),
+                    "cmp": CMP_LE,
+                    "value": value,
+                }
+            )
+    is_clf = hasattr(model, "classes_")
+    return concat_trees(
+        trees,
+        n_features=n_features,
+        base=np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1),
+        aggregation="sum",
+        post_transform=HGB_POST[loss],
+        classes=np.asarray(model.classes_) if is_clf else None,
+        source=type(model).__name__,
+        extra={"kind": "classifier" if is_clf else "regressor", "input": "float64"},
     )

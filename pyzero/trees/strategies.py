@@ -20,6 +20,7 @@ class ForestTensors:
 
         self.feature = t(forest.feature, torch.int64).clamp(min=0)  # leaves read feature 0, then stay put
         self.threshold = t(forest.threshold32, torch.float32)
+        self.threshold64 = t(forest.threshold64, torch.float64)
         self.left = t(forest.left, torch.int64)
         self.right = t(forest.right, torch.int64)
         self.default_left = t(forest.default_left, torch.bool)
@@ -33,14 +34,15 @@ class ForestTensors:
 
 
 def traverse(ft: ForestTensors, x: Tensor) -> Tensor:
-    """Leaf node id reached in every tree: x float32 [rows, features] -> int64 [rows, trees].
+    """Leaf node id reached in every tree: x [rows, features] -> int64 [rows, trees]. float32 x is
+    compared with the directed float32 thresholds, float64 x with the native float64 ones.
 
     One step per depth level for all (row, tree) pairs at once; leaves point to themselves.
     """
     node = ft.roots.expand(x.shape[0], -1).clone()
     for _ in range(ft.max_depth):
         v = torch.gather(x, 1, ft.feature[node])
-        thr = ft.threshold[node]
+        thr = (ft.threshold64 if x.dtype == torch.float64 else ft.threshold)[node]
         is_nan = torch.isnan(v)
         missing = is_nan
         if ft.any_special_missing:  # LightGBM's missing types (see forest.MISSING_*)

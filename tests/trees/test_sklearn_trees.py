@@ -149,3 +149,30 @@ def test_save_and_load_round_trip(tmp_path):
     with pytest.raises(ValueError, match="not a pyzero forest"):
         np.savez(tmp_path / "other.npz", a=np.zeros(3))
         trees.load(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("depth", [1, 3, 8, 12])
+def test_hist_gradient_boosting_compares_in_float64(depth):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 6))  # float64: HistGradientBoosting compares float64 inputs
+    X[rng.random(X.shape) < 0.05] = np.nan
+    Xf = np.nan_to_num(X)
+    y_bin = (Xf[:, 0] + Xf[:, 1] > 0).astype(int)
+    y_multi = np.digitize(Xf[:, 2], [-0.5, 0.5])
+    y_reg = Xf[:, 0] * 2 + np.sin(Xf[:, 4])
+    for model, y in (
+        (ensemble.HistGradientBoostingClassifier(max_iter=15, max_depth=depth), y_bin),
+        (ensemble.HistGradientBoostingClassifier(max_iter=8, max_depth=depth), y_multi),
+        (ensemble.HistGradientBoostingRegressor(max_iter=15, max_depth=depth), y_reg),
+        (
+            ensemble.HistGradientBoostingRegressor(loss="poisson", max_iter=8, max_depth=depth),
+            np.exp(y_reg / 4),
+        ),
+    ):
+        model.fit(X, y)
+        cf = trees.compile(model)
+        assert cf.backend == "torch"  # the C++ kernel compares float32
+        report = trees.verify(model, cf, X)
+        assert report["ok"], (type(model).__name__, report)
+    with pytest.raises(ValueError, match="needs float64"):
+        trees.compile(model, backend="cpu")
