@@ -9,9 +9,7 @@ Prints rows/s and an `exact` column (max |pyzero - native| <= 1e-6), writes JSON
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +22,6 @@ from pyzero import trees
 FEATURES = 28  # Hummingbird's benchmark configuration (HIGGS-like width)
 TRAIN_ROWS = 20_000
 EXACT_TOL = 1e-6
-
-
-def rows_per_s(fn, X, repeats: int) -> float:
-    fn(X)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn(X)
-        times.append(time.perf_counter() - t0)
-    return X.shape[0] / statistics.median(times)
 
 
 def models(n_trees: int, depth: int):
@@ -73,7 +61,7 @@ def hummingbird_best(model, X, repeats):
             hm = hb.convert(model, "torch", extra_config={"tree_implementation": impl})
         except Exception:  # Hummingbird does not cover every model/strategy pair
             continue
-        r = rows_per_s(lambda Z, hm=hm: hm.predict_proba(Z), X, repeats)
+        r = common.rows_per_s(lambda Z, hm=hm: hm.predict_proba(Z), X, repeats)
         if r > best:
             best, best_name = r, impl
     return best, best_name
@@ -102,11 +90,11 @@ def main() -> None:
                     np.abs(np.asarray(cf.predict_proba(X))[:, 1] - np.asarray(native(X), dtype=np.float64))
                 )
             )
-            r_native = rows_per_s(native, X, args.repeats)
-            r_ours = rows_per_s(cf.predict_proba, X, args.repeats)
+            r_native = common.rows_per_s(native, X, args.repeats)
+            r_ours = common.rows_per_s(cf.predict_proba, X, args.repeats)
             r_hb, hb_impl = hummingbird_best(model, X, args.repeats)
-            lat_ours = 1e6 / rows_per_s(cf.predict_proba, X[:1], args.repeats * 20)
-            lat_native = 1e6 / rows_per_s(native, X[:1], args.repeats * 20)
+            lat_ours = 1e6 / common.rows_per_s(cf.predict_proba, X[:1], args.repeats * 20)
+            lat_native = 1e6 / common.rows_per_s(native, X[:1], args.repeats * 20)
             rows.append(
                 {
                     "model": f"{name} {getattr(model, 'n_estimators', n_trees)}x{depth}",

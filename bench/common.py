@@ -65,6 +65,17 @@ def interleaved_medians(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def rows_per_s(fn: Callable[[object], object], X, repeats: int) -> float:
+    """Rows per second of fn(X): median of `repeats` timed calls after one warm-up."""
+    fn(X)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(X)
+        times.append(time.perf_counter() - t0)
+    return X.shape[0] / statistics.median(times)
+
+
 def print_table(rows: list[dict], columns: list[str]) -> None:
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print("  ".join(f"{c:>{widths[c]}}" for c in columns))

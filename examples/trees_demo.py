@@ -7,25 +7,18 @@ adversarial rows, and time both (rows/s, median of repeats).
 
 from __future__ import annotations
 
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 from sklearn import datasets, ensemble
 
 from pyzero import trees
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from common import rows_per_s  # the benchmarks' timing helper
+
 REPEATS = 5
-
-
-def rows_per_s(fn, X) -> float:
-    fn(X)
-    times = []
-    for _ in range(REPEATS):
-        t0 = time.perf_counter()
-        fn(X)
-        times.append(time.perf_counter() - t0)
-    return X.shape[0] / statistics.median(times)
 
 
 def main() -> int:
@@ -56,8 +49,8 @@ def main() -> int:
         cf = trees.compile(model)
         report = trees.verify(model, cf, X)
         ok &= report["ok"]
-        native = rows_per_s(model.predict_proba, batch)
-        ours = rows_per_s(cf.predict_proba, batch)
+        native = rows_per_s(model.predict_proba, batch, REPEATS)
+        ours = rows_per_s(cf.predict_proba, batch, REPEATS)
         print(
             f"{name:<26} {report['rows']:>11} {report['worst']:>11.1e} {report['ok']!s:>6} "
             f"{native:>14,.0f} {ours:>14,.0f}"

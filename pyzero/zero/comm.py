@@ -123,26 +123,27 @@ class Comm:
 
     def reduce_scatter(self, output: Tensor, input: Tensor, async_op: bool = True):
         """Sum of `input` over ranks, chunk `rank` into `output` (may alias that chunk of input)."""
-        self._count("reduce_scatter", input)
-        if self.world_size == 1:
-            if output.data_ptr() != input.data_ptr():
-                output.copy_(input)
-            return _Done()
-        if self.use_ring:
-            return self._submit(lambda: self._ring_reduce_scatter(output, input), async_op)
-        work = self._reduce_scatter(output, input, group=self.group, async_op=async_op)
-        return work if async_op else _Done()
+        return self._collective(
+            "reduce_scatter", output, input, self._ring_reduce_scatter, self._reduce_scatter, async_op
+        )
 
     def all_gather(self, output: Tensor, input: Tensor, async_op: bool = True):
         """Concatenation of every rank's `input` into `output`; `input` may alias its own chunk."""
-        self._count("all_gather", output)
+        return self._collective(
+            "all_gather", output, input, self._ring_all_gather, self._all_gather, async_op
+        )
+
+    def _collective(self, kind: str, output: Tensor, input: Tensor, ring, native, async_op: bool):
+        """One reduce-scatter or all-gather: counted by its full tensor (the larger side), a copy on
+        one rank, the point-to-point ring on gloo, torch's collective otherwise."""
+        self._count(kind, input if input.numel() >= output.numel() else output)
         if self.world_size == 1:
             if output.data_ptr() != input.data_ptr():
                 output.copy_(input)
             return _Done()
         if self.use_ring:
-            return self._submit(lambda: self._ring_all_gather(output, input), async_op)
-        work = self._all_gather(output, input, group=self.group, async_op=async_op)
+            return self._submit(lambda: ring(output, input), async_op)
+        work = native(output, input, group=self.group, async_op=async_op)
         return work if async_op else _Done()
 
     def all_reduce(self, t: Tensor, op: str = "sum") -> None:

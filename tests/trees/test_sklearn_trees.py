@@ -11,6 +11,7 @@ from sklearn import datasets, ensemble, tree
 
 from pyzero import trees
 from pyzero.trees.forest import round_down_f32, round_up_f32
+from tests.trees.helpers import assert_exact
 
 # scikit-learn estimators that accept NaN in fit/predict (the others get NaN-free data).
 NAN_OK = (
@@ -62,10 +63,7 @@ def fit(model, target):
 def test_every_converter_matches_sklearn_on_adversarial_inputs(depth):
     for model, target in models(depth):
         model, X = fit(model, target)
-        cf = trees.compile(model)
-        report = trees.verify(model, cf, X)
-        assert report["ok"], (type(model).__name__, target, report)
-        assert report["worst"] <= 1e-6
+        assert_exact(model, X, target)
 
 
 def test_real_dataset_that_ships_with_sklearn():
