@@ -142,7 +142,8 @@ void fused_adamw_cuda(at::TensorList params, at::TensorList grads, at::TensorLis
 #endif
 
 trees::ForestView forest_view(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
-                              const at::Tensor& depths) {
+                              const at::Tensor& depths, const at::Tensor& threshold64,
+                              const at::Tensor& cat_bits, const at::Tensor& cat_domain) {
   TORCH_CHECK(
       nodes.scalar_type() == at::kInt && nodes.dim() == 2 && nodes.size(1) == 4 && nodes.is_contiguous(),
       "pyzero.trees: nodes must be a contiguous int32 tensor of shape (n, 4)");
@@ -153,39 +154,69 @@ trees::ForestView forest_view(const at::Tensor& nodes, const at::Tensor& values,
   TORCH_CHECK(values.scalar_type() == at::kDouble && values.dim() == 2 && values.size(0) == nodes.size(0) &&
                   values.is_contiguous(),
               "pyzero.trees: values must be a contiguous float64 tensor of shape (nodes, outputs)");
+  TORCH_CHECK(threshold64.scalar_type() == at::kDouble && threshold64.dim() == 1 &&
+                  threshold64.size(0) == nodes.size(0) && threshold64.is_contiguous(),
+              "pyzero.trees: threshold64 must be a contiguous float64 vector with one value per node");
+  TORCH_CHECK(cat_bits.scalar_type() == at::kInt && cat_bits.dim() == 2 && cat_bits.size(1) >= 1 &&
+                  cat_bits.is_contiguous(),
+              "pyzero.trees: cat_bits must be a contiguous int32 tensor of shape (sets, words >= 1)");
+  TORCH_CHECK(
+      cat_domain.scalar_type() == at::kDouble && cat_domain.numel() == 3 && cat_domain.is_contiguous(),
+      "pyzero.trees: cat_domain must hold (lo, hi, invalid) as float64");
+  const double* dom = cat_domain.data_ptr<double>();
   return trees::ForestView{reinterpret_cast<const trees::Node*>(nodes.data_ptr<int32_t>()),
                            values.data_ptr<double>(),
                            roots.data_ptr<int32_t>(),
                            depths.data_ptr<int32_t>(),
+                           threshold64.data_ptr<double>(),
+                           reinterpret_cast<const uint32_t*>(cat_bits.data_ptr<int32_t>()),
+                           cat_bits.size(1),
+                           dom[0],
+                           dom[1],
+                           static_cast<int32_t>(dom[2]),
                            roots.size(0),
                            values.size(1)};
 }
 
 void check_rows(const at::Tensor& x) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous(),
-              "pyzero.trees: x must be a contiguous float32 tensor of shape (rows, features)");
+  TORCH_CHECK(
+      (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) && x.dim() == 2 && x.is_contiguous(),
+      "pyzero.trees: x must be a contiguous float32 or float64 tensor of shape (rows, features)");
 }
 
 at::Tensor tree_predict_raw_cpu(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
-                                const at::Tensor& depths, const at::Tensor& x, const at::Tensor& base,
-                                bool float32_accum) {
-  const trees::ForestView f = forest_view(nodes, values, roots, depths);
+                                const at::Tensor& depths, const at::Tensor& threshold64,
+                                const at::Tensor& cat_bits, const at::Tensor& cat_domain, const at::Tensor& x,
+                                const at::Tensor& base, bool float32_accum) {
+  const trees::ForestView f = forest_view(nodes, values, roots, depths, threshold64, cat_bits, cat_domain);
   check_rows(x);
   TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous(),
               "pyzero.trees: base must hold one float64 per output");
   at::Tensor raw = at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
-  trees::predict_raw(f, x.data_ptr<float>(), x.size(0), x.size(1), base.data_ptr<double>(), float32_accum,
-                     raw.data_ptr<double>(), at::get_num_threads());
+  if (x.scalar_type() == at::kDouble) {
+    trees::predict_raw(f, x.data_ptr<double>(), x.size(0), x.size(1), base.data_ptr<double>(), float32_accum,
+                       raw.data_ptr<double>(), at::get_num_threads());
+  } else {
+    trees::predict_raw(f, x.data_ptr<float>(), x.size(0), x.size(1), base.data_ptr<double>(), float32_accum,
+                       raw.data_ptr<double>(), at::get_num_threads());
+  }
   return raw;
 }
 
 at::Tensor tree_predict_leaves_cpu(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
-                                   const at::Tensor& depths, const at::Tensor& x) {
-  const trees::ForestView f = forest_view(nodes, values, roots, depths);
+                                   const at::Tensor& depths, const at::Tensor& threshold64,
+                                   const at::Tensor& cat_bits, const at::Tensor& cat_domain,
+                                   const at::Tensor& x) {
+  const trees::ForestView f = forest_view(nodes, values, roots, depths, threshold64, cat_bits, cat_domain);
   check_rows(x);
   at::Tensor leaves = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
-  trees::predict_leaves(f, x.data_ptr<float>(), x.size(0), x.size(1), leaves.data_ptr<int32_t>(),
-                        at::get_num_threads());
+  if (x.scalar_type() == at::kDouble) {
+    trees::predict_leaves(f, x.data_ptr<double>(), x.size(0), x.size(1), leaves.data_ptr<int32_t>(),
+                          at::get_num_threads());
+  } else {
+    trees::predict_leaves(f, x.data_ptr<float>(), x.size(0), x.size(1), leaves.data_ptr<int32_t>(),
+                          at::get_num_threads());
+  }
   return leaves;
 }
 
@@ -207,9 +238,11 @@ TORCH_LIBRARY(pyzero, m) {
       "float weight_decay, bool adamw_mode, bool maximize, Tensor? grad_scale=None, Tensor? found_inf=None) "
       "-> ()");
   m.def(
-      "tree_predict_raw(Tensor nodes, Tensor values, Tensor roots, Tensor depths, Tensor x, Tensor base, "
-      "bool float32_accum) -> Tensor");
-  m.def("tree_predict_leaves(Tensor nodes, Tensor values, Tensor roots, Tensor depths, Tensor x) -> Tensor");
+      "tree_predict_raw(Tensor nodes, Tensor values, Tensor roots, Tensor depths, Tensor threshold64, "
+      "Tensor cat_bits, Tensor cat_domain, Tensor x, Tensor base, bool float32_accum) -> Tensor");
+  m.def(
+      "tree_predict_leaves(Tensor nodes, Tensor values, Tensor roots, Tensor depths, Tensor threshold64, "
+      "Tensor cat_bits, Tensor cat_domain, Tensor x) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {

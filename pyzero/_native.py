@@ -56,9 +56,11 @@ if C is not None:
         return None
 
     @torch.library.register_fake("pyzero::tree_predict_raw")
-    def _tree_predict_raw_fake(nodes, values, roots, depths, x, base, float32_accum):
+    def _tree_predict_raw_fake(
+        nodes, values, roots, depths, threshold64, cat_bits, cat_domain, x, base, float32_accum
+    ):
         return x.new_empty((x.shape[0], values.shape[1]), dtype=torch.float64)
 
     @torch.library.register_fake("pyzero::tree_predict_leaves")
-    def _tree_predict_leaves_fake(nodes, values, roots, depths, x):
+    def _tree_predict_leaves_fake(nodes, values, roots, depths, threshold64, cat_bits, cat_domain, x):
         return x.new_empty((x.shape[0], roots.shape[0]), dtype=torch.int32)

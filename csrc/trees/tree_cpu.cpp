@@ -2,47 +2,63 @@
 #include "tree_cpu.h"
 
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 namespace pyzero::trees {
 namespace {
 
-// One step from node n for the value row[feature]: branch-free, and a leaf (which points to itself)
-// stays where it is, so every row can take the same number of steps (the tree's depth).
-inline int32_t step(const Node* nodes, int32_t n, const float* row) {
-  const Node nd = nodes[n];
-  float v = row[nd.meta & kFeatureMask];
-  const int kind = (nd.meta >> kMissingShift) & 3;
-  const bool nan = std::isnan(v);
-  v = (nan && kind == 1) ? 0.0f : v;
-  const bool missing = kind == 2 ? (nan || std::fabs(v) <= kZeroThreshold) : (nan && kind == 0);
-  const bool cmp = (nd.meta & kCmpLt) ? (v < nd.threshold) : (v <= nd.threshold);
-  const bool go_left = missing ? (nd.meta & kDefaultLeft) != 0 : cmp;
-  return go_left ? nd.left : nd.right;
+// Note [Categorical splits] (forest.py): whether categorical node nd sends non-NaN v left.
+template <typename T>
+inline bool categorical_left(const ForestView& f, const Node& nd, T v) {
+  if (!(v >= static_cast<T>(f.cat_lo) && v < static_cast<T>(f.cat_hi))) {
+    return f.cat_invalid == kInvalidDefault ? (nd.meta & kDefaultLeft) != 0 : f.cat_invalid == kInvalidLeft;
+  }
+  int32_t set;
+  std::memcpy(&set, &nd.threshold, sizeof(set));
+  const int64_t c = static_cast<int64_t>(v);  // truncation toward zero; v is in the domain
+  const bool in_set = (c >> 5) < f.cat_words && ((f.cat_bits[set * f.cat_words + (c >> 5)] >> (c & 31)) & 1u);
+  return in_set != ((nd.meta & kCmpLt) != 0);
 }
 
-inline int32_t leaf_of(const Node* nodes, int32_t n, const float* row) {
+// Whether node nd sends v left: missing values (per the node's missing kind) follow the default
+// direction, categorical nodes test their set, numeric nodes compare with the threshold of T's width.
+template <typename T>
+inline bool go_left(const ForestView& f, const Node& nd, int32_t n, T v) {
+  const int kind = (nd.meta >> kMissingShift) & 3;
+  bool nan = std::isnan(v);
+  if (nan && kind == 1) {
+    v = 0;
+    nan = false;
+  }
+  const bool missing = kind == 2 ? (nan || std::fabs(v) <= static_cast<T>(kZeroThreshold)) : nan;
+  if (missing) return (nd.meta & kDefaultLeft) != 0;
+  if (nd.meta & kCategorical) return categorical_left(f, nd, v);
+  const T t = sizeof(T) == 8 ? static_cast<T>(f.threshold64[n]) : static_cast<T>(nd.threshold);
+  return (nd.meta & kCmpLt) ? v < t : v <= t;
+}
+
+// One step from node n: a leaf (which points to itself) stays where it is, so every row can take the
+// same number of steps (the tree's depth).
+template <typename T>
+inline int32_t step(const ForestView& f, int32_t n, const T* row) {
+  const Node nd = f.nodes[n];
+  return go_left(f, nd, n, row[nd.meta & kFeatureMask]) ? nd.left : nd.right;
+}
+
+template <typename T>
+inline int32_t leaf_of(const ForestView& f, int32_t n, const T* row) {
   for (;;) {
-    const Node nd = nodes[n];
+    const Node nd = f.nodes[n];
     if (nd.left == n && nd.right == n) return n;
-    float v = row[nd.meta & kFeatureMask];
-    const int kind = (nd.meta >> kMissingShift) & 3;
-    bool nan = std::isnan(v);
-    if (nan && kind == 1) {
-      v = 0.0f;
-      nan = false;
-    }
-    const bool missing = kind == 2 ? (nan || std::fabs(v) <= kZeroThreshold) : nan;
-    const bool lt = v < nd.threshold;
-    const bool le = v <= nd.threshold;
-    const bool go_left = missing ? (nd.meta & kDefaultLeft) != 0 : ((nd.meta & kCmpLt) ? lt : le);
-    n = go_left ? nd.left : nd.right;
+    n = go_left(f, nd, n, row[nd.meta & kFeatureMask]) ? nd.left : nd.right;
   }
 }
 
 }  // namespace
 
-void predict_raw(const ForestView& f, const float* x, int64_t rows, int64_t n_features, const double* base,
+template <typename T>
+void predict_raw(const ForestView& f, const T* x, int64_t rows, int64_t n_features, const double* base,
                  bool float32_accum, double* raw, int num_threads) {
   const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t outs = f.n_outputs;
@@ -66,19 +82,18 @@ void predict_raw(const ForestView& f, const float* x, int64_t rows, int64_t n_fe
       if (depth <= kLockstepMaxDepth) {
         for (int64_t j = 0; j < nr; ++j) leaves[j] = root;
         for (int32_t d = 0; d < depth; ++d) {
-          for (int64_t j = 0; j < nr; ++j) leaves[j] = step(f.nodes, leaves[j], x + (r0 + j) * n_features);
+          for (int64_t j = 0; j < nr; ++j) leaves[j] = step(f, leaves[j], x + (r0 + j) * n_features);
         }
       } else {
-        for (int64_t j = 0; j < nr; ++j) leaves[j] = leaf_of(f.nodes, root, x + (r0 + j) * n_features);
+        for (int64_t j = 0; j < nr; ++j) leaves[j] = leaf_of(f, root, x + (r0 + j) * n_features);
       }
       for (int64_t r = r0; r < r1; ++r) {
-        const int32_t leaf = leaves[r - r0];
-        const double* v = f.values + static_cast<int64_t>(leaf) * outs;
-        const size_t base = static_cast<size_t>((r - r0) * outs);
+        const double* v = f.values + static_cast<int64_t>(leaves[r - r0]) * outs;
+        const size_t at = static_cast<size_t>((r - r0) * outs);
         if (float32_accum) {
-          for (int64_t o = 0; o < outs; ++o) acc32[base + o] += static_cast<float>(v[o]);
+          for (int64_t o = 0; o < outs; ++o) acc32[at + o] += static_cast<float>(v[o]);
         } else {
-          for (int64_t o = 0; o < outs; ++o) acc[base + o] += v[o];
+          for (int64_t o = 0; o < outs; ++o) acc[at + o] += v[o];
         }
       }
     }
@@ -89,14 +104,22 @@ void predict_raw(const ForestView& f, const float* x, int64_t rows, int64_t n_fe
   }
 }
 
-void predict_leaves(const ForestView& f, const float* x, int64_t rows, int64_t n_features, int32_t* leaves,
+template <typename T>
+void predict_leaves(const ForestView& f, const T* x, int64_t rows, int64_t n_features, int32_t* leaves,
                     int num_threads) {
 #pragma omp parallel for schedule(static) num_threads(num_threads)
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t t = 0; t < f.n_trees; ++t) {
-      leaves[r * f.n_trees + t] = leaf_of(f.nodes, f.roots[t], x + r * n_features);
+      leaves[r * f.n_trees + t] = leaf_of(f, f.roots[t], x + r * n_features);
     }
   }
 }
+
+template void predict_raw<float>(const ForestView&, const float*, int64_t, int64_t, const double*, bool,
+                                 double*, int);
+template void predict_raw<double>(const ForestView&, const double*, int64_t, int64_t, const double*, bool,
+                                  double*, int);
+template void predict_leaves<float>(const ForestView&, const float*, int64_t, int64_t, int32_t*, int);
+template void predict_leaves<double>(const ForestView&, const double*, int64_t, int64_t, int32_t*, int);
 
 }  // namespace pyzero::trees

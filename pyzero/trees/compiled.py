@@ -8,11 +8,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyzero.trees import convert_lightgbm, convert_sklearn, convert_xgboost, strategies
-from pyzero.trees.forest import ZERO_THRESHOLD, Forest
+from pyzero.trees import convert_lightgbm, convert_sklearn, convert_xgboost, inputs, strategies
+from pyzero.trees.forest import Forest
 
 BACKENDS = ("auto", "cpu", "torch")
-ZERO_THRESHOLD_F32 = float(np.float32(ZERO_THRESHOLD))
 STRATEGIES = ("auto", "traverse")
 # verify(): random rows drawn when no X is given, and the cap on adversarial rows.
 VERIFY_RANDOM_ROWS = 2000
@@ -49,8 +48,9 @@ def convert(
 class CompiledForest:
     """A converted ensemble bound to a device; predicts with the chosen strategy.
 
-    Inputs: numpy arrays, torch tensors (on the compiled device) or pandas DataFrames of numbers,
-    shape [rows, n_features]; values are cast to float32 as the native libraries do. Outputs come
+    Inputs (see inputs.py): numpy arrays, torch tensors (on the compiled device), pandas DataFrames
+    (category columns encoded as in training) or scipy.sparse matrices, shape [rows, n_features];
+    values are cast to float32 (float64 for HistGradientBoosting) as the native libraries do. Outputs come
     back as float64 numpy arrays (torch tensors for torch input).
     """
 
@@ -77,30 +77,7 @@ class CompiledForest:
 
     # ------------------------------------------------------------------------------- inputs
     def _input(self, X: Any) -> tuple[Tensor, bool]:
-        as_torch = isinstance(X, Tensor)
-        if as_torch:
-            if X.device != self.device:
-                raise ValueError(
-                    f"X is on {X.device} but the forest is compiled for {self.device}; use cf.to()"
-                )
-            x = X
-        else:
-            if hasattr(X, "to_numpy"):  # pandas
-                X = X.to_numpy()
-            arr = np.asarray(X)
-            if arr.dtype.kind not in "biuf":
-                raise TypeError(f"X must hold numbers, got dtype {arr.dtype} (encode string features first)")
-            x = torch.as_tensor(arr.astype(self._input_dtype_np, copy=False))
-        if self.forest.extra.get("zero_tiny_inputs"):  # LightGBM reads |x| <= 1e-35f as 0.0
-            x = torch.where(x.abs() <= ZERO_THRESHOLD_F32, torch.zeros_like(x), x)
-        missing = self.forest.extra.get("missing", np.nan)
-        if not np.isnan(missing):  # XGBoost's missing= value counts as missing, like NaN
-            x = torch.where(x == np.float32(missing), torch.full_like(x, float("nan")), x)
-        if x.dim() != 2 or x.shape[1] != self.forest.n_features:
-            raise ValueError(
-                f"X must have shape (rows, {self.forest.n_features}) for this model, got {tuple(x.shape)}"
-            )
-        return x.to(device=self.device, dtype=self._input_dtype).contiguous(), as_torch
+        return inputs.to_tensor(X, self.forest, self.device, self._input_dtype)
 
     def _output(self, t: Tensor, as_torch: bool):
         return t if as_torch else t.cpu().numpy()
@@ -210,12 +187,9 @@ def compile(
 def _resolve_backend(backend: str, device: torch.device, forest: Forest) -> str:
     from pyzero import _native
 
-    float64 = forest.extra.get("input") == "float64"
     if backend == "auto":
-        return "cpu" if device.type == "cpu" and _native.C is not None and not float64 else "torch"
+        return "cpu" if device.type == "cpu" and _native.C is not None else "torch"
     if backend == "cpu":
-        if float64:
-            raise ValueError(f"backend='cpu' compares float32; {forest.source} needs float64 (use 'torch')")
         _native.require("trees backend='cpu'")
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs device cpu, got {device}")

@@ -11,7 +11,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyzero.trees.forest import CMP_LE, MISSING_NAN, MISSING_NONE, MISSING_ZERO, Forest, concat_trees
+from pyzero.trees.forest import (
+    CAT_INVALID_RIGHT,
+    CMP_CAT_IN_LEFT,
+    CMP_LE,
+    MISSING_NAN,
+    MISSING_NONE,
+    MISSING_ZERO,
+    Forest,
+    concat_trees,
+)
+
+# LightGBM's categorical domain: static_cast<int>(x) must be >= 0, so x in (-1, 2**31) (truncation
+# toward zero: -0.5 is category 0); NaN and everything else go right. Note [Categorical splits].
+LGB_CAT_DOMAIN = (
+    float(np.nextafter(np.float32(-1.0), np.float32(0.0))),
+    float(2**31),
+    float(CAT_INVALID_RIGHT),
+)
 
 SUPPORTED = ("LGBMClassifier", "LGBMRegressor", "LGBMRanker", "Booster")
 MISSING = {"None": MISSING_NONE, "Zero": MISSING_ZERO, "NaN": MISSING_NAN}
@@ -43,13 +60,17 @@ def _objective(spec: str) -> tuple[str, dict]:
     raise TypeError(f"LightGBM objective {spec!r} is not supported")
 
 
-def _flatten(root: dict, n_groups: int, group: int) -> dict:
-    """Preorder node arrays of one dump_model() tree."""
+def _flatten(root: dict, n_groups: int, group: int, cat_sets: list) -> dict:
+    """Preorder node arrays of one dump_model() tree; categorical sets are appended to cat_sets."""
     feature, threshold, left, right, dl, missing, value, leaf_id = [], [], [], [], [], [], [], []
+    cmp, cat_set = [], []
 
     def visit(node: dict) -> int:
         i = len(feature)
-        for lst, v in ((feature, 0), (threshold, 0.0), (left, -1), (right, -1), (dl, False), (missing, 0)):
+        for lst, v in (
+            (feature, 0), (threshold, 0.0), (left, -1), (right, -1), (dl, False), (missing, 0), (cmp, CMP_LE),
+            (cat_set, -1),
+        ):  # fmt: skip
             lst.append(v)
         value.append(np.zeros(n_groups))
         leaf_id.append(0)
@@ -57,12 +78,14 @@ def _flatten(root: dict, n_groups: int, group: int) -> dict:
             value[i][group] = node.get("leaf_value", 0.0)
             leaf_id[i] = node.get("leaf_index", 0)
             return i
-        if node["decision_type"] != "<=":
-            raise NotImplementedError("LightGBM categorical splits are not supported yet by pyzero.trees")
         feature[i] = node["split_feature"]
-        threshold[i] = float(node["threshold"])
-        dl[i] = bool(node["default_left"])
-        missing[i] = MISSING[node["missing_type"]]
+        if node["decision_type"] == "==":  # NaN goes right whatever the missing type says
+            cmp[i], cat_set[i], missing[i] = CMP_CAT_IN_LEFT, len(cat_sets), MISSING_NAN
+            cat_sets.append(np.asarray([int(c) for c in str(node["threshold"]).split("||")], dtype=np.int64))
+        else:
+            threshold[i] = float(node["threshold"])
+            dl[i] = bool(node["default_left"])
+            missing[i] = MISSING[node["missing_type"]]
         left[i] = visit(node["left_child"])
         right[i] = visit(node["right_child"])
         return i
@@ -76,8 +99,24 @@ def _flatten(root: dict, n_groups: int, group: int) -> dict:
         "default_left": np.asarray(dl, dtype=bool),
         "missing": np.asarray(missing, dtype=np.int8),
         "leaf_id": np.asarray(leaf_id, dtype=np.int32),
-        "cmp": CMP_LE,
+        "cmp": np.asarray(cmp, dtype=np.int8),
+        "cat_set": np.asarray(cat_set, dtype=np.int64),
         "value": np.stack(value),
+    }
+
+
+def _categories(doc: dict) -> dict[int, list]:
+    """{feature: training categories} of DataFrame-trained models: LightGBM pairs its
+    pandas_categorical lists, in order, with the categorical features (those whose feature_infos
+    list values)."""
+    lists = doc.get("pandas_categorical") or []
+    infos = doc.get("feature_infos", {})
+    cat_features = [
+        f for f, name in enumerate(doc.get("feature_names", [])) if infos.get(name, {}).get("values")
+    ]
+    return {
+        f: [c.item() if isinstance(c, np.generic) else c for c in cats]
+        for f, cats in zip(cat_features, lists, strict=True)
     }
 
 
@@ -89,13 +128,17 @@ def convert(model, num_iteration: int | None = None) -> Forest:
     doc = booster.dump_model(num_iteration=num_iteration if num_iteration is not None else -1)
     k = int(doc["num_tree_per_iteration"])
     post, extra = _objective(doc["objective"])
-    trees = [_flatten(t["tree_structure"], k, i % k) for i, t in enumerate(doc["tree_info"])]
+    cat_sets: list[np.ndarray] = []
+    trees = [_flatten(t["tree_structure"], k, i % k, cat_sets) for i, t in enumerate(doc["tree_info"])]
     name = type(model).__name__
     classes = getattr(model, "classes_", None) if name == "LGBMClassifier" else None
     average = bool(doc.get("average_output", False))
     forest = concat_trees(
         trees,
+        cat_sets,
         n_features=int(doc["max_feature_idx"]) + 1,
+        cat_domain=np.asarray(LGB_CAT_DOMAIN),
+        categories=_categories(doc),
         base=np.zeros(k),
         aggregation="sum",
         post_transform=post,

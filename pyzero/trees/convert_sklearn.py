@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pyzero.trees.forest import CMP_LE, Forest, concat_trees
+from pyzero.trees.forest import CMP_CAT_IN_LEFT, CMP_LE, Forest, concat_trees
+
+# scikit-learn's categorical bitsets: 8 uint32 words (categories are uint8 codes < 256).
+HGB_CATEGORY_CODES = 256
 
 SUPPORTED = (
     "DecisionTreeClassifier",
@@ -154,43 +157,79 @@ HGB_POST = {
 
 def _hist_gradient_boosting(model, n_features: int) -> Forest:
     """scikit-learn compares float64 x <= num_threshold (float64) here, NaN follows missing_go_to_left;
-    raw = baseline + sum of leaf values. Categorical splits are not supported yet."""
+    raw = baseline + sum of leaf values. Categorical features go through its OrdinalEncoder (unknown
+    -> NaN), which also moves them to the front; see Note [Categorical splits] (forest.py)."""
     loss = type(model._loss).__name__
     if loss not in HGB_POST:
         raise TypeError(
             f"HistGradientBoosting with loss {loss} is not supported; supported: {sorted(HGB_POST)}"
         )
+    column, categories = _hgb_columns(model, n_features)
+    known_bits, f_idx_map = model._bin_mapper.make_known_categories_bitsets()
     k = len(model._predictors[0])
-    trees = []
+    trees, cat_sets = [], []
     for iteration in model._predictors:
         for c, predictor in enumerate(iteration):
             nodes = predictor.nodes
-            if nodes["is_categorical"].any():
-                raise NotImplementedError(
-                    "HistGradientBoosting categorical splits are not supported yet by pyzero.trees"
-                )
             leaf = nodes["is_leaf"].astype(bool)
             value = np.zeros((nodes.shape[0], k))
             value[:, c] = nodes["value"]
+            cat = nodes["is_categorical"].astype(bool) & ~leaf
+            cat_set = np.full(nodes.shape[0], -1)
+            for i in np.flatnonzero(cat):
+                left = _bits_to_codes(predictor.raw_left_cat_bitsets[nodes["bitset_idx"][i]])
+                known = _bits_to_codes(known_bits[f_idx_map[nodes["feature_idx"][i]]])
+                if nodes["missing_go_to_left"][i]:  # unknown codes follow the missing direction
+                    left = np.union1d(left, np.setdiff1d(np.arange(HGB_CATEGORY_CODES), known))
+                cat_set[i] = len(cat_sets)
+                cat_sets.append(left)
             trees.append(
                 {
-                    "feature": nodes["feature_idx"].astype(np.int64),
+                    "feature": column[nodes["feature_idx"].astype(np.int64)],
                     "threshold": nodes["num_threshold"].astype(np.float64),
                     "left": np.where(leaf, -1, nodes["left"].astype(np.int64)),
                     "right": np.where(leaf, -1, nodes["right"].astype(np.int64)),
                     "default_left": nodes["missing_go_to_left"].astype(bool),
-                    "cmp": CMP_LE,
+                    "cmp": np.where(cat, CMP_CAT_IN_LEFT, CMP_LE),
+                    "cat_set": cat_set,
                     "value": value,
                 }
             )
     is_clf = hasattr(model, "classes_")
     return concat_trees(
         trees,
+        cat_sets,
         n_features=n_features,
         base=np.asarray(model._baseline_prediction, dtype=np.float64).reshape(-1),
         aggregation="sum",
         post_transform=HGB_POST[loss],
         classes=np.asarray(model.classes_) if is_clf else None,
         source=type(model).__name__,
+        categories=categories,
+        encode_numeric=True,
         extra={"kind": "classifier" if is_clf else "regressor", "input": "float64"},
     )
+
+
+def _hgb_columns(model, n_features: int) -> tuple[np.ndarray, dict[int, list]]:
+    """(original column of each column the trees see, {column: known categories}). scikit-learn's
+    preprocessor puts the categorical columns first, then the numerical ones, each in input order."""
+    if getattr(model, "_preprocessor", None) is None:
+        return np.arange(n_features), {}
+    is_cat = np.asarray(model.is_categorical_, dtype=bool)
+    column = np.concatenate([np.flatnonzero(is_cat), np.flatnonzero(~is_cat)])
+    encoder = model._preprocessor.named_transformers_["encoder"]
+    categories = {}
+    for col, cats in zip(np.flatnonzero(is_cat), encoder.categories_, strict=True):
+        cats = list(cats)
+        if cats and isinstance(cats[-1], float) and np.isnan(cats[-1]):  # NaN is missing, not a category
+            cats = cats[:-1]
+        categories[int(col)] = [c.item() if isinstance(c, np.generic) else c for c in cats]
+    return column, categories
+
+
+def _bits_to_codes(words: np.ndarray) -> np.ndarray:
+    """The category codes whose bits are set in a uint32 bitset."""
+    w = np.asarray(words, dtype=np.uint32)
+    bits = (w[:, None] >> np.arange(32, dtype=np.uint32)) & 1
+    return np.flatnonzero(bits.reshape(-1))

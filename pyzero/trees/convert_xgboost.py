@@ -7,11 +7,16 @@ the base score (stored in output space, turned into a margin by the objective).
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
 
-from pyzero.trees.forest import CMP_LT, Forest, concat_trees
+from pyzero.trees.forest import CAT_INVALID_LEFT, CMP_CAT_IN_RIGHT, CMP_LT, Forest, concat_trees
+
+# XGBoost's categorical domain: a category must be >= 0 and below 2**24 (the float32 integers);
+# anything else goes left (common/categorical.h InvalidCat). Note [Categorical splits].
+XGB_CAT_DOMAIN = (0.0, float(2**24), float(CAT_INVALID_LEFT))
 
 SUPPORTED = ("XGBClassifier", "XGBRegressor", "XGBRanker", "XGBRFClassifier", "XGBRFRegressor", "Booster")
 # Objective -> post-transform of the summed margin.
@@ -47,12 +52,15 @@ def convert(model, iteration_range: tuple[int, int] | None = None) -> Forest:
     indptr = m["iteration_indptr"]
     lo, hi = (0, len(indptr) - 1) if not iteration_range or iteration_range == (0, 0) else iteration_range
     chosen = range(indptr[lo], indptr[hi])
-    trees = []
+    trees, cat_sets = [], []
     for i in chosen:
         t = m["trees"][i]
-        if any(t["split_type"]):
-            raise NotImplementedError("XGBoost categorical splits are not supported yet by pyzero.trees")
         left = np.asarray(t["left_children"], dtype=np.int64)
+        cat_set = np.full(left.shape[0], -1)
+        seg, size = t.get("categories_segments", []), t.get("categories_sizes", [])
+        for j, node in enumerate(t.get("categories_nodes", [])):
+            cat_set[node] = len(cat_sets)
+            cat_sets.append(np.asarray(t["categories"][seg[j] : seg[j] + size[j]], dtype=np.int64))
         cond = np.asarray(t["split_conditions"], dtype=np.float32)  # exact float32 values
         value = np.zeros((left.shape[0], n_groups))
         value[:, m["tree_info"][i]] = np.where(left < 0, cond, 0.0)
@@ -63,7 +71,8 @@ def convert(model, iteration_range: tuple[int, int] | None = None) -> Forest:
                 "left": left,
                 "right": np.asarray(t["right_children"], dtype=np.int64),
                 "default_left": np.asarray(t["default_left"], dtype=bool),
-                "cmp": CMP_LT,
+                "cmp": np.where(np.asarray(t["split_type"]) == 1, CMP_CAT_IN_RIGHT, CMP_LT),
+                "cat_set": cat_set,
                 "value": value,
             }
         )
@@ -71,7 +80,11 @@ def convert(model, iteration_range: tuple[int, int] | None = None) -> Forest:
     classes = getattr(model, "classes_", None) if type(model).__name__.endswith("Classifier") else None
     forest = concat_trees(
         trees,
+        cat_sets,
         n_features=n_features,
+        cat_domain=np.asarray(XGB_CAT_DOMAIN),
+        categories=_categories(m.get("cats")),
+        unknown_category="error",
         base=np.zeros(n_groups),
         aggregation="sum",
         post_transform=POST[objective],
@@ -81,10 +94,25 @@ def convert(model, iteration_range: tuple[int, int] | None = None) -> Forest:
             "objective": objective,
             "missing": float(getattr(model, "missing", np.nan)),
             "accumulate": "float32",
+            "sparse_absent": "missing",
         },
     )
     forest.base = _base_margin(booster, forest, (lo, hi))
     return forest
+
+
+def _categories(cats: dict | None) -> dict[int, list]:
+    """{feature: training categories} from the model's "cats" (XGBoost >= 3.1 stores the categories
+    of DataFrame columns there, strings as UTF-8 bytes cut by offsets)."""
+    out: dict[int, list] = {}
+    for f, enc in enumerate((cats or {}).get("enc", [])):
+        values, offsets = enc.get("values", []), enc.get("offsets", [])
+        if offsets:
+            raw = bytes(values)
+            out[f] = [raw[a:b].decode() for a, b in itertools.pairwise(offsets)]
+        elif values:
+            out[f] = list(values)
+    return out
 
 
 def _base_margin(booster, forest: Forest, rounds: tuple[int, int]) -> np.ndarray:

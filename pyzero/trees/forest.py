@@ -6,6 +6,24 @@ t, `x <= t` holds exactly when `x <= round_down_to_f32(t)`, and `x < t` exactly 
 `x < round_up_to_f32(t)`. Rounding t to float32 by round-to-nearest instead (what other converters
 do) flips the decision for the x that lie between the two roundings. threshold32 stores the directed
 rounding for its node's comparison kind, so float32 kernels reproduce the native decisions exactly.
+
+Note [Categorical splits]
+A categorical node (cmp CMP_CAT_IN_LEFT or CMP_CAT_IN_RIGHT) tests the value x of its feature in
+three steps, with the forest's domain `cat_domain` = (lo, hi, invalid):
+1. NaN is missing and follows default_left (LightGBM nodes are converted with default_left False).
+2. x outside [lo, hi) goes where `invalid` says: CAT_INVALID_LEFT, CAT_INVALID_RIGHT or
+   CAT_INVALID_DEFAULT (the node's default_left).
+3. c = trunc(x) is in the node's set when c < 32 * words and bit c % 32 of word c // 32 of
+   cat_bits[cat_set] is 1. A category in the set goes left for CMP_CAT_IN_LEFT (scikit-learn,
+   LightGBM) and right for CMP_CAT_IN_RIGHT (XGBoost); every other valid category the other way.
+The libraries map onto it as: XGBoost [0, 2**24) invalid left; LightGBM (-1, 2**31) invalid right
+(it truncates toward zero, so -0.5 is category 0); scikit-learn [0, inf) invalid default, after its
+input encoding (below).
+Input encoding: `categories` maps a feature to the category values the model was trained on, and
+its code is the position in that list. DataFrame columns of pandas category dtype are always
+encoded (unknown categories become NaN, or an error when `unknown_category` is "error", as XGBoost
+raises); `encode_numeric` says whether numeric columns are encoded too (scikit-learn's
+HistGradientBoosting maps every categorical input through its OrdinalEncoder, unknown -> NaN).
 """
 
 from __future__ import annotations
@@ -17,16 +35,26 @@ from pathlib import Path
 import numpy as np
 
 # Format tag of saved forests (bump when the arrays or their meaning change).
-FOREST_FORMAT = "pyzero.trees.Forest/1"
+FOREST_FORMAT = "pyzero.trees.Forest/2"
 # Per-node vectors (shape [nodes]) and all arrays a saved forest holds.
 NODE_FIELDS = (
     "feature", "threshold32", "threshold64", "left", "right", "default_left", "cmp", "missing", "leaf_id",
+    "cat_set",
 )  # fmt: skip
-ARRAY_FIELDS = (*NODE_FIELDS, "value", "roots", "depth", "base")
+ARRAY_FIELDS = (*NODE_FIELDS, "value", "roots", "depth", "base", "cat_bits", "cat_domain")
 
 # Comparison kinds: which test sends a (non-missing) value to the left child.
 CMP_LE = 0  # x <= threshold goes left (scikit-learn, LightGBM)
 CMP_LT = 1  # x < threshold goes left (XGBoost)
+CMP_CAT_IN_LEFT = 2  # a category in the node's set goes left (Note [Categorical splits])
+CMP_CAT_IN_RIGHT = 3  # a category in the node's set goes right (XGBoost)
+NUMERIC_CMPS = (CMP_LE, CMP_LT)
+# Where a categorical value outside the forest's domain goes (Note [Categorical splits]).
+CAT_INVALID_LEFT = 0
+CAT_INVALID_RIGHT = 1
+CAT_INVALID_DEFAULT = 2
+# Default domain (no categorical nodes, or scikit-learn's encoded codes): [0, inf), invalid default.
+NO_CAT_DOMAIN = (0.0, float("inf"), float(CAT_INVALID_DEFAULT))
 # Missing-value kinds: which inputs take the default direction instead of the comparison.
 MISSING_NAN = 0  # NaN is missing (scikit-learn, XGBoost, LightGBM missing_type NaN)
 MISSING_NONE = 1  # NaN is read as 0.0 and compared (LightGBM missing_type None)
@@ -64,18 +92,23 @@ class Forest:
     left, right: int32 [nodes], global ids of the children; a leaf points to itself in both, so a
         traversal can keep stepping at a leaf without moving.
     default_left: bool [nodes], where a missing (NaN) value goes.
-    cmp: int8 [nodes], CMP_LE or CMP_LT.
+    cmp: int8 [nodes], CMP_LE or CMP_LT (numeric), CMP_CAT_IN_LEFT or CMP_CAT_IN_RIGHT (categorical).
     missing: int8 [nodes], MISSING_NAN, MISSING_NONE or MISSING_ZERO.
     leaf_id: int32 [nodes], the number the native apply() reports for a leaf (its local node id, or
         LightGBM's leaf_index).
+    cat_set: int32 [nodes], row of cat_bits holding a categorical node's set; -1 elsewhere.
     value: float64 [nodes, n_outputs], what a leaf adds to the outputs (zero at split nodes), already
         multiplied by its tree's weight and any learning rate.
     roots: int32 [trees], global id of each tree's root; depth: int32 [trees], longest root-leaf path.
+    cat_bits: uint32 [sets, words], category bitsets (Note [Categorical splits]); [0, 1] without any.
+    cat_domain: float64 [3], (lo, hi, invalid) of Note [Categorical splits].
     n_features: features the model was fitted on. base: float64 [n_outputs], added to the sum.
     aggregation: "sum" (boosting) or "mean" (averaging ensembles: sum / n_trees).
     post_transform: "identity", "sigmoid" (binary: one output -> P(class 1)), "softmax", "exp", or
         "isolation" (IsolationForest: score = -2 ** (-sum / extra["denominator"])).
     classes: class labels for classifiers (predict returns classes[argmax]), else None.
+    categories: {feature: known category values} for input encoding (Note [Categorical splits]);
+    encode_numeric: encode numeric categorical columns too; unknown_category: "missing" or "error".
     """
 
     feature: np.ndarray
@@ -87,15 +120,21 @@ class Forest:
     cmp: np.ndarray
     missing: np.ndarray
     leaf_id: np.ndarray
+    cat_set: np.ndarray
     value: np.ndarray
     roots: np.ndarray
     depth: np.ndarray
     n_features: int
     base: np.ndarray
+    cat_bits: np.ndarray = field(default_factory=lambda: np.zeros((0, 1), dtype=np.uint32))
+    cat_domain: np.ndarray = field(default_factory=lambda: np.asarray(NO_CAT_DOMAIN))
     aggregation: str = "sum"
     post_transform: str = "identity"
     classes: np.ndarray | None = None
     source: str = ""
+    categories: dict[int, list] = field(default_factory=dict)
+    encode_numeric: bool = False
+    unknown_category: str = "missing"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -111,6 +150,17 @@ class Forest:
             raise ValueError(
                 f"Forest.post_transform must be one of {POST_TRANSFORMS}, got {self.post_transform!r}"
             )
+        cat = (self.cmp == CMP_CAT_IN_LEFT) | (self.cmp == CMP_CAT_IN_RIGHT)
+        if np.any(cat != (self.cat_set >= 0)) or np.any(self.cat_set >= self.cat_bits.shape[0]):
+            raise ValueError("Forest.cat_set must name a cat_bits row exactly at the categorical nodes")
+        if self.unknown_category not in ("missing", "error"):
+            raise ValueError(
+                f"Forest.unknown_category must be 'missing' or 'error', got {self.unknown_category!r}"
+            )
+
+    @property
+    def has_categorical(self) -> bool:
+        return bool((self.cat_set >= 0).any())
 
     def save(self, path: str | Path) -> None:
         """Writes the forest as one .npz of plain arrays plus JSON metadata (no pickles)."""
@@ -120,6 +170,9 @@ class Forest:
             "aggregation": self.aggregation,
             "post_transform": self.post_transform,
             "source": self.source,
+            "categories": [[int(f), list(v)] for f, v in self.categories.items()],
+            "encode_numeric": self.encode_numeric,
+            "unknown_category": self.unknown_category,
             "extra": self.extra,
         }
         arrays = {k: getattr(self, k) for k in ARRAY_FIELDS}
@@ -146,6 +199,9 @@ class Forest:
             post_transform=meta["post_transform"],
             classes=classes,
             source=meta["source"],
+            categories={int(f): v for f, v in meta["categories"]},
+            encode_numeric=meta["encode_numeric"],
+            unknown_category=meta["unknown_category"],
             extra=meta["extra"],
         )
 
@@ -162,9 +218,12 @@ class Forest:
         return int(self.depth.max()) if self.depth.size else 0
 
 
-def concat_trees(trees: list[dict], **forest_fields) -> Forest:
-    """Builds a Forest from per-tree dicts of local node arrays (children local, -1 at leaves)."""
-    keys = ("feature", "t64", "cmp", "left", "right", "dl", "value", "missing", "leaf_id")
+def concat_trees(trees: list[dict], cat_sets: list[np.ndarray] | None = None, **forest_fields) -> Forest:
+    """Builds a Forest from per-tree dicts of local node arrays (children local, -1 at leaves).
+
+    A tree's optional "cmp" may be an array (categorical nodes) and "cat_set" (int, -1 numeric)
+    indexes `cat_sets`, the sorted category values of each set (turned into cat_bits rows)."""
+    keys = ("feature", "t64", "cmp", "left", "right", "dl", "value", "missing", "leaf_id", "cat_set")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     roots, depths, offset = [], [], 0
     for t in trees:
@@ -173,7 +232,7 @@ def concat_trees(trees: list[dict], **forest_fields) -> Forest:
         leaf = t["left"] < 0
         parts["feature"].append(np.where(leaf, -1, t["feature"]).astype(np.int32))
         parts["t64"].append(np.where(leaf, 0.0, t["threshold"]).astype(np.float64))
-        parts["cmp"].append(np.full(n, t["cmp"], dtype=np.int8))
+        parts["cmp"].append(np.broadcast_to(np.asarray(t["cmp"], dtype=np.int8), (n,)))
         parts["left"].append(np.where(leaf, ids, t["left"] + offset).astype(np.int32))
         parts["right"].append(np.where(leaf, ids, t["right"] + offset).astype(np.int32))
         parts["dl"].append(np.asarray(t["default_left"], dtype=bool))
@@ -182,11 +241,16 @@ def concat_trees(trees: list[dict], **forest_fields) -> Forest:
             np.broadcast_to(np.asarray(t.get("missing", MISSING_NAN), dtype=np.int8), (n,))
         )
         parts["leaf_id"].append(np.asarray(t.get("leaf_id", np.arange(n)), dtype=np.int32))
+        cat_set = np.broadcast_to(np.asarray(t.get("cat_set", -1), dtype=np.int32), (n,))
+        parts["cat_set"].append(np.where(leaf, -1, cat_set))
         roots.append(offset)
         depths.append(_depth(t["left"], t["right"]))
         offset += n
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     t32 = np.where(cat["cmp"] == CMP_LE, round_down_f32(cat["t64"]), round_up_f32(cat["t64"]))
+    numeric = np.isin(cat["cmp"], NUMERIC_CMPS)
+    cat["t64"] = np.where(numeric, cat["t64"], 0.0)
+    t32 = np.where(numeric, t32, 0.0)
     return Forest(
         feature=cat["feature"],
         threshold32=t32.astype(np.float32),
@@ -200,8 +264,20 @@ def concat_trees(trees: list[dict], **forest_fields) -> Forest:
         value=cat["value"],
         roots=np.asarray(roots, dtype=np.int32),
         depth=np.asarray(depths, dtype=np.int32),
+        cat_set=cat["cat_set"],
+        cat_bits=category_bitsets(cat_sets or []),
         **forest_fields,
     )
+
+
+def category_bitsets(sets: list[np.ndarray]) -> np.ndarray:
+    """uint32 [len(sets), words]: row i has bit c set for every category c in sets[i] (c >= 0)."""
+    top = max((int(np.max(s)) for s in sets if len(s)), default=0)
+    bits = np.zeros((len(sets), top // 32 + 1), dtype=np.uint32)
+    for i, s in enumerate(sets):
+        c = np.asarray(s, dtype=np.int64)
+        np.bitwise_or.at(bits[i], c // 32, (np.uint32(1) << (c % 32).astype(np.uint32)))
+    return bits
 
 
 def _depth(left: np.ndarray, right: np.ndarray) -> int:

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from pyzero.trees.forest import CMP_LE, MISSING_NONE, MISSING_ZERO, ZERO_THRESHOLD, Forest
+from pyzero.trees.forest import (
+    CAT_INVALID_DEFAULT,
+    CAT_INVALID_LEFT,
+    CMP_CAT_IN_LEFT,
+    CMP_LE,
+    MISSING_NONE,
+    MISSING_ZERO,
+    ZERO_THRESHOLD,
+    Forest,
+)
 
 # Rows per block of the traversal: the [rows, trees] node-index tensor never exceeds this x trees.
 TRAVERSE_ROW_BLOCK = 4096
@@ -31,6 +41,29 @@ class ForestTensors:
         self.any_special_missing = bool((forest.missing != 0).any())
         self.roots = t(forest.roots, torch.int64)
         self.max_depth = forest.max_depth
+        self.has_categorical = forest.has_categorical
+        if self.has_categorical:  # Note [Categorical splits] (forest.py)
+            self.cat_set = t(forest.cat_set, torch.int64)
+            self.cat_in_left = t(forest.cmp == CMP_CAT_IN_LEFT, torch.bool)
+            self.cat_bits = t(forest.cat_bits.astype(np.int64), torch.int64)
+            lo, hi, invalid = (float(v) for v in forest.cat_domain)
+            self.cat_lo, self.cat_hi, self.cat_invalid = lo, hi, int(invalid)
+
+
+def categorical_left(ft: ForestTensors, node: Tensor, v: Tensor) -> Tensor:
+    """Whether categorical node `node` sends non-missing value v left (Note [Categorical splits])."""
+    valid = (v >= ft.cat_lo) & (v < ft.cat_hi)
+    c = torch.where(valid, v, torch.zeros_like(v)).trunc().long()
+    words = ft.cat_bits.shape[1]
+    word = c >> 5
+    bits = ft.cat_bits[ft.cat_set[node].clamp(min=0), word.clamp(max=words - 1)]
+    in_set = (word < words) & (((bits >> (c & 31)) & 1) == 1)
+    left = torch.where(ft.cat_in_left[node], in_set, ~in_set)
+    if ft.cat_invalid == CAT_INVALID_DEFAULT:
+        invalid_left = ft.default_left[node]
+    else:
+        invalid_left = torch.full_like(left, ft.cat_invalid == CAT_INVALID_LEFT)
+    return torch.where(valid, left, invalid_left)
 
 
 def traverse(ft: ForestTensors, x: Tensor) -> Tensor:
@@ -51,6 +84,8 @@ def traverse(ft: ForestTensors, x: Tensor) -> Tensor:
             zero = is_nan | (v.abs() <= ZERO_THRESHOLD)
             missing = torch.where(kind == MISSING_ZERO, zero, is_nan & (kind != MISSING_NONE))
         go_left = torch.where(ft.le[node], v <= thr, v < thr)
+        if ft.has_categorical:
+            go_left = torch.where(ft.cat_set[node] >= 0, categorical_left(ft, node, v), go_left)
         go_left = torch.where(missing, ft.default_left[node], go_left)
         node = torch.where(go_left, ft.left[node], ft.right[node])
     return node
@@ -100,14 +135,13 @@ FEATURE_BITS = 24
 DEFAULT_LEFT_BIT = 24
 CMP_LT_BIT = 25
 MISSING_SHIFT = 26
+CATEGORICAL_BIT = 28
 
 
 class PackedForest:
     """The Forest as 16-byte nodes for the C++ kernel (csrc/trees/tree_cpu.h)."""
 
     def __init__(self, forest: Forest) -> None:
-        import numpy as np
-
         if forest.n_features >= 1 << FEATURE_BITS:
             raise ValueError(f"the C++ kernel handles at most {1 << FEATURE_BITS} features")
         meta = (
@@ -115,21 +149,36 @@ class PackedForest:
             | (forest.default_left.astype(np.int64) << DEFAULT_LEFT_BIT)
             | ((forest.cmp != CMP_LE).astype(np.int64) << CMP_LT_BIT)
             | (forest.missing.astype(np.int64) << MISSING_SHIFT)
+            | ((forest.cat_set >= 0).astype(np.int64) << CATEGORICAL_BIT)
         ).astype(np.int32)
-        thr = forest.threshold32.astype(np.float32).view(np.int32)
+        # Categorical nodes: CMP_LT_BIT means "in set goes right", threshold holds the set's row.
+        thr = np.where(
+            forest.cat_set >= 0, forest.cat_set, forest.threshold32.astype(np.float32).view(np.int32)
+        )
         self.nodes = torch.as_tensor(
             np.stack([meta, thr, forest.left, forest.right], axis=1).astype(np.int32)
         )
         self.values = torch.as_tensor(np.ascontiguousarray(forest.value, dtype=np.float64))
         self.roots = torch.as_tensor(forest.roots.astype(np.int32))
         self.depths = torch.as_tensor(forest.depth.astype(np.int32))
+        self.threshold64 = torch.as_tensor(np.ascontiguousarray(forest.threshold64, dtype=np.float64))
+        bits = forest.cat_bits if forest.cat_bits.shape[0] else np.zeros((1, 1), dtype=np.uint32)
+        self.cat_bits = torch.as_tensor(np.ascontiguousarray(bits, dtype=np.uint32).view(np.int32))
+        self.cat_domain = torch.as_tensor(np.asarray(forest.cat_domain, dtype=np.float64))
 
-    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
-        return torch.ops.pyzero.tree_predict_raw(
-            self.nodes, self.values, self.roots, self.depths, x, base, float32_accum
+    def _arrays(self) -> tuple[Tensor, ...]:
+        return (
+            self.nodes,
+            self.values,
+            self.roots,
+            self.depths,
+            self.threshold64,
+            self.cat_bits,
+            self.cat_domain,
         )
 
+    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
+        return torch.ops.pyzero.tree_predict_raw(*self._arrays(), x, base, float32_accum)
+
     def leaves(self, x: Tensor) -> Tensor:
-        return torch.ops.pyzero.tree_predict_leaves(
-            self.nodes, self.values, self.roots, self.depths, x
-        ).long()
+        return torch.ops.pyzero.tree_predict_leaves(*self._arrays(), x).long()

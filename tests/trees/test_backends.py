@@ -64,6 +64,6 @@ def test_tree_ops_opcheck():
     packed = trees.compile(models[0], backend="cpu")._packed
     x = torch.as_tensor(X)
     base = torch.zeros(packed.values.shape[1], dtype=torch.float64)
-    args = (packed.nodes, packed.values, packed.roots, packed.depths, x)
+    args = (*packed._arrays(), x)
     torch.library.opcheck(torch.ops.pyzero.tree_predict_raw.default, (*args, base, False))
     torch.library.opcheck(torch.ops.pyzero.tree_predict_leaves.default, args)

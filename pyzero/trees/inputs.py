@@ -1,0 +1,127 @@
+"""Inputs of compiled forests: numpy arrays, torch tensors, pandas DataFrames (category columns
+encoded as the model was trained, Note [Categorical splits] in forest.py) and scipy.sparse matrices
+(XGBoost: an absent entry is missing; the other libraries read it as 0.0)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyzero.trees.forest import ZERO_THRESHOLD, Forest
+
+ZERO_THRESHOLD_F32 = float(np.float32(ZERO_THRESHOLD))
+
+
+def to_tensor(X: Any, forest: Forest, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, bool]:
+    """(x [rows, n_features] contiguous `dtype` on `device`, whether X was a torch tensor)."""
+    np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    as_torch = isinstance(X, Tensor)
+    if as_torch:
+        if X.device != device:
+            raise ValueError(f"X is on {X.device} but the forest is compiled for {device}; use cf.to()")
+        if X.is_complex() or not (X.is_floating_point() or X.dtype in _TORCH_INTS):
+            raise TypeError(f"X must hold real numbers, got torch dtype {X.dtype}")
+        x = X.to(dtype)
+    elif _is_sparse(X):
+        x = torch.as_tensor(_densify(X, forest, np_dtype))
+    else:
+        if _is_frame(X):
+            arr = _frame_to_numpy(X, forest, np_dtype)
+        else:
+            arr = np.asarray(X)
+            if arr.dtype == object and forest.categories:  # e.g. strings in a categorical column
+                import pandas as pd
+
+                arr = _frame_to_numpy(pd.DataFrame(arr), forest, np_dtype)
+            elif arr.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"X must hold numbers, got dtype {arr.dtype} (encode string features first, or pass "
+                    "a pandas DataFrame with category columns to a model trained on them)"
+                )
+        x = torch.as_tensor(np.ascontiguousarray(arr, dtype=np_dtype))
+    if x.dim() != 2 or x.shape[1] != forest.n_features:
+        raise ValueError(
+            f"X must have shape (rows, {forest.n_features}) for this model, got {tuple(x.shape)}"
+        )
+    if forest.encode_numeric and forest.categories and not _is_frame(X):
+        x = _encode_numeric(x, forest)
+    if forest.extra.get("zero_tiny_inputs"):  # LightGBM reads |x| <= 1e-35f as 0.0
+        x = torch.where(x.abs() <= ZERO_THRESHOLD_F32, torch.zeros_like(x), x)
+    missing = forest.extra.get("missing", np.nan)
+    if not np.isnan(missing):  # XGBoost's missing= value counts as missing, like NaN
+        x = torch.where(x == np.float32(missing), torch.full_like(x, float("nan")), x)
+    return x.to(device=device).contiguous(), as_torch
+
+
+_TORCH_INTS = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool)
+
+
+def _is_frame(X: Any) -> bool:
+    return hasattr(X, "dtypes") and hasattr(X, "columns") and hasattr(X, "items")
+
+
+def _is_sparse(X: Any) -> bool:
+    return type(X).__module__.startswith("scipy.sparse")
+
+
+def _densify(X: Any, forest: Forest, np_dtype) -> np.ndarray:
+    """Dense rows of a scipy.sparse matrix: absent entries NaN for XGBoost, else 0.0."""
+    csr = X.tocsr()
+    if csr.ndim != 2 or csr.shape[1] != forest.n_features:
+        raise ValueError(f"X must have shape (rows, {forest.n_features}) for this model, got {csr.shape}")
+    fill = np.nan if forest.extra.get("sparse_absent") == "missing" else 0.0
+    out = np.full(csr.shape, fill, dtype=np_dtype)
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    out[rows, csr.indices] = csr.data
+    return out
+
+
+def _frame_to_numpy(df: Any, forest: Forest, np_dtype) -> np.ndarray:
+    """A DataFrame's columns as numbers: category/string columns become the codes the model was trained
+    on (unknown -> NaN, or ValueError when forest.unknown_category is "error")."""
+    import pandas as pd
+
+    cols = []
+    for j, (name, col) in enumerate(df.items()):
+        numeric = col.dtype.kind in "biuf" and not isinstance(col.dtype, pd.CategoricalDtype)
+        known = forest.categories.get(j)
+        if numeric and not (forest.encode_numeric and known is not None):
+            cols.append(col.to_numpy(dtype=np_dtype, na_value=np.nan))
+            continue
+        if known is None:
+            if not isinstance(col.dtype, pd.CategoricalDtype):
+                raise TypeError(
+                    f"X column {name!r} has dtype {col.dtype}: the model has no categories for feature {j} "
+                    "(pass numbers, or category columns to a model trained on them)"
+                )
+            codes = col.cat.codes.to_numpy()  # the model was trained on these codes directly
+        else:
+            codes = pd.Categorical(col.astype(object), categories=known).codes
+            unknown = (codes == -1) & ~col.isna().to_numpy()
+            if forest.unknown_category == "error" and unknown.any():
+                value = col[unknown].iloc[0]
+                raise ValueError(f"X column {name!r} holds category {value!r} not seen in training")
+        cols.append(np.where(codes < 0, np.nan, codes).astype(np_dtype))
+    if not cols:
+        return np.zeros((df.shape[0], 0), dtype=np_dtype)
+    return np.stack(cols, axis=1)
+
+
+def _encode_numeric(x: Tensor, forest: Forest) -> Tensor:
+    """Numeric categorical columns -> their positions among the known categories (unknown -> NaN),
+    as scikit-learn's OrdinalEncoder does inside HistGradientBoosting."""
+    x = x.clone()
+    for j, known in forest.categories.items():
+        if not all(isinstance(c, (int, float)) for c in known):
+            raise TypeError(f"feature {j} has string categories: pass X as a pandas DataFrame")
+        k = torch.as_tensor(np.asarray(known, dtype=np.float64), device=x.device, dtype=x.dtype)
+        order = torch.argsort(k)
+        k_sorted = k[order]
+        v = x[:, j]
+        pos = torch.searchsorted(k_sorted, v).clamp(max=max(k.numel() - 1, 0))
+        hit = (k_sorted[pos] == v) if k.numel() else torch.zeros_like(v, dtype=torch.bool)
+        x[:, j] = torch.where(hit, order[pos].to(x.dtype), torch.full_like(v, float("nan")))
+    return x
