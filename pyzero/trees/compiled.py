@@ -41,6 +41,7 @@ def convert(
     supported = ", ".join(
         [f"sklearn {n}" for n in convert_sklearn.SUPPORTED]
         + [f"xgboost {n}" for n in convert_xgboost.SUPPORTED]
+        + [f"lightgbm {n}" for n in convert_lightgbm.SUPPORTED]
     )
     raise TypeError(f"trees.compile does not support {module}.{name}; supported: {supported}")
 
@@ -220,6 +221,9 @@ def adversarial_rows(
         vals = np.concatenate(
             [edges, np.nextafter(edges, dtype(-np.inf)), np.nextafter(edges, dtype(np.inf)), specials]
         ).astype(dtype)
+        cats = _category_probes(forest, f)
+        if cats.size:
+            vals = np.concatenate([vals, cats.astype(dtype)])
         if not allow_inf:  # thresholds may be +-inf themselves (sklearn's missing-value-only splits)
             vals = vals[~np.isinf(vals)]
         block = base_rows[rng.integers(0, base_rows.shape[0], size=vals.shape[0])].copy()
@@ -231,39 +235,63 @@ def adversarial_rows(
     return out
 
 
+# Category values at the edges of every library's domain (Note [Categorical splits]).
+CATEGORY_EDGES = (-1.0, -0.5, 0.5, 2.0**24 - 1, 2.0**24, 2.0**31, -(2.0**31))
+
+
+def _category_probes(forest: Forest, feature: int) -> np.ndarray:
+    """Inputs that exercise feature's categorical splits: every category of its sets, between and
+    beyond them, the domain edges, and (when the model encodes numbers) known and unseen values."""
+    nodes = (forest.feature == feature) & (forest.cat_set >= 0)
+    known = forest.categories.get(feature)
+    if forest.encode_numeric and known is not None:
+        k = np.asarray([c for c in known if isinstance(c, (int, float))], dtype=np.float64)
+        return np.concatenate([k, k + 0.5, [k.max(initial=0) + 1, -1.0, -0.5]])
+    if not nodes.any():
+        return np.zeros(0)
+    bits = forest.cat_bits[np.unique(forest.cat_set[nodes])]
+    codes = np.flatnonzero(((bits[:, :, None] >> np.arange(32, dtype=np.uint32)) & 1).any(axis=0).reshape(-1))
+    top = 32.0 * bits.shape[1]
+    return np.concatenate([codes, codes + 0.5, [top, top + 1, *CATEGORY_EDGES]])
+
+
 def verify(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> dict[str, Any]:
     """Fuzzes `cf` against the native model on random and adversarial rows; returns a report with
-    the worst absolute disagreement per output kind and whether labels and leaves agree exactly."""
+    the worst absolute disagreement per output kind and whether labels and leaves agree exactly.
+    A DataFrame X with category or string columns is compared as it is (no adversarial rows)."""
     rng = np.random.default_rng(seed)
     f = cf.forest
     dtype = cf._input_dtype_np
+    if inputs.has_categories(X):
+        return _compare(model, cf, X, X, {"rows": int(X.shape[0]), "adversarial": False})
     if X is None:
         base = rng.standard_normal((VERIFY_RANDOM_ROWS, f.n_features)).astype(dtype)
     else:
         base = np.asarray(X.to_numpy() if hasattr(X, "to_numpy") else X, dtype=dtype)
-    if not _accepts(model, np.nan, f.n_features):
+    nan_ok, inf_ok = _accepts(model, np.nan, f.n_features), _accepts(model, np.inf, f.n_features)
+    if not nan_ok:
         base = base[~np.isnan(base).any(axis=1)]
-    rows = np.concatenate(
-        [
-            base,
-            adversarial_rows(
-                f, base, _accepts(model, np.inf, f.n_features), _accepts(model, np.nan, f.n_features), seed
-            ),
-        ]
-    )
-    report: dict[str, Any] = {"rows": int(rows.shape[0]), "max_abs_diff": {}}
+    rows = np.concatenate([base, adversarial_rows(f, base, inf_ok, nan_ok, seed)])
+    leaf_rows = rows[~np.isinf(rows).any(axis=1)]  # XGBoost's apply() rejects inf that predict() takes
+    return _compare(model, cf, rows, leaf_rows, {"rows": int(rows.shape[0]), "adversarial": True})
+
+
+def _compare(model: Any, cf: CompiledForest, rows: Any, leaf_rows: Any, report: dict[str, Any]) -> dict:
+    """Adds the worst disagreements of cf and model on rows to report (see verify)."""
+    f = cf.forest
+    n = report["rows"]
+    report["max_abs_diff"] = {}
     for method in ("predict_proba", "decision_function", "score_samples"):
         if hasattr(model, method) and (method != "predict_proba" or f.classes is not None):
             ours = np.asarray(getattr(cf, method)(rows), dtype=np.float64)
             native = np.asarray(getattr(model, method)(rows), dtype=np.float64).reshape(ours.shape)
-            report["max_abs_diff"][method] = float(np.max(np.abs(ours - native))) if rows.size else 0.0
+            report["max_abs_diff"][method] = float(np.max(np.abs(ours - native))) if n else 0.0
     ours_pred, native_pred = cf.predict(rows), model.predict(rows)
     if f.classes is not None or f.post_transform == "isolation":
         report["labels_equal"] = bool(np.array_equal(ours_pred, native_pred))
     else:
         ours_p = np.asarray(ours_pred, dtype=np.float64).reshape(np.shape(native_pred))
-        report["max_abs_diff"]["predict"] = float(np.max(np.abs(ours_p - native_pred))) if rows.size else 0.0
-    leaf_rows = rows[~np.isinf(rows).any(axis=1)]  # XGBoost's apply() rejects inf that predict() takes
+        report["max_abs_diff"]["predict"] = float(np.max(np.abs(ours_p - native_pred))) if n else 0.0
     native_leaves = _native_leaves(model, leaf_rows)
     if native_leaves is not None:
         ours_leaves = np.asarray(cf.apply(leaf_rows)).reshape(native_leaves.shape)
@@ -292,7 +320,7 @@ def _native_leaves(model: Any, rows: np.ndarray) -> np.ndarray | None:
         out = model.apply(rows)
     else:
         return None
-    return np.asarray(out).reshape(rows.shape[0], -1)
+    return np.asarray(out).reshape(np.shape(rows)[0], -1)
 
 
 def load(path: Any, backend: str = "auto", device: Any = None) -> CompiledForest:

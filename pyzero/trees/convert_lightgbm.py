@@ -110,6 +110,8 @@ def _categories(doc: dict) -> dict[int, list]:
     pandas_categorical lists, in order, with the categorical features (those whose feature_infos
     list values)."""
     lists = doc.get("pandas_categorical") or []
+    if not lists:  # trained on numbers: category codes are the inputs themselves
+        return {}
     infos = doc.get("feature_infos", {})
     cat_features = [
         f for f, name in enumerate(doc.get("feature_names", [])) if infos.get(name, {}).get("values")

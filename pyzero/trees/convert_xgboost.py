@@ -124,7 +124,10 @@ def _base_margin(booster, forest: Forest, rounds: tuple[int, int]) -> np.ndarray
     from pyzero.trees.strategies import ForestTensors, traverse
 
     row = np.full((1, forest.n_features), np.nan, dtype=np.float32)
-    margin = booster.predict(xgb.DMatrix(row), output_margin=True, iteration_range=rounds)
+    dm = xgb.DMatrix(
+        row, feature_names=booster.feature_names, feature_types=booster.feature_types, enable_categorical=True
+    )
+    margin = booster.predict(dm, output_margin=True, iteration_range=rounds)
     native = np.asarray(margin, dtype=np.float64).reshape(-1)
     import torch
 

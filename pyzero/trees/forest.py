@@ -17,8 +17,9 @@ three steps, with the forest's domain `cat_domain` = (lo, hi, invalid):
    cat_bits[cat_set] is 1. A category in the set goes left for CMP_CAT_IN_LEFT (scikit-learn,
    LightGBM) and right for CMP_CAT_IN_RIGHT (XGBoost); every other valid category the other way.
 The libraries map onto it as: XGBoost [0, 2**24) invalid left; LightGBM (-1, 2**31) invalid right
-(it truncates toward zero, so -0.5 is category 0); scikit-learn [0, inf) invalid default, after its
-input encoding (below).
+(it truncates toward zero, so -0.5 is category 0); scikit-learn [0, 2**31) invalid default, after its
+input encoding (below) has made every value a code < 256 or NaN. Every domain ends at or below 2**31,
+so trunc(x) fits an int32.
 Input encoding: `categories` maps a feature to the category values the model was trained on, and
 its code is the position in that list. DataFrame columns of pandas category dtype are always
 encoded (unknown categories become NaN, or an error when `unknown_category` is "error", as XGBoost
@@ -53,8 +54,8 @@ NUMERIC_CMPS = (CMP_LE, CMP_LT)
 CAT_INVALID_LEFT = 0
 CAT_INVALID_RIGHT = 1
 CAT_INVALID_DEFAULT = 2
-# Default domain (no categorical nodes, or scikit-learn's encoded codes): [0, inf), invalid default.
-NO_CAT_DOMAIN = (0.0, float("inf"), float(CAT_INVALID_DEFAULT))
+# Default domain (no categorical nodes, or scikit-learn's encoded codes): [0, 2**31), invalid default.
+NO_CAT_DOMAIN = (0.0, float(2**31), float(CAT_INVALID_DEFAULT))
 # Missing-value kinds: which inputs take the default direction instead of the comparison.
 MISSING_NAN = 0  # NaN is missing (scikit-learn, XGBoost, LightGBM missing_type NaN)
 MISSING_NONE = 1  # NaN is read as 0.0 and compared (LightGBM missing_type None)

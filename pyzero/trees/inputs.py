@@ -59,6 +59,11 @@ def to_tensor(X: Any, forest: Forest, device: torch.device, dtype: torch.dtype) 
 _TORCH_INTS = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool)
 
 
+def has_categories(X: Any) -> bool:
+    """Whether X is a DataFrame with category or string columns."""
+    return _is_frame(X) and any(dt.kind not in "biuf" for dt in X.dtypes)
+
+
 def _is_frame(X: Any) -> bool:
     return hasattr(X, "dtypes") and hasattr(X, "columns") and hasattr(X, "items")
 
@@ -85,6 +90,7 @@ def _frame_to_numpy(df: Any, forest: Forest, np_dtype) -> np.ndarray:
     import pandas as pd
 
     cols = []
+    split_on = set(forest.feature[forest.cat_set >= 0].tolist())  # features of categorical splits
     for j, (name, col) in enumerate(df.items()):
         numeric = col.dtype.kind in "biuf" and not isinstance(col.dtype, pd.CategoricalDtype)
         known = forest.categories.get(j)
@@ -92,14 +98,19 @@ def _frame_to_numpy(df: Any, forest: Forest, np_dtype) -> np.ndarray:
             cols.append(col.to_numpy(dtype=np_dtype, na_value=np.nan))
             continue
         if known is None:
-            if not isinstance(col.dtype, pd.CategoricalDtype):
+            is_cat = isinstance(col.dtype, pd.CategoricalDtype)
+            if is_cat and j in split_on:  # the model was trained on these codes directly
+                codes = col.cat.codes.to_numpy()
+            elif is_cat and col.cat.categories.dtype.kind in "biuf":  # numbers, as numpy reads them
+                cols.append(col.astype(np_dtype).to_numpy(dtype=np_dtype, na_value=np.nan))
+                continue
+            else:
                 raise TypeError(
                     f"X column {name!r} has dtype {col.dtype}: the model has no categories for feature {j} "
                     "(pass numbers, or category columns to a model trained on them)"
                 )
-            codes = col.cat.codes.to_numpy()  # the model was trained on these codes directly
         else:
-            codes = pd.Categorical(col.astype(object), categories=known).codes
+            codes = pd.Index(known).get_indexer(col.astype(object))
             unknown = (codes == -1) & ~col.isna().to_numpy()
             if forest.unknown_category == "error" and unknown.any():
                 value = col[unknown].iloc[0]
@@ -120,7 +131,7 @@ def _encode_numeric(x: Tensor, forest: Forest) -> Tensor:
         k = torch.as_tensor(np.asarray(known, dtype=np.float64), device=x.device, dtype=x.dtype)
         order = torch.argsort(k)
         k_sorted = k[order]
-        v = x[:, j]
+        v = x[:, j].contiguous()
         pos = torch.searchsorted(k_sorted, v).clamp(max=max(k.numel() - 1, 0))
         hit = (k_sorted[pos] == v) if k.numel() else torch.zeros_like(v, dtype=torch.bool)
         x[:, j] = torch.where(hit, order[pos].to(x.dtype), torch.full_like(v, float("nan")))

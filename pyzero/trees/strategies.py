@@ -10,7 +10,9 @@ from pyzero.trees.forest import (
     CAT_INVALID_DEFAULT,
     CAT_INVALID_LEFT,
     CMP_CAT_IN_LEFT,
+    CMP_CAT_IN_RIGHT,
     CMP_LE,
+    CMP_LT,
     MISSING_NONE,
     MISSING_ZERO,
     ZERO_THRESHOLD,
@@ -56,8 +58,8 @@ def categorical_left(ft: ForestTensors, node: Tensor, v: Tensor) -> Tensor:
     c = torch.where(valid, v, torch.zeros_like(v)).trunc().long()
     words = ft.cat_bits.shape[1]
     word = c >> 5
-    bits = ft.cat_bits[ft.cat_set[node].clamp(min=0), word.clamp(max=words - 1)]
-    in_set = (word < words) & (((bits >> (c & 31)) & 1) == 1)
+    bits = ft.cat_bits[ft.cat_set[node].clamp(min=0), word.clamp(0, words - 1)]  # any node: v may be wild
+    in_set = (word >= 0) & (word < words) & (((bits >> (c & 31)) & 1) == 1)
     left = torch.where(ft.cat_in_left[node], in_set, ~in_set)
     if ft.cat_invalid == CAT_INVALID_DEFAULT:
         invalid_left = ft.default_left[node]
@@ -147,7 +149,7 @@ class PackedForest:
         meta = (
             np.maximum(forest.feature, 0).astype(np.int64)
             | (forest.default_left.astype(np.int64) << DEFAULT_LEFT_BIT)
-            | ((forest.cmp != CMP_LE).astype(np.int64) << CMP_LT_BIT)
+            | (np.isin(forest.cmp, (CMP_LT, CMP_CAT_IN_RIGHT)).astype(np.int64) << CMP_LT_BIT)
             | (forest.missing.astype(np.int64) << MISSING_SHIFT)
             | ((forest.cat_set >= 0).astype(np.int64) << CATEGORICAL_BIT)
         ).astype(np.int32)
