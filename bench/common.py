@@ -65,6 +65,33 @@ def interleaved_medians(
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def budgeted_medians(
+    fns: dict[str, Callable[[], object]],
+    device: str,
+    budget_s: float,
+    max_calls: int,
+    block: dict[str, int] | None = None,
+) -> tuple[dict[str, float], dict[str, int]]:
+    """(median seconds per call, calls timed) of each fn, round-robin like interleaved_medians (warm up
+    first, outside): each fn is timed at least once, then until it has spent budget_s or made max_calls
+    calls. A turn runs block[name] consecutive calls (default 1) and, when more than one, drops the
+    first, so fast calls are timed warm rather than right after another library's."""
+    block = block or {}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    spent = dict.fromkeys(fns, 0.0)
+    active = list(fns)
+    while active:
+        for name in active:
+            n = min(block.get(name, 1), max_calls - len(times[name]) + 1)  # + 1: the dropped call
+            for i in range(n):
+                t = time_once(fns[name], device)
+                spent[name] += t
+                if i or n == 1:
+                    times[name].append(t)
+        active = [k for k in active if spent[k] < budget_s and len(times[k]) < max_calls]
+    return {k: statistics.median(v) for k, v in times.items()}, {k: len(v) for k, v in times.items()}
+
+
 def rows_per_s(fn: Callable[[object], object], X, repeats: int) -> float:
     """Rows per second of fn(X): median of `repeats` timed calls after one warm-up."""
     fn(X)
