@@ -45,7 +45,7 @@ def check(model, X, *context):
         assert report.get("leaves_equal") in (True, None)
 
 
-@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("depth", [1, 3, 8, 12])
 def test_xgboost_categorical_partition_and_onehot(depth):
     X, y = coded()
     for onehot in (1, 64):  # 1: partition splits; 64: one-hot splits (one category per node)
@@ -63,7 +63,7 @@ def test_xgboost_categorical_partition_and_onehot(depth):
         check(clf, X, "multiclass", onehot)
 
 
-@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("depth", [1, 3, 8, 12])
 def test_lightgbm_categorical(depth):
     X, y = coded()
     common = dict(
@@ -76,7 +76,7 @@ def test_lightgbm_categorical(depth):
     check(clf, X, "binary")
 
 
-@pytest.mark.parametrize("depth", [1, 3, 8])
+@pytest.mark.parametrize("depth", [1, 3, 8, 12])
 def test_hist_gradient_boosting_categorical(depth):
     X, y = coded()
     X = X.astype(np.float64)
