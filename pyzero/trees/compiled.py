@@ -209,6 +209,13 @@ def adversarial_rows(
         specials.append(np.nan)
     if allow_inf:
         specials += [np.inf, -np.inf]
+    with np.errstate(over="ignore"):  # thresholds beyond FLT_MAX (LightGBM's 1e300) become +-inf
+        return _adversarial_rows(forest, base_rows, allow_inf, specials, rng)
+
+
+def _adversarial_rows(
+    forest: Forest, base_rows: np.ndarray, allow_inf: bool, specials: list, rng
+) -> np.ndarray:
     rows = []
     split = forest.feature >= 0
     dtype = base_rows.dtype.type

@@ -1,6 +1,8 @@
 """LightGBM models -> Forest, read from Booster.dump_model() JSON.
 
-LightGBM reads inputs with |x| <= 1e-35f as 0.0, then compares double x <= double threshold;
+LightGBM reads inputs with |x| <= 1e-35f as 0.0 and clamps +-inf to +-1e300 (so +inf goes left at
+its 1e300 "everything" thresholds; in float32, +-FLT_MAX against the rounded-down threshold does the
+same), then compares double x <= double threshold;
 decision_type's missing type says which inputs take the default direction (None: NaN read as 0.0;
 Zero: NaN and |x| <= 1e-35; NaN: NaN). Tree i adds to
 class i % num_tree_per_iteration; the initial score is folded into the first trees. Boosting "rf"
@@ -146,7 +148,7 @@ def convert(model, num_iteration: int | None = None) -> Forest:
         post_transform=post,
         classes=None if classes is None else np.asarray(classes),
         source=name,
-        extra={"objective": doc["objective"], "zero_tiny_inputs": True, **extra},
+        extra={"objective": doc["objective"], "zero_tiny_inputs": True, "clamp_inf": True, **extra},
     )
     if average:  # boosting "rf": the mean over iterations
         forest.value = forest.value / max(1, len(trees) // k)

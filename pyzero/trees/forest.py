@@ -68,7 +68,8 @@ POST_TRANSFORMS = ("identity", "sigmoid", "softmax", "exp", "isolation")
 def round_down_f32(t: np.ndarray) -> np.ndarray:
     """Largest float32 <= t (elementwise, float64 in); see Note [Exact thresholds]."""
     t = np.asarray(t, dtype=np.float64)
-    r = t.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond FLT_MAX: +-inf, then the directed step fixes the side
+        r = t.astype(np.float32)
     above = r.astype(np.float64) > t
     r[above] = np.nextafter(r[above], np.float32(-np.inf))
     return r
@@ -77,7 +78,8 @@ def round_down_f32(t: np.ndarray) -> np.ndarray:
 def round_up_f32(t: np.ndarray) -> np.ndarray:
     """Smallest float32 >= t (elementwise, float64 in); see Note [Exact thresholds]."""
     t = np.asarray(t, dtype=np.float64)
-    r = t.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond FLT_MAX: +-inf, then the directed step fixes the side
+        r = t.astype(np.float32)
     below = r.astype(np.float64) < t
     r[below] = np.nextafter(r[below], np.float32(np.inf))
     return r

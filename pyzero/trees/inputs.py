@@ -50,6 +50,9 @@ def to_tensor(X: Any, forest: Forest, device: torch.device, dtype: torch.dtype) 
         x = _encode_numeric(x, forest)
     if forest.extra.get("zero_tiny_inputs"):  # LightGBM reads |x| <= 1e-35f as 0.0
         x = torch.where(x.abs() <= ZERO_THRESHOLD_F32, torch.zeros_like(x), x)
+    if forest.extra.get("clamp_inf"):  # LightGBM reads +-inf as +-1e300 (convert_lightgbm.py)
+        big = torch.finfo(x.dtype).max
+        x = x.clamp(-big, big)
     missing = forest.extra.get("missing", np.nan)
     if not np.isnan(missing):  # XGBoost's missing= value counts as missing, like NaN
         x = torch.where(x == np.float32(missing), torch.full_like(x, float("nan")), x)
