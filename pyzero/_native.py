@@ -64,3 +64,13 @@ if C is not None:
     @torch.library.register_fake("pyzero::tree_predict_leaves")
     def _tree_predict_leaves_fake(nodes, values, roots, depths, threshold64, cat_bits, cat_domain, x):
         return x.new_empty((x.shape[0], roots.shape[0]), dtype=torch.int32)
+
+    @torch.library.register_fake("pyzero::tree_perfect_raw")
+    def _tree_perfect_raw_fake(
+        meta, threshold, values, values32, leaf_nodes, column_kind, x, base, float32_accum
+    ):
+        return x.new_empty((x.shape[0], values.shape[2]), dtype=torch.float64)
+
+    @torch.library.register_fake("pyzero::tree_perfect_leaves")
+    def _tree_perfect_leaves_fake(meta, threshold, leaf_nodes, column_kind, x):
+        return x.new_empty((x.shape[0], meta.shape[0]), dtype=torch.int32)

@@ -1,0 +1,152 @@
+"""The forest padded to perfect binary trees for the fast C++ CPU kernel (csrc/trees/tree_fast.h).
+
+The layout and the one decision rule every node follows are Note [Perfect trees] in
+csrc/trees/tree_fast.h; `PerfectForest.from_forest` converts the IR to it exactly (or returns None)
+and `why_ineligible` says why a forest does not fit.
+
+Tuning constants: PERFECT_MAX_DEPTH and PERFECT_MAX_BYTES below; kGroups, kTopLevels and
+kPermuteLevels (with their measurements) in csrc/trees/tree_fast_avx512.cpp; kFastRowBlock in
+csrc/trees/tree_fast.h.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyzero.trees.forest import CMP_LE, CMP_LT, MISSING_NAN, MISSING_NONE, MISSING_ZERO, Forest
+
+# Deepest forest the perfect layout takes: every tree walks all D levels and stores 2^D leaves, so
+# cost grows with the deepest tree, not the typical one. Measured with bench/bench_fast_cpu.py (100
+# trees, 10k rows, 28 features, 2 threads, busy 2-core EPYC): depth 12 runs 2.5 (XGBoost) / 2.2
+# (LightGBM) M rows/s against 0.34 / 0.26 for PackedForest. 14 is a guess (memory 2^14 leaves/tree) not
+# yet measured; deeper forests stay on PackedForest.
+PERFECT_MAX_DEPTH = 14
+# Most bytes the padded arrays of one forest may take (meta, thresholds, leaf ids, float64 and float32
+# leaf values); above it the forest stays on PackedForest.
+PERFECT_MAX_BYTES = 256 << 20
+# Node slots per tree are at least this many (kMinNodeStride in tree_fast.h: permutes read 63 nodes).
+MIN_NODE_STRIDE = 64
+# column_kind values (kColumn* in tree_fast.h): how a feature's column is read.
+COLUMN_AS_IS, COLUMN_NAN_TO_ZERO, COLUMN_ZERO_TO_NAN = 0, 1, 2
+_COLUMN_OF_MISSING = {
+    MISSING_NAN: COLUMN_AS_IS,
+    MISSING_NONE: COLUMN_NAN_TO_ZERO,
+    MISSING_ZERO: COLUMN_ZERO_TO_NAN,
+}
+DEFAULT_LEFT_BIT = 31
+MAX_FEATURES = 1 << 26  # the kernel's 32-bit gather offsets (lane * n_features + feature)
+
+
+def padded_bytes(n_trees: int, depth: int, n_outputs: int) -> int:
+    leaves = 1 << depth
+    stride = max(leaves, MIN_NODE_STRIDE)
+    return n_trees * (stride * 8 + leaves * 4 + leaves * n_outputs * 12)
+
+
+def why_ineligible(forest: Forest) -> str | None:
+    """None when the forest fits Note [Perfect trees], else the reason it does not."""
+    if forest.n_trees == 0 or forest.n_features < 1:
+        return "no trees or no features"
+    if forest.n_features >= MAX_FEATURES:
+        return f"more than {MAX_FEATURES} features"
+    split = forest.feature >= 0
+    if not np.isin(forest.cmp[split], (CMP_LE, CMP_LT)).all():
+        return "a split is neither x <= t nor x < t"
+    if not np.isin(forest.missing[split], tuple(_COLUMN_OF_MISSING)).all():
+        return "unknown missing-value kind"
+    if forest.max_depth > PERFECT_MAX_DEPTH:
+        return f"depth {forest.max_depth} > PERFECT_MAX_DEPTH={PERFECT_MAX_DEPTH}"
+    size = padded_bytes(forest.n_trees, forest.max_depth, forest.n_outputs)
+    if size > PERFECT_MAX_BYTES:
+        return f"padded trees need {size} bytes > PERFECT_MAX_BYTES={PERFECT_MAX_BYTES}"
+    if _column_kinds(forest) is None:
+        return "a feature mixes missing-value kinds"
+    return None
+
+
+def _column_kinds(forest: Forest) -> np.ndarray | None:
+    """column_kind per feature, or None when some feature's splits disagree on the missing kind."""
+    split = forest.feature >= 0
+    feats, kinds = forest.feature[split], forest.missing[split]
+    out = np.full(forest.n_features, -1, dtype=np.int64)
+    out[feats] = kinds
+    if (out[feats] != kinds).any():  # np assigns one of the kinds; any other kind on that feature
+        return None
+    col = np.zeros(forest.n_features, dtype=np.int8)
+    for missing, column in _COLUMN_OF_MISSING.items():
+        col[out == missing] = column
+    return col
+
+
+def _uniform_threshold(t32: np.ndarray, lt: np.ndarray) -> np.ndarray:
+    """The float32 t' with `x <= t'` equal to the node's own test for every float32 x."""
+    t32 = t32.astype(np.float32)
+    below = np.nextafter(t32, np.float32(-np.inf))
+    below[np.isneginf(t32)] = np.float32(np.nan)  # x < -inf never holds
+    return np.where(lt, below, t32).astype(np.float32)
+
+
+class PerfectForest:
+    """The Forest as perfect trees (Note [Perfect trees]) for pyzero::tree_perfect_raw / _leaves."""
+
+    def __init__(self, forest: Forest) -> None:
+        reason = why_ineligible(forest)
+        if reason is not None:
+            raise ValueError(f"forest does not fit the perfect-tree kernel: {reason}")
+        n = forest.feature.shape[0]
+        ids = np.arange(n)
+        is_leaf = (forest.left == ids) & (forest.right == ids)
+        depth, n_trees = forest.max_depth, forest.n_trees
+        stride = max(1 << depth, MIN_NODE_STRIDE)
+        meta = np.zeros((n_trees, stride), dtype=np.uint32)
+        thr = np.zeros((n_trees, stride), dtype=np.float32)
+        cur = forest.roots.astype(np.int64)[:, None]  # [trees, nodes of this level]
+        split_meta = forest.feature.clip(min=0).astype(np.uint32) | (
+            forest.default_left.astype(np.uint32) << DEFAULT_LEFT_BIT
+        )
+        split_thr = _uniform_threshold(forest.threshold32, forest.cmp == CMP_LT)
+        for k in range(depth):
+            off, leaf = (1 << k) - 1, is_leaf[cur]
+            meta[:, off : off + (1 << k)] = np.where(leaf, 0, split_meta[cur])
+            thr[:, off : off + (1 << k)] = np.where(leaf, np.float32(0), split_thr[cur])
+            nxt = np.empty((n_trees, 2 << k), dtype=np.int64)
+            nxt[:, 0::2] = np.where(leaf, cur, forest.left[cur])
+            nxt[:, 1::2] = np.where(leaf, cur, forest.right[cur])
+            cur = nxt
+        if not is_leaf[cur].all():
+            raise ValueError("Forest.depth is smaller than a tree's real depth")
+        self.depth = depth
+        self.meta = torch.as_tensor(meta.view(np.int32))
+        self.threshold = torch.as_tensor(thr)
+        self.leaf_nodes = torch.as_tensor(cur.astype(np.int32))
+        values = np.ascontiguousarray(forest.value[cur], dtype=np.float64)  # [trees, 2^depth, outputs]
+        self.values = torch.as_tensor(values)
+        self.values32 = torch.as_tensor(values.astype(np.float32))
+        self.column_kind = torch.as_tensor(_column_kinds(forest))
+
+    @staticmethod
+    def from_forest(forest: Forest) -> PerfectForest | None:
+        """The perfect-tree form of `forest`, or None when it is ineligible (see why_ineligible)."""
+        return PerfectForest(forest) if why_ineligible(forest) is None else None
+
+    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
+        """base + sum of the leaf values over trees (Note [Perfect trees]): float64 [rows, outputs]."""
+        return torch.ops.pyzero.tree_perfect_raw(
+            self.meta,
+            self.threshold,
+            self.values,
+            self.values32,
+            self.leaf_nodes,
+            self.column_kind,
+            x,
+            base,
+            float32_accum,
+        )
+
+    def leaves(self, x: Tensor) -> Tensor:
+        """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
+        return torch.ops.pyzero.tree_perfect_leaves(
+            self.meta, self.threshold, self.leaf_nodes, self.column_kind, x
+        ).long()
