@@ -115,25 +115,67 @@ def _categories(cats: dict | None) -> dict[int, list]:
     return out
 
 
+# Rows XGBoost predicts to pin the base margin down to the bit (see _base_margin), and how many float32
+# ulps around the first estimate are tried.
+BASE_PROBE_ROWS = 64
+BASE_PROBE_ULPS = 8
+
+
 def _base_margin(booster, forest: Forest, rounds: tuple[int, int]) -> np.ndarray:
-    """The margin XGBoost starts from, read off the booster: its margin on an all-NaN row minus the
-    leaf values our traversal collects for that row (the stored base_score goes through the
-    objective's link function, and may have been estimated from the data at fit time)."""
+    """The float32 margin XGBoost starts its sum from, read off the booster (the stored base_score goes
+    through the objective's link function, and may have been estimated from the data at fit time).
+
+    Candidates: the stored base_score p through each link XGBoost uses, in float32 (identity,
+    -log(1/p - 1), log p), and XGBoost's margin on an all-NaN row minus our float32 sum of that row's
+    leaves (off by the sum's rounding), each with its float32 neighbours. The one that reproduces
+    the margins of the probe rows bit for bit wins; with none exact, the closest."""
+    import torch
     import xgboost as xgb
 
     from pyzero.trees.strategies import ForestTensors, traverse
 
-    row = np.full((1, forest.n_features), np.nan, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    rows = (rng.standard_normal((BASE_PROBE_ROWS, forest.n_features)) * 2).astype(np.float32)
+    cat_features = np.unique(forest.feature[forest.cat_set >= 0])
+    rows[:, cat_features] = rng.integers(0, 8, (BASE_PROBE_ROWS, cat_features.size))
+    rows[0] = np.nan
     dm = xgb.DMatrix(
-        row, feature_names=booster.feature_names, feature_types=booster.feature_types, enable_categorical=True
+        rows,
+        feature_names=booster.feature_names,
+        feature_types=booster.feature_types,
+        enable_categorical=True,
     )
-    margin = booster.predict(dm, output_margin=True, iteration_range=rounds)
-    native = np.asarray(margin, dtype=np.float64).reshape(-1)
-    import torch
-
+    native = np.asarray(booster.predict(dm, output_margin=True, iteration_range=rounds), dtype=np.float32)
+    native = native.reshape(BASE_PROBE_ROWS, forest.n_outputs)
     ft = ForestTensors(forest, torch.device("cpu"))
-    leaves = traverse(ft, torch.as_tensor(row))
-    acc = torch.zeros(forest.n_outputs, dtype=torch.float32)
-    for t in range(forest.n_trees):  # the float32 order XGBoost sums in, so base + trees is exact
-        acc += ft.value[leaves[0, t]].to(torch.float32)
-    return native - acc.double().numpy()
+    leaf_values = (
+        ft.value[traverse(ft, torch.as_tensor(rows))].to(torch.float32).numpy()
+    )  # [rows, trees, outs]
+    stored = json.loads(booster.save_raw("json"))["learner"]["learner_model_param"]["base_score"]
+    scores = np.atleast_1d(np.asarray(json.loads(stored), dtype=np.float32))  # "[4.16E-1]" or "5E-1"
+    base = np.zeros(forest.n_outputs)
+    one = np.float32(1.0)
+    for o in range(forest.n_outputs):
+        p = scores[min(o, scores.size - 1)]
+        with np.errstate(all="ignore"):  # links undefined for this p are simply not exact
+            centres = [p, -np.log(one / p - one), np.log(p)]
+        centres.append(np.float32(native[0, o] - _sum32(np.float32(0.0), leaf_values[:1, :, o])[0]))
+        candidates = []
+        for c0 in (np.float32(c) for c in centres if np.isfinite(c)):
+            candidates.append(c0)
+            for direction in (np.float32(np.inf), np.float32(-np.inf)):
+                c = c0
+                for _ in range(BASE_PROBE_ULPS):
+                    c = np.nextafter(c, direction)
+                    candidates.append(c)
+        errors = [np.abs(_sum32(c, leaf_values[:, :, o]) - native[:, o]).max() for c in candidates]
+        base[o] = float(candidates[int(np.argmin(errors))])  # argmin: the first of equals
+    return base
+
+
+def _sum32(start: np.float32, values: np.ndarray) -> np.ndarray:
+    """start + values[:, 0] + values[:, 1] + ..., in float32 in that order (XGBoost's), per row."""
+    acc = np.full(values.shape[0], start, dtype=np.float32)
+    for t in range(values.shape[1]):
+        acc += values[:, t]
+    return acc

@@ -47,6 +47,11 @@ def test_xgboost_models_match_on_adversarial_inputs(depth):
     for model, target in models(depth):
         model.fit(X, ys[target])
         assert_exact(model, X, model.objective, target)
+        # Margins are bit-identical: same float32 base (estimated base_score included), same order.
+        for backend in ("cpu", "torch"):
+            ours = trees.compile(model, backend=backend).decision_function(X)
+            native = model.get_booster().predict(xgb.DMatrix(X), output_margin=True)
+            np.testing.assert_array_equal(np.asarray(ours, dtype=np.float32), native.reshape(np.shape(ours)))
 
 
 @pytest.mark.parametrize("objective", ["rank:pairwise", "rank:ndcg"])
