@@ -8,11 +8,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyzero.trees import convert_lightgbm, convert_sklearn, convert_xgboost, inputs, strategies
+from pyzero.trees import convert_lightgbm, convert_sklearn, convert_xgboost, fast_cpu, inputs, strategies
 from pyzero.trees.forest import Forest
 
 BACKENDS = ("auto", "cpu", "torch")
-STRATEGIES = ("auto", "traverse")
+STRATEGIES = ("auto", "traverse", "perfect", "gemm")
 # verify(): random rows drawn when no X is given, and the cap on adversarial rows.
 VERIFY_RANDOM_ROWS = 2000
 VERIFY_MAX_ADVERSARIAL_ROWS = 20000
@@ -58,14 +58,31 @@ class CompiledForest:
     def __init__(self, forest: Forest, device: torch.device, strategy: str, backend: str = "auto") -> None:
         self.forest = forest
         self.device = device
-        self.strategy = strategy
+        self.strategy = strategy  # resolved below for the cpu backend
+        self._requested_strategy = strategy
         self.backend = _resolve_backend(backend, device, forest)
         # The dtype the native library compares in (HistGradientBoosting: float64; others float32).
         self._input_dtype = torch.float64 if forest.extra.get("input") == "float64" else torch.float32
         self._input_dtype_np = np.float64 if self._input_dtype == torch.float64 else np.float32
         self._ft = strategies.ForestTensors(forest, device)
         self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
-        self._packed = strategies.PackedForest(forest) if self.backend == "cpu" else None
+        self._kernel = self._cpu_kernel() if self.backend == "cpu" else None
+
+    def _cpu_kernel(self) -> strategies.PackedForest | fast_cpu.PerfectForest:
+        """The C++ kernel for backend "cpu": the perfect-tree SIMD kernel when the forest fits it
+        (Note [Perfect trees]) and the strategy allows, else the node-by-node traversal."""
+        if self.strategy == "gemm":
+            raise ValueError("strategy='gemm' is a torch strategy: use backend='torch'")
+        if self.strategy in ("auto", "perfect"):
+            why = "it compares float64 inputs" if self._input_dtype == torch.float64 else None
+            why = why or fast_cpu.why_ineligible(self.forest)
+            if why is None:
+                self.strategy = "perfect"
+                return fast_cpu.PerfectForest(self.forest)
+            if self.strategy == "perfect":
+                raise ValueError(f"strategy='perfect' does not fit this {self.forest.source}: {why}")
+        self.strategy = "traverse"
+        return strategies.PackedForest(self.forest)
 
     def save(self, path: Any) -> None:
         """Saves the forest (not the device or backend) as .npz; trees.load() reads it back."""
@@ -74,7 +91,7 @@ class CompiledForest:
     def to(self, device: str | torch.device) -> CompiledForest:
         device = torch.device(device)
         backend = self.backend if device.type == "cpu" or self.backend == "torch" else "auto"
-        return CompiledForest(self.forest, device, self.strategy, backend)
+        return CompiledForest(self.forest, device, self._requested_strategy, backend)
 
     # ------------------------------------------------------------------------------- inputs
     def _input(self, X: Any) -> tuple[Tensor, bool]:
@@ -87,10 +104,10 @@ class CompiledForest:
     def _raw(self, x: Tensor) -> Tensor:
         f = self.forest
         f32 = f.extra.get("accumulate") == "float32"
-        if self._packed is not None:
+        if self._kernel is not None:
             if f.aggregation == "mean":
-                return self._packed.raw(x, torch.zeros_like(self._base), False) / f.n_trees + self._base
-            return self._packed.raw(x, self._base, f32)
+                return self._kernel.raw(x, torch.zeros_like(self._base), False) / f.n_trees + self._base
+            return self._kernel.raw(x, self._base, f32)
         return strategies.raw_scores(
             self._ft, x, f.n_trees, f.aggregation, self._base, f.extra.get("accumulate") == "float32"
         )
@@ -159,7 +176,7 @@ class CompiledForest:
     def apply(self, X: Any):
         """Leaf index reached in every tree, local to the tree as the native apply() numbers it."""
         x, as_torch = self._input(X)
-        leaves = self._packed.leaves(x) if self._packed is not None else strategies.leaves(self._ft, x)
+        leaves = self._kernel.leaves(x) if self._kernel is not None else strategies.leaves(self._ft, x)
         return self._output(self._ft.leaf_id[leaves], as_torch)
 
 
@@ -182,7 +199,7 @@ def compile(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     forest = convert(model, iteration_range, num_iteration)
-    return CompiledForest(forest, torch.device(device or "cpu"), "traverse", backend)
+    return CompiledForest(forest, torch.device(device or "cpu"), strategy, backend)
 
 
 def _resolve_backend(backend: str, device: torch.device, forest: Forest) -> str:
@@ -330,6 +347,6 @@ def _native_leaves(model: Any, rows: np.ndarray) -> np.ndarray | None:
     return np.asarray(out).reshape(np.shape(rows)[0], -1)
 
 
-def load(path: Any, backend: str = "auto", device: Any = None) -> CompiledForest:
+def load(path: Any, backend: str = "auto", strategy: str = "auto", device: Any = None) -> CompiledForest:
     """A CompiledForest from a file written by CompiledForest.save()."""
-    return CompiledForest(Forest.load(path), torch.device(device or "cpu"), "traverse", backend)
+    return CompiledForest(Forest.load(path), torch.device(device or "cpu"), strategy, backend)

@@ -61,7 +61,7 @@ def test_cpu_kernel_ignores_batch_size_and_threads():
 
 def test_tree_ops_opcheck():
     X, models = fitted()
-    packed = trees.compile(models[0], backend="cpu")._packed
+    packed = trees.compile(models[0], backend="cpu", strategy="traverse")._kernel
     x = torch.as_tensor(X)
     base = torch.zeros(packed.values.shape[1], dtype=torch.float64)
     args = (*packed._arrays(), x)
