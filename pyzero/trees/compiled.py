@@ -8,7 +8,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyzero.trees import convert_lightgbm, convert_sklearn, convert_xgboost, fast_cpu, inputs, strategies
+from pyzero.trees import (
+    convert_lightgbm,
+    convert_sklearn,
+    convert_xgboost,
+    fast_cpu,
+    inputs,
+    strategies,
+    torch_strategies,
+)
 from pyzero.trees.forest import Forest
 
 BACKENDS = ("auto", "cpu", "torch")
@@ -64,9 +72,25 @@ class CompiledForest:
         # The dtype the native library compares in (HistGradientBoosting: float64; others float32).
         self._input_dtype = torch.float64 if forest.extra.get("input") == "float64" else torch.float32
         self._input_dtype_np = np.float64 if self._input_dtype == torch.float64 else np.float32
-        self._ft = strategies.ForestTensors(forest, device)
+        self._torch: dict[str, Any] = {}  # torch strategy objects by name, built on first use
+        self._profile = torch_strategies.profile(forest) if self.backend == "torch" else None
+        if self.backend == "torch" and strategy != "auto":
+            self._torch_strategy(strategy)  # ValueError now when the forest does not fit it
         self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
         self._kernel = self._cpu_kernel() if self.backend == "cpu" else None
+
+    def _torch_strategy(self, name: str):
+        if name not in self._torch:
+            self._torch[name] = torch_strategies.build(name, self.forest, self.device)
+        return self._torch[name]
+
+    def _torch_for(self, rows: int):
+        """The torch strategy for a batch of `rows`: the one asked for, or the automatic choice by
+        depth and batch size (torch_strategies.choose_strategy)."""
+        name = self._requested_strategy
+        if name == "auto":
+            name = torch_strategies.choose_strategy(self.forest, rows, self._profile)
+        return self._torch_strategy(name)
 
     def _cpu_kernel(self) -> strategies.PackedForest | fast_cpu.PerfectForest:
         """The C++ kernel for backend "cpu": the perfect-tree SIMD kernel when the forest fits it
@@ -108,9 +132,7 @@ class CompiledForest:
             if f.aggregation == "mean":
                 return self._kernel.raw(x, torch.zeros_like(self._base), False) / f.n_trees + self._base
             return self._kernel.raw(x, self._base, f32)
-        return strategies.raw_scores(
-            self._ft, x, f.n_trees, f.aggregation, self._base, f.extra.get("accumulate") == "float32"
-        )
+        return self._torch_for(x.shape[0]).raw_scores(x, f.n_trees, f.aggregation, self._base, f32)
 
     def decision_function(self, X: Any):
         """Raw scores before the post-transform: [rows] for one output, else [rows, outputs].
@@ -176,8 +198,9 @@ class CompiledForest:
     def apply(self, X: Any):
         """Leaf index reached in every tree, local to the tree as the native apply() numbers it."""
         x, as_torch = self._input(X)
-        leaves = self._kernel.leaves(x) if self._kernel is not None else strategies.leaves(self._ft, x)
-        return self._output(self._ft.leaf_id[leaves], as_torch)
+        kernel = self._kernel if self._kernel is not None else self._torch_for(x.shape[0])
+        leaf_id = torch.as_tensor(self.forest.leaf_id, dtype=torch.int64, device=self.device)
+        return self._output(leaf_id[kernel.leaves(x)], as_torch)
 
 
 def compile(
@@ -279,15 +302,15 @@ def _category_probes(forest: Forest, feature: int) -> np.ndarray:
     return np.concatenate([codes, codes + 0.5, [top, top + 1, *CATEGORY_EDGES]])
 
 
-def verify(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> dict[str, Any]:
-    """Fuzzes `cf` against the native model on random and adversarial rows; returns a report with
-    the worst absolute disagreement per output kind and whether labels and leaves agree exactly.
-    A DataFrame X with category or string columns is compared as it is (no adversarial rows)."""
+def verification_rows(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> tuple[Any, Any]:
+    """(rows, leaf_rows) verify() compares on: X (or random rows) plus adversarial_rows, without the
+    values the native model rejects; leaf_rows drop infinities (XGBoost's apply() rejects them). A
+    DataFrame X with category or string columns is used as it is."""
+    if inputs.has_categories(X):
+        return X, X
     rng = np.random.default_rng(seed)
     f = cf.forest
     dtype = cf._input_dtype_np
-    if inputs.has_categories(X):
-        return _compare(model, cf, X, X, {"rows": int(X.shape[0]), "adversarial": False})
     if X is None:
         base = rng.standard_normal((VERIFY_RANDOM_ROWS, f.n_features)).astype(dtype)
     else:
@@ -296,8 +319,16 @@ def verify(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> dict
     if not nan_ok:
         base = base[~np.isnan(base).any(axis=1)]
     rows = np.concatenate([base, adversarial_rows(f, base, inf_ok, nan_ok, seed)])
-    leaf_rows = rows[~np.isinf(rows).any(axis=1)]  # XGBoost's apply() rejects inf that predict() takes
-    return _compare(model, cf, rows, leaf_rows, {"rows": int(rows.shape[0]), "adversarial": True})
+    return rows, rows[~np.isinf(rows).any(axis=1)]
+
+
+def verify(model: Any, cf: CompiledForest, X: Any = None, seed: int = 0) -> dict[str, Any]:
+    """Fuzzes `cf` against the native model on random and adversarial rows (verification_rows);
+    returns a report with the worst absolute disagreement per output kind and whether labels and
+    leaves agree exactly. A DataFrame X with category or string columns is compared as it is."""
+    rows, leaf_rows = verification_rows(model, cf, X, seed)
+    report = {"rows": int(rows.shape[0]), "adversarial": not inputs.has_categories(X)}
+    return _compare(model, cf, rows, leaf_rows, report)
 
 
 def _compare(model: Any, cf: CompiledForest, rows: Any, leaf_rows: Any, report: dict[str, Any]) -> dict:

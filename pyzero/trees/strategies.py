@@ -127,6 +127,9 @@ def raw_scores(
 
 
 def leaves(ft: ForestTensors, x: Tensor) -> Tensor:
+    """Leaf node id reached in every tree, int64 [rows, trees], in row blocks."""
+    if x.shape[0] == 0:
+        return torch.zeros((0, ft.roots.shape[0]), dtype=torch.int64, device=x.device)
     return torch.cat(
         [traverse(ft, x[s : s + TRAVERSE_ROW_BLOCK]) for s in range(0, x.shape[0], TRAVERSE_ROW_BLOCK)]
     )

@@ -2,14 +2,75 @@
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
+
 from pyzero import trees
+from pyzero.trees import compiled, fast_cpu, torch_strategies
+
+# Device of the torch strategies in the tests (bench/gpu_check.sh sets cuda).
+DEVICE = os.environ.get("PYZERO_TEST_DEVICE", "cpu")
+# Every way to run a forest: (backend, strategy). The default compile() is checked against the native
+# library; each of these against the default, on the same rows.
+VARIANTS = (
+    ("cpu", "perfect"),
+    ("cpu", "traverse"),
+    ("torch", "traverse"),
+    ("torch", "perfect"),
+    ("torch", "gemm"),
+)
+# Two ways of summing the same float64 leaf values may differ by rounding only.
+VARIANT_ATOL = 1e-12
+
+
+def variants(model):
+    """CompiledForests of model for every backend and strategy that can run it."""
+    forest = trees.compile(model, backend="torch", strategy="traverse").forest
+    fits = torch_strategies.eligible(forest)
+    fits_cpu = forest.extra.get("input") != "float64" and fast_cpu.why_ineligible(forest) is None
+    for backend, strategy in VARIANTS:
+        if (backend == "cpu" and strategy == "perfect" and not fits_cpu) or (
+            backend == "torch" and not fits[strategy]
+        ):
+            continue
+        yield (
+            (backend, strategy),
+            trees.compile(
+                model, backend=backend, strategy=strategy, device=DEVICE if backend == "torch" else None
+            ),
+        )
 
 
 def assert_exact(model, X, *context, leaves: bool = True) -> dict:
     """Compiles `model`, runs trees.verify on X (plus its adversarial rows) and asserts outputs within
-    1e-6 and identical labels; with `leaves`, that the native leaf indices were compared and agree."""
-    report = trees.verify(model, trees.compile(model), X)
+    1e-6 and identical labels; with `leaves`, that the native leaf indices were compared and agree.
+    Then every other backend and strategy (variants) must give the same outputs and leaves."""
+    cf = trees.compile(model)
+    report = trees.verify(model, cf, X)
     assert report["ok"], (type(model).__name__, *context, report)
     if leaves:
         assert report.get("leaves_equal") is True, (type(model).__name__, *context, report)
+    rows, leaf_rows = compiled.verification_rows(model, cf, X)
+    method = "predict_proba" if cf.forest.classes is not None else "decision_function"
+    if cf.forest.post_transform == "isolation":
+        method = "score_samples"
+    ref, ref_leaves = getattr(cf, method)(rows), cf.apply(leaf_rows)
+    for name, other in variants(model):
+        x = rows if name[0] == "cpu" else _on(rows, other)
+        np.testing.assert_allclose(
+            _np(getattr(other, method)(x)), ref, atol=VARIANT_ATOL, rtol=0, err_msg=str(name)
+        )
+        xl = leaf_rows if name[0] == "cpu" else _on(leaf_rows, other)
+        np.testing.assert_array_equal(_np(other.apply(xl)), ref_leaves, err_msg=str(name))
     return report
+
+
+def _on(rows, cf):
+    import torch
+
+    return torch.as_tensor(np.asarray(rows), dtype=cf._input_dtype).to(cf.device)
+
+
+def _np(out):
+    return out.cpu().numpy() if hasattr(out, "cpu") else np.asarray(out)
