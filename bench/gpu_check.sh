@@ -2,7 +2,9 @@
 # GPU check, for a machine with a CUDA GPU (H100/H200, torch with CUDA, nvcc, ninja; no internet):
 # builds pyzero._C with its CUDA kernels in place, runs the cuda- and triton-marked tests, then the
 # GPU benchmarks, and prints a short table last. Logs and JSON go to $OUT (or bench/out).
-# Budget: under 8 minutes.
+# Budget: under 8 minutes. GPU_CHECK_ONLY=trees: only the trees part (CPU-only build, the tree tests
+# with the torch strategies on the GPU, bench_trees_gpu.py), about 3 minutes. Wheels in .whl/ (e.g.
+# xgboost-cpu, lightgbm, hummingbird-ml for Python 3.12) are installed first when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/out}
@@ -13,6 +15,20 @@ export PYZERO_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=
 [ -n "${CUDA_HOME:-}" ] || export CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+if compgen -G ".whl/*.whl" > /dev/null; then
+  "$PY" -m pip install -q --no-deps --no-index .whl/*.whl 2>&1 | tail -2 \
+    || "$PY" -m pip install -q --no-deps --no-index --break-system-packages .whl/*.whl 2>&1 | tail -2
+fi
+if [ "${GPU_CHECK_ONLY:-}" = trees ]; then
+  export PYZERO_CUDA=0
+  echo "== build (CPU kernels only) =="
+  "$PY" setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+  echo "== tree tests, torch strategies on the GPU =="
+  PYZERO_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/trees 2>&1 | tee "$OUT/pytest_trees.log" | tail -6
+  echo "== tree benchmark on the GPU =="
+  "$PY" bench/bench_trees_gpu.py --out "$OUT/bench_trees_gpu.json" 2>&1 | tee "$OUT/bench_trees_gpu.log" | tail -20
+  exit 0
+fi
 echo "== build =="
 t0=$(date +%s)
 "$PY" setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }

@@ -1,0 +1,67 @@
+"""The portable torch strategies on a CUDA device give the CPU results bit for bit (tensors in and out
+stay on the GPU); categorical forests included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn import ensemble
+
+from pyzero import trees
+from pyzero.trees import torch_strategies
+
+pytestmark = pytest.mark.cuda
+
+
+def fitted_models():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((800, 6)).astype(np.float32)
+    X[:, 0] = rng.integers(0, 12, 800)
+    X[rng.random(X.shape) < 0.05] = np.nan
+    Xf = np.nan_to_num(X)
+    y = (np.sin(Xf[:, 0]) + Xf[:, 1] > 0).astype(int)
+    out = [
+        ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(X, y),
+        ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=3).fit(Xf, y),
+        ensemble.HistGradientBoostingClassifier(max_iter=20, categorical_features=[0]).fit(X, y),
+    ]
+    try:
+        import xgboost as xgb
+
+        out.append(xgb.XGBClassifier(n_estimators=20, max_depth=6).fit(X, y))
+        out.append(
+            xgb.XGBClassifier(
+                n_estimators=20, max_depth=4, enable_categorical=True, feature_types=["c"] + ["q"] * 5
+            ).fit(X, y)
+        )
+    except ImportError:
+        pass
+    try:
+        import lightgbm as lgb
+
+        out.append(lgb.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, y, categorical_feature=[0]))
+        out.append(lgb.LGBMClassifier(n_estimators=20, verbose=-1, zero_as_missing=True).fit(Xf, y))
+    except ImportError:
+        pass
+    return X, out
+
+
+def test_torch_strategies_on_cuda_equal_cpu():
+    X, models = fitted_models()
+    for model in models:
+        cpu = trees.compile(model, backend="torch", strategy="traverse")
+        dtype = cpu._input_dtype
+        ref = cpu.predict_proba(torch.as_tensor(X, dtype=dtype))
+        ref_leaves = cpu.apply(torch.as_tensor(X, dtype=dtype))
+        fits = torch_strategies.eligible(cpu.forest)
+        for strategy in ("auto", "traverse", "perfect", "gemm"):
+            if strategy != "auto" and not fits[strategy]:
+                continue
+            cf = trees.compile(model, backend="torch", strategy=strategy, device="cuda")
+            x = torch.as_tensor(X, dtype=dtype, device="cuda")
+            out = cf.predict_proba(x)
+            assert out.device.type == "cuda"
+            torch.testing.assert_close(out.cpu(), ref, atol=1e-12, rtol=0)
+            assert torch.equal(cf.apply(x).cpu(), ref_leaves), (type(model).__name__, strategy)
+            np.testing.assert_allclose(cf.predict_proba(X), ref.numpy(), atol=1e-12, rtol=0)
