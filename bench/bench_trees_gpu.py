@@ -120,7 +120,13 @@ def main() -> int:
                     "pyzero": batch / timed(partial(cf.predict_proba, Xb)),
                     "pyzero dev": batch / timed(partial(cf.predict_proba, xd)),
                 }
-                hb_rates = {s: batch / timed(partial(hm.predict_proba, Xb)) for s, hm in hbs.items()}
+                hb_rates = {}
+                for s, hm in hbs.items():
+                    try:
+                        hb_rates[s] = batch / timed(partial(hm.predict_proba, Xb))
+                    except torch.OutOfMemoryError:  # Hummingbird's gemm at 1M rows: tens of GB
+                        print(f"  hummingbird {s} at {batch:,} rows: out of GPU memory")
+                        torch.cuda.empty_cache()
                 if hb_rates:
                     best = max(hb_rates, key=hb_rates.get)
                     rec["hummingbird"], rec["hb strategy"] = hb_rates[best], best

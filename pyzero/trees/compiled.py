@@ -65,6 +65,8 @@ class CompiledForest:
 
     def __init__(self, forest: Forest, device: torch.device, strategy: str, backend: str = "auto") -> None:
         self.forest = forest
+        if device.type != "cpu" and device.index is None:  # "cuda" means the current device, by index
+            device = torch.empty(0, device=device).device
         self.device = device
         self.strategy = strategy  # resolved below for the cpu backend
         self._requested_strategy = strategy

@@ -21,6 +21,12 @@ from pyzero.trees.forest import (
 
 # Rows per block of the traversal: the [rows, trees] node-index tensor never exceeds this x trees.
 TRAVERSE_ROW_BLOCK = 4096
+# On accelerators: fewer, larger blocks (each block is ~10 kernel launches per level).
+TRAVERSE_ROW_BLOCK_ACCELERATOR = 1 << 18
+
+
+def _row_block(x: Tensor) -> int:
+    return TRAVERSE_ROW_BLOCK if x.device.type == "cpu" else TRAVERSE_ROW_BLOCK_ACCELERATOR
 
 
 class ForestTensors:
@@ -107,8 +113,9 @@ def raw_scores(
     XGBoost's predictor does, so results match its float32 outputs bit for bit.
     """
     out = []
-    for start in range(0, x.shape[0], TRAVERSE_ROW_BLOCK):
-        leaves = traverse(ft, x[start : start + TRAVERSE_ROW_BLOCK])
+    step = _row_block(x)
+    for start in range(0, x.shape[0], step):
+        leaves = traverse(ft, x[start : start + step])
         v = ft.value[leaves]
         if float32_sequential:
             acc = base.to(torch.float32).expand(v.shape[0], -1).clone()
@@ -130,9 +137,8 @@ def leaves(ft: ForestTensors, x: Tensor) -> Tensor:
     """Leaf node id reached in every tree, int64 [rows, trees], in row blocks."""
     if x.shape[0] == 0:
         return torch.zeros((0, ft.roots.shape[0]), dtype=torch.int64, device=x.device)
-    return torch.cat(
-        [traverse(ft, x[s : s + TRAVERSE_ROW_BLOCK]) for s in range(0, x.shape[0], TRAVERSE_ROW_BLOCK)]
-    )
+    step = _row_block(x)
+    return torch.cat([traverse(ft, x[s : s + step]) for s in range(0, x.shape[0], step)])
 
 
 # Bit layout of a packed node's first word (see csrc/trees/tree_cpu.h).

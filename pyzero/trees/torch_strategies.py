@@ -44,6 +44,15 @@ STRATEGY_NAMES = ("gemm", "perfect", "traverse")
 # Working memory of one row block (the temporaries of a level / of the GEMM for those rows); the
 # row block holds max(1, BLOCK_BYTES // bytes_per_row) rows.
 BLOCK_BYTES = 32 << 20
+# On accelerators a block is one batch of kernel launches: make it large so launches stay few (first
+# H200 run with 32 MiB blocks: 100 trees depth 8, 10k rows, 3.0 M rows/s against Hummingbird's 12).
+ACCELERATOR_BLOCK_BYTES = 2 << 30
+
+
+def default_block_bytes(device: torch.device | str) -> int:
+    return BLOCK_BYTES if torch.device(device).type == "cpu" else ACCELERATOR_BLOCK_BYTES
+
+
 # Node kinds these strategies implement; any other (e.g. categorical splits) makes a forest ineligible.
 SUPPORTED_CMP = (CMP_LE, CMP_LT)
 SUPPORTED_MISSING = (MISSING_NAN, MISSING_NONE, MISSING_ZERO)
@@ -451,12 +460,12 @@ class TraverseForest(_BlockedStrategy):
 STRATEGY_CLASSES = {"gemm": GemmForest, "perfect": PerfectForest, "traverse": TraverseForest}
 
 
-def build(name: str, forest: Forest, device: torch.device | str = "cpu", block_bytes: int = BLOCK_BYTES):
+def build(name: str, forest: Forest, device: torch.device | str = "cpu", block_bytes: int | None = None):
     """The strategy object `name` ("gemm", "perfect", "traverse") for forest on device; ValueError when
     the forest is ineligible for it."""
     if name not in STRATEGY_CLASSES:
         raise ValueError(f"strategy must be one of {STRATEGY_NAMES}, got {name!r}")
-    return STRATEGY_CLASSES[name](forest, device, block_bytes)
+    return STRATEGY_CLASSES[name](forest, device, block_bytes or default_block_bytes(device))
 
 
 # ------------------------------------------------------------------------------------ auto choice

@@ -53,6 +53,7 @@ def test_torch_strategies_on_cuda_equal_cpu():
         cpu = trees.compile(model, backend="torch", strategy="traverse")
         dtype = cpu._input_dtype
         ref = cpu.predict_proba(torch.as_tensor(X, dtype=dtype))
+        ref_raw = cpu.decision_function(torch.as_tensor(X, dtype=dtype))
         ref_leaves = cpu.apply(torch.as_tensor(X, dtype=dtype))
         fits = torch_strategies.eligible(cpu.forest)
         for strategy in ("auto", "traverse", "perfect", "gemm"):
@@ -62,6 +63,9 @@ def test_torch_strategies_on_cuda_equal_cpu():
             x = torch.as_tensor(X, dtype=dtype, device="cuda")
             out = cf.predict_proba(x)
             assert out.device.type == "cuda"
-            torch.testing.assert_close(out.cpu(), ref, atol=1e-12, rtol=0)
+            # raw scores bit for bit up to float64 summation order; float32 transforms (XGBoost) may
+            # round differently in the GPU's math library: within the 1e-6 bound.
+            torch.testing.assert_close(cf.decision_function(x).cpu(), ref_raw, atol=1e-12, rtol=0)
+            torch.testing.assert_close(out.cpu(), ref, atol=1e-6, rtol=0)
             assert torch.equal(cf.apply(x).cpu(), ref_leaves), (type(model).__name__, strategy)
-            np.testing.assert_allclose(cf.predict_proba(X), ref.numpy(), atol=1e-12, rtol=0)
+            np.testing.assert_allclose(cf.predict_proba(X), ref.numpy(), atol=1e-6, rtol=0)
