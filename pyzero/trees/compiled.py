@@ -159,7 +159,8 @@ class CompiledForest:
         if self.forest.extra.get("accumulate") == "float32":  # the library transforms in float32 too
             raw = raw.to(torch.float32)
         if post == "sigmoid":
-            return torch.sigmoid(raw * self.forest.extra.get("sigmoid_scale", 1.0)).double()
+            scale = self.forest.extra.get("sigmoid_scale", 1.0)
+            return torch.sigmoid(raw if scale == 1.0 else raw * scale).double()
         if post == "softmax":
             return torch.softmax(raw, dim=1).double()
         if post == "exp":

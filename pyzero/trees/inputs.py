@@ -41,22 +41,43 @@ def to_tensor(X: Any, forest: Forest, device: torch.device, dtype: torch.dtype) 
                     f"X must hold numbers, got dtype {arr.dtype} (encode string features first, or pass "
                     "a pandas DataFrame with category columns to a model trained on them)"
                 )
-        x = torch.as_tensor(np.ascontiguousarray(arr, dtype=np_dtype))
+        arr = np.ascontiguousarray(arr, dtype=np_dtype)
+        if arr.ndim == 2 and arr.shape[0] <= NUMPY_PREP_MAX_ROWS and not forest.encode_numeric:
+            x = torch.from_numpy(_library_reading(arr, forest, np))  # small batch: numpy ops cost less
+            _check_shape(x, forest)
+            return x.to(device=device), as_torch
+        x = torch.from_numpy(arr)
+    _check_shape(x, forest)
+    if forest.encode_numeric and forest.categories and not _is_frame(X):
+        x = _encode_numeric(x, forest)
+    return _library_reading(x, forest, torch).to(device=device).contiguous(), as_torch
+
+
+# Batches up to this many rows are prepared with numpy (a few us less per call than torch ops; batch-1
+# latency is measured in bench/bench_trees.py), larger ones with torch (multithreaded).
+NUMPY_PREP_MAX_ROWS = 256
+
+
+def _check_shape(x: Tensor, forest: Forest) -> None:
     if x.dim() != 2 or x.shape[1] != forest.n_features:
         raise ValueError(
             f"X must have shape (rows, {forest.n_features}) for this model, got {tuple(x.shape)}"
         )
-    if forest.encode_numeric and forest.categories and not _is_frame(X):
-        x = _encode_numeric(x, forest)
-    if forest.extra.get("zero_tiny_inputs"):  # LightGBM reads |x| <= 1e-35f as 0.0
-        x = torch.where(x.abs() <= ZERO_THRESHOLD_F32, torch.zeros_like(x), x)
-    if forest.extra.get("clamp_inf"):  # LightGBM reads +-inf as +-1e300 (convert_lightgbm.py)
-        big = torch.finfo(x.dtype).max
-        x = x.clamp(-big, big)
+
+
+def _library_reading(x, forest: Forest, xp):
+    """x as the native library reads it, with xp = numpy or torch (the same calls in both): LightGBM's
+    |x| <= 1e-35f -> 0.0 and +-inf -> +-1e300 (clamped to the float's max, convert_lightgbm.py),
+    XGBoost's missing= value -> NaN."""
+    if forest.extra.get("zero_tiny_inputs"):
+        x = xp.where(xp.abs(x) <= ZERO_THRESHOLD_F32, 0.0, x)
+    if forest.extra.get("clamp_inf"):
+        big = float(np.finfo(np.float32 if x.dtype in (np.float32, torch.float32) else np.float64).max)
+        x = xp.clip(x, -big, big)
     missing = forest.extra.get("missing", np.nan)
-    if not np.isnan(missing):  # XGBoost's missing= value counts as missing, like NaN
-        x = torch.where(x == np.float32(missing), torch.full_like(x, float("nan")), x)
-    return x.to(device=device).contiguous(), as_torch
+    if not np.isnan(missing):
+        x = xp.where(x == np.float32(missing), float("nan"), x)
+    return x
 
 
 _TORCH_INTS = (torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.bool)
