@@ -18,6 +18,12 @@ ZERO_THRESHOLD_F32 = float(np.float32(ZERO_THRESHOLD))
 def to_tensor(X: Any, forest: Forest, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, bool]:
     """(x [rows, n_features] contiguous `dtype` on `device`, whether X was a torch tensor)."""
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
+    if type(X) is np.ndarray and X.dtype.kind in "biuf" and X.ndim == 2 and X.shape[0] <= NUMPY_PREP_MAX_ROWS:
+        if X.shape[1] != forest.n_features:  # the common small-batch case, checked first (latency)
+            raise ValueError(f"X must have shape (rows, {forest.n_features}) for this model, got {X.shape}")
+        if not forest.encode_numeric:
+            arr = np.ascontiguousarray(X, dtype=np_dtype)
+            return torch.from_numpy(_library_reading(arr, forest, np)).to(device=device), False
     as_torch = isinstance(X, Tensor)
     if as_torch:
         if X.device != device:
@@ -41,12 +47,7 @@ def to_tensor(X: Any, forest: Forest, device: torch.device, dtype: torch.dtype) 
                     f"X must hold numbers, got dtype {arr.dtype} (encode string features first, or pass "
                     "a pandas DataFrame with category columns to a model trained on them)"
                 )
-        arr = np.ascontiguousarray(arr, dtype=np_dtype)
-        if arr.ndim == 2 and arr.shape[0] <= NUMPY_PREP_MAX_ROWS and not forest.encode_numeric:
-            x = torch.from_numpy(_library_reading(arr, forest, np))  # small batch: numpy ops cost less
-            _check_shape(x, forest)
-            return x.to(device=device), as_torch
-        x = torch.from_numpy(arr)
+        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np_dtype))
     _check_shape(x, forest)
     if forest.encode_numeric and forest.categories and not _is_frame(X):
         x = _encode_numeric(x, forest)
