@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../cpu/adam_cpu.h"
@@ -108,9 +109,17 @@ const float* load_rows(const float* x, int64_t r0, int64_t n, int64_t n_features
   if (column_kind == nullptr) return buf.data();
   for (int64_t c = 0; c < n_features; ++c) {
     float* col = buf.data() + (c << shift);
-    if (column_kind[c] == kColumnNanToZero) {
+    if (column_kind[c] & kColumnLightgbmReading) {
+      constexpr float kMax = std::numeric_limits<float>::max();
+      for (int64_t r = 0; r < n; ++r) {
+        const float v = std::fabs(col[r]) <= kFastZeroThreshold ? 0.0f : col[r];
+        col[r] = v > kMax ? kMax : (v < -kMax ? -kMax : v);  // NaN stays NaN
+      }
+    }
+    const int8_t missing = column_kind[c] & kColumnMissingMask;
+    if (missing == kColumnNanToZero) {
       for (int64_t r = 0; r < n; ++r) col[r] = std::isnan(col[r]) ? 0.0f : col[r];
-    } else if (column_kind[c] == kColumnZeroToNan) {
+    } else if (missing == kColumnZeroToNan) {
       for (int64_t r = 0; r < n; ++r)
         col[r] = std::isnan(col[r]) || std::fabs(col[r]) <= kFastZeroThreshold ? NAN : col[r];
     }

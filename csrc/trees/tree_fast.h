@@ -17,7 +17,9 @@
 //   MISSING_NONE           -> the feature's column is read with NaN replaced by 0.0;
 //   MISSING_ZERO           -> the feature's column is read with NaN and |x| <= 1e-35f replaced by NaN.
 // The last two are per-feature column transforms (column_kind), so a feature must use one missing kind
-// in all its nodes. Leaf slot j of tree t holds values[t, j, :] (float64, and a float32 copy for
+// in all its nodes. A column_kind may also carry kColumnLightgbmReading: the column is first read as
+// LightGBM reads inputs (|x| <= 1e-35f -> 0.0, +-inf -> +-FLT_MAX, convert_lightgbm.py), so callers
+// need not prepare it. Leaf slot j of tree t holds values[t, j, :] (float64, and a float32 copy for
 // float32 accumulation) and leaf_nodes[t, j], the IR global node id of the leaf.
 //
 // Sums: raw[r, o] = base[o] + values[0, leaf, o] + values[1, leaf, o] + ..., one tree at a time in tree
@@ -45,6 +47,8 @@ struct PerfectView {
 constexpr int8_t kColumnAsIs = 0;
 constexpr int8_t kColumnNanToZero = 1;        // MISSING_NONE
 constexpr int8_t kColumnZeroToNan = 2;        // MISSING_ZERO
+constexpr int8_t kColumnMissingMask = 3;      // the three kinds above
+constexpr int8_t kColumnLightgbmReading = 4;  // flag: tiny -> 0, +-inf -> +-FLT_MAX first
 constexpr float kFastZeroThreshold = 1e-35f;  // LightGBM's kZeroThreshold
 constexpr uint32_t kMetaFeatureMask = 0x7fffffffu;
 

@@ -56,12 +56,15 @@ const int8_t* check_rows(const at::Tensor& x, const at::Tensor& column_kind) {
                   column_kind.is_contiguous() && column_kind.size(0) == x.size(1),
               "pyzero.trees: column_kind must be a contiguous int8 vector with one entry per feature of x");
   const int8_t* kinds = column_kind.data_ptr<int8_t>();
+  bool any = false;
   for (int64_t c = 0; c < column_kind.size(0); ++c) {
-    TORCH_CHECK(kinds[c] >= trees::kColumnAsIs && kinds[c] <= trees::kColumnZeroToNan,
-                "pyzero.trees: column_kind entries must be 0, 1 or 2");
-    if (kinds[c] != trees::kColumnAsIs) return kinds;
+    TORCH_CHECK(kinds[c] >= 0 &&
+                    (kinds[c] & ~(trees::kColumnMissingMask | trees::kColumnLightgbmReading)) == 0 &&
+                    (kinds[c] & trees::kColumnMissingMask) <= trees::kColumnZeroToNan,
+                "pyzero.trees: column_kind entries must be 0, 1 or 2, plus 4 for LightGBM's input reading");
+    any |= kinds[c] != trees::kColumnAsIs;
   }
-  return nullptr;  // no transforms: the kernel reads x in place
+  return any ? kinds : nullptr;  // nullptr: no transforms, the kernel reads x in place
 }
 
 at::Tensor tree_perfect_raw_cpu(const at::Tensor& meta, const at::Tensor& threshold, const at::Tensor& values,

@@ -24,6 +24,8 @@ STRATEGIES = ("auto", "traverse", "perfect", "gemm")
 # verify(): random rows drawn when no X is given, and the cap on adversarial rows.
 VERIFY_RANDOM_ROWS = 2000
 VERIFY_MAX_ADVERSARIAL_ROWS = 20000
+# Inputs around LightGBM's zero threshold (1e-35f: at or below it reads as 0.0).
+TINY = (1e-36, float(np.float32(1e-35)), float(np.nextafter(np.float32(1e-35), np.float32(1))))
 # A huge but finite input (scikit-learn sums the whole input to check finiteness: 3e38 would overflow).
 HUGE = 1.0e30
 
@@ -121,7 +123,12 @@ class CompiledForest:
 
     # ------------------------------------------------------------------------------- inputs
     def _input(self, X: Any) -> tuple[Tensor, bool]:
-        return inputs.to_tensor(X, self.forest, self.device, self._input_dtype)
+        kernel_reads = isinstance(self._kernel, fast_cpu.PerfectForest) and fast_cpu.reads_like_lightgbm(
+            self.forest
+        )
+        return inputs.to_tensor(
+            X, self.forest, self.device, self._input_dtype, lightgbm_reading=not kernel_reads
+        )
 
     def _output(self, t: Tensor, as_torch: bool):
         return t if as_torch else t.cpu().numpy()
@@ -253,7 +260,7 @@ def adversarial_rows(
     both directed roundings), one ulp below and above, plus +-0, huge values, NaN and +-inf (when the
     native model accepts them), each written into one column of a base row."""
     rng = np.random.default_rng(seed)
-    specials = [0.0, -0.0, HUGE, -HUGE]
+    specials = [0.0, -0.0, HUGE, -HUGE, *TINY, *(-t for t in TINY)]
     if allow_nan:
         specials.append(np.nan)
     if allow_inf:

@@ -30,6 +30,7 @@ PERFECT_MAX_BYTES = 256 << 20
 MIN_NODE_STRIDE = 64
 # column_kind values (kColumn* in tree_fast.h): how a feature's column is read.
 COLUMN_AS_IS, COLUMN_NAN_TO_ZERO, COLUMN_ZERO_TO_NAN = 0, 1, 2
+COLUMN_LIGHTGBM_READING = 4  # flag: the kernel reads inputs as LightGBM does (tiny -> 0, inf -> max)
 _COLUMN_OF_MISSING = {
     MISSING_NAN: COLUMN_AS_IS,
     MISSING_NONE: COLUMN_NAN_TO_ZERO,
@@ -77,7 +78,14 @@ def _column_kinds(forest: Forest) -> np.ndarray | None:
     col = np.zeros(forest.n_features, dtype=np.int8)
     for missing, column in _COLUMN_OF_MISSING.items():
         col[out == missing] = column
+    if reads_like_lightgbm(forest):
+        col |= COLUMN_LIGHTGBM_READING
     return col
+
+
+def reads_like_lightgbm(forest: Forest) -> bool:
+    """Whether the kernel itself reads inputs as LightGBM does (so the caller skips that step)."""
+    return bool(forest.extra.get("zero_tiny_inputs") and forest.extra.get("clamp_inf"))
 
 
 def _uniform_threshold(t32: np.ndarray, lt: np.ndarray) -> np.ndarray:

@@ -15,15 +15,20 @@ from pyzero.trees.forest import ZERO_THRESHOLD, Forest
 ZERO_THRESHOLD_F32 = float(np.float32(ZERO_THRESHOLD))
 
 
-def to_tensor(X: Any, forest: Forest, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, bool]:
-    """(x [rows, n_features] contiguous `dtype` on `device`, whether X was a torch tensor)."""
+def to_tensor(
+    X: Any, forest: Forest, device: torch.device, dtype: torch.dtype, lightgbm_reading: bool = True
+) -> tuple[Tensor, bool]:
+    """(x [rows, n_features] contiguous `dtype` on `device`, whether X was a torch tensor).
+    lightgbm_reading=False: leave LightGBM's input reading to the kernel (fast_cpu)."""
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     if type(X) is np.ndarray and X.dtype.kind in "biuf" and X.ndim == 2 and X.shape[0] <= NUMPY_PREP_MAX_ROWS:
         if X.shape[1] != forest.n_features:  # the common small-batch case, checked first (latency)
             raise ValueError(f"X must have shape (rows, {forest.n_features}) for this model, got {X.shape}")
         if not forest.encode_numeric:
             arr = np.ascontiguousarray(X, dtype=np_dtype)
-            return torch.from_numpy(_library_reading(arr, forest, np)).to(device=device), False
+            return torch.from_numpy(_library_reading(arr, forest, np, lightgbm_reading)).to(
+                device=device
+            ), False
     as_torch = isinstance(X, Tensor)
     if as_torch:
         if X.device != device:
@@ -51,7 +56,7 @@ def to_tensor(X: Any, forest: Forest, device: torch.device, dtype: torch.dtype) 
     _check_shape(x, forest)
     if forest.encode_numeric and forest.categories and not _is_frame(X):
         x = _encode_numeric(x, forest)
-    return _library_reading(x, forest, torch).to(device=device).contiguous(), as_torch
+    return _library_reading(x, forest, torch, lightgbm_reading).to(device=device).contiguous(), as_torch
 
 
 # Batches up to this many rows are prepared with numpy (a few us less per call than torch ops; batch-1
@@ -66,13 +71,13 @@ def _check_shape(x: Tensor, forest: Forest) -> None:
         )
 
 
-def _library_reading(x, forest: Forest, xp):
+def _library_reading(x, forest: Forest, xp, lightgbm: bool = True):
     """x as the native library reads it, with xp = numpy or torch (the same calls in both): LightGBM's
     |x| <= 1e-35f -> 0.0 and +-inf -> +-1e300 (clamped to the float's max, convert_lightgbm.py),
     XGBoost's missing= value -> NaN."""
-    if forest.extra.get("zero_tiny_inputs"):
+    if lightgbm and forest.extra.get("zero_tiny_inputs"):
         x = xp.where(xp.abs(x) <= ZERO_THRESHOLD_F32, 0.0, x)
-    if forest.extra.get("clamp_inf"):
+    if lightgbm and forest.extra.get("clamp_inf"):
         big = float(np.finfo(np.float32 if x.dtype in (np.float32, torch.float32) else np.float64).max)
         x = xp.clip(x, -big, big)
     missing = forest.extra.get("missing", np.nan)

@@ -9,7 +9,7 @@ import torch
 from sklearn import ensemble
 
 from pyzero import _native, trees
-from pyzero.trees import strategies
+from pyzero.trees import inputs, strategies
 from pyzero.trees.compiled import adversarial_rows
 from pyzero.trees.fast_cpu import PerfectForest, why_ineligible
 from pyzero.trees.forest import CMP_LE, MISSING_NAN, MISSING_NONE, MISSING_ZERO
@@ -67,6 +67,8 @@ def models(depth):
 
 
 def reference(forest, x, float32_accum):
+    """The torch traversal on x as the library reads it (the kernel reads LightGBM inputs itself)."""
+    x = inputs._library_reading(x, forest, torch)
     ft = strategies.ForestTensors(forest, torch.device("cpu"))
     base = torch.as_tensor(forest.base, dtype=torch.float64)
     return strategies.raw_scores(ft, x, forest.n_trees, "sum", base, float32_accum), strategies.leaves(ft, x)
