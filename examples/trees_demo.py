@@ -40,8 +40,16 @@ def main() -> int:
     except ImportError:
         print("lightgbm not installed: skipped")
     batch = np.tile(X, (20, 1))  # ~11k rows
-    header = ["verify rows", "worst diff", "exact", "native rows/s", "pyzero rows/s"]
-    widths = [11, 11, 6, 14, 14]
+    header = [
+        "verify rows",
+        "worst diff",
+        "exact",
+        "native rows/s",
+        "pyzero rows/s",
+        "x native",
+        "pyzero path",
+    ]
+    widths = [11, 11, 6, 14, 14, 9, 14]
     print(f"{'model':<26} " + " ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     ok = True
     for name, model in candidates:
@@ -53,10 +61,12 @@ def main() -> int:
         ours = rows_per_s(cf.predict_proba, batch, REPEATS)
         print(
             f"{name:<26} {report['rows']:>11} {report['worst']:>11.1e} {report['ok']!s:>6} "
-            f"{native:>14,.0f} {ours:>14,.0f}"
+            f"{native:>14,.0f} {ours:>14,.0f} {ours / native:>8.1f}x {cf.backend + '/' + cf.strategy:>14}"
         )
-    print("pyzero: the C++ traversal kernel (scalar; rows of a block in lockstep on shallow trees);")
-    print("its SIMD, perfect-tree and GPU paths are not built yet.")
+    print(
+        "pyzero path: cpu/perfect = the SIMD perfect-tree C++ kernel (Note [Perfect trees]); cpu/traverse ="
+    )
+    print("the node kernel (categorical or very deep forests); torch/* = the portable torch strategies.")
     return 0 if ok else 1
 
 
