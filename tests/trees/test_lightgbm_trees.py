@@ -58,3 +58,16 @@ def test_lambdarank_and_num_iteration():
     reg = lgb.LGBMRegressor(n_estimators=20, verbose=-1).fit(X, ys["reg"])
     part = trees.compile(reg, num_iteration=7)
     assert np.max(np.abs(part.predict(X) - reg.predict(X, num_iteration=7))) <= 1e-6
+
+
+def test_bundled_datasets():
+    """scikit-learn's bundled datasets: wine (3 classes) and diabetes (regression)."""
+    from sklearn import datasets
+
+    Xw, yw = datasets.load_wine(return_X_y=True)
+    clf = lgb.LGBMClassifier(n_estimators=20, verbose=-1, min_child_samples=5).fit(Xw, yw)
+    assert_exact(clf, Xw.astype(np.float32), "wine")
+    Xd, yd = datasets.load_diabetes(return_X_y=True)
+    assert_exact(
+        lgb.LGBMRegressor(n_estimators=20, verbose=-1).fit(Xd, yd), Xd.astype(np.float32), "diabetes"
+    )

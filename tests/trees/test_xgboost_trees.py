@@ -84,3 +84,15 @@ def test_estimated_base_score_is_used():
 def test_unfitted_model_is_named():
     with pytest.raises(ValueError, match="XGBClassifier is not fitted"):
         trees.compile(xgb.XGBClassifier())
+
+
+def test_bundled_datasets():
+    """scikit-learn's bundled datasets: wine (3 classes) and diabetes (regression)."""
+    from sklearn import datasets
+
+    Xw, yw = datasets.load_wine(return_X_y=True)
+    assert_exact(xgb.XGBClassifier(n_estimators=20, max_depth=4).fit(Xw, yw), Xw.astype(np.float32), "wine")
+    Xd, yd = datasets.load_diabetes(return_X_y=True)
+    assert_exact(
+        xgb.XGBRegressor(n_estimators=20, max_depth=6).fit(Xd, yd), Xd.astype(np.float32), "diabetes"
+    )
