@@ -25,6 +25,7 @@ if [ "${GPU_CHECK_ONLY:-}" = trees ]; then
   "$PY" setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
   echo "== tree tests, torch strategies on the GPU =="
   PYZERO_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/trees 2>&1 | tee "$OUT/pytest_trees.log" | tail -6
+  [ "${GPU_CHECK_SKIP_BENCH:-0}" = 1 ] && exit 0
   echo "== tree benchmark on the GPU =="
   "$PY" bench/bench_trees_gpu.py --out "$OUT/bench_trees_gpu.json" 2>&1 | tee "$OUT/bench_trees_gpu.log" | tail -20
   exit 0
