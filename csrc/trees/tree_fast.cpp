@@ -169,6 +169,48 @@ void raw_block(const PerfectView& f, const Plan& p, const float* xb, int64_t nr,
   }
 }
 
+// Trees [t0, t1) of f as a forest of their own.
+PerfectView trees_of(const PerfectView& f, int64_t t0, int64_t t1) {
+  const int64_t leaves = int64_t{1} << f.depth;
+  PerfectView s = f;
+  s.meta += t0 * f.node_stride;
+  s.threshold += t0 * f.node_stride;
+  s.values += t0 * leaves * f.n_outputs;
+  s.values32 += t0 * leaves * f.n_outputs;
+  s.leaf_nodes += t0 * leaves;
+  s.n_trees = t1 - t0;
+  return s;
+}
+
+// A few rows of a large forest: the threads split the trees (each fills its trees' leaf values), then
+// one thread sums base, tree 0, tree 1, ... in order, the order of every other path.
+template <typename Acc>
+void raw_tree_parallel(const PerfectKernels& k, const PerfectView& f, const float* x, int64_t rows,
+                       int64_t n_features, const int8_t* column_kind, const double* base, bool float32_accum,
+                       double* raw, int threads) {
+  const int64_t outs = f.n_outputs;
+  const int64_t chunk = (f.n_trees + threads - 1) / threads;
+  std::vector<float> buf;
+  std::vector<Acc> per_tree(static_cast<size_t>(f.n_trees * outs));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = load_rows(x, r, 1, n_features, 0, column_kind, buf);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t c = 0; c < threads; ++c) {
+      const int64_t t0 = c * chunk;
+      const int64_t t1 = std::min(f.n_trees, t0 + chunk);
+      if (t0 < t1) {
+        k.row_trees(trees_of(f, t0, t1), row, 0, n_features, float32_accum, per_tree.data() + t0 * outs,
+                    nullptr);
+      }
+    }
+    for (int64_t o = 0; o < outs; ++o) {
+      Acc acc = static_cast<Acc>(base[o]);
+      for (int64_t t = 0; t < f.n_trees; ++t) acc += per_tree[t * outs + o];
+      raw[r * outs + o] = static_cast<double>(acc);
+    }
+  }
+}
+
 }  // namespace
 
 PerfectKernels perfect_kernels_scalar() {
@@ -179,6 +221,15 @@ void perfect_raw(const PerfectView& f, const float* x, int64_t rows, int64_t n_f
                  const int8_t* column_kind, const double* base, bool float32_accum, double* raw,
                  int num_threads) {
   if (rows <= 0) return;
+  if (rows <= kTreeParallelMaxRows && f.n_trees >= kTreeParallelMinTrees && num_threads > 1) {
+    const PerfectKernels k = kernels_for(cpu::active_isa());
+    if (float32_accum) {
+      raw_tree_parallel<float>(k, f, x, rows, n_features, column_kind, base, true, raw, num_threads);
+    } else {
+      raw_tree_parallel<double>(k, f, x, rows, n_features, column_kind, base, false, raw, num_threads);
+    }
+    return;
+  }
   const Plan p = plan(rows, num_threads);
 #pragma omp parallel num_threads(p.threads) if (p.threads > 1)
   {

@@ -210,3 +210,31 @@ def test_perfect_ops_opcheck():
         torch.ops.pyzero.tree_perfect_leaves.default,
         (pf.meta, pf.threshold, pf.leaf_nodes, pf.column_kind, x),
     )
+
+
+def test_tree_parallel_small_batches_equal_row_parallel():
+    """Batches of a few rows over a large forest split the trees across threads (kTreeParallelMinTrees
+    in tree_fast.h); sums keep the tree order, so results equal the one-thread and the large-batch ones."""
+    X, _ = data()
+    y = np.nan_to_num(X[:, 0]) + np.nan_to_num(X[:, 1]) ** 2
+    for model in (
+        xgb.XGBRegressor(n_estimators=300, max_depth=4).fit(X, y),
+        lgb.LGBMRegressor(n_estimators=300, max_depth=4, num_leaves=15, verbose=-1).fit(X, y),
+    ):
+        forest = trees.compile(model, backend="cpu").forest
+        pf = PerfectForest.from_forest(forest)
+        base = torch.as_tensor(forest.base, dtype=torch.float64)
+        x = rows_for(forest, X)[:64]
+        for f32 in (False, True):
+            whole = pf.raw(x, base, f32)  # row-parallel path
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                for r in range(0, 12, 3):
+                    assert torch.equal(pf.raw(x[r : r + 3].contiguous(), base, f32), whole[r : r + 3]), (
+                        n,
+                        f32,
+                    )
+                    assert torch.equal(pf.raw(x[r : r + 1].contiguous(), base, f32), whole[r : r + 1]), (
+                        n,
+                        f32,
+                    )
