@@ -233,7 +233,7 @@ def compile(
     num_iteration: LightGBM iterations to keep (default: the best iteration if early stopping set one)."""
     if backend not in BACKENDS:
         raise ValueError(
-            f"backend must be one of {BACKENDS} (cpu, cuda and triton kernels are not built yet)"
+            f"backend must be one of {BACKENDS}, got {backend!r} (cuda and triton tree kernels: not yet)"
         )
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")

@@ -67,3 +67,19 @@ def test_tree_ops_opcheck():
     args = (*packed._arrays(), x)
     torch.library.opcheck(torch.ops.pyzero.tree_predict_raw.default, (*args, base, False))
     torch.library.opcheck(torch.ops.pyzero.tree_predict_leaves.default, args)
+
+
+def test_backend_and_strategy_errors():
+    X, models = fitted()
+    with pytest.raises(ValueError, match=r"backend must be one of .* got 'cuda'"):
+        trees.compile(models[0], backend="cuda")
+    with pytest.raises(ValueError, match=r"strategy must be one of .* got 'fast'"):
+        trees.compile(models[0], strategy="fast")
+    with pytest.raises(ValueError, match="'gemm' is a torch strategy"):
+        trees.compile(models[0], backend="cpu", strategy="gemm")
+    deep = ensemble.RandomForestRegressor(3, max_depth=20, random_state=0).fit(
+        np.nan_to_num(X), np.arange(len(X))
+    )
+    assert trees.compile(deep, backend="torch", strategy="traverse").forest.max_depth > 14
+    with pytest.raises(ValueError, match="strategy='perfect' does not fit"):
+        trees.compile(deep, backend="cpu", strategy="perfect")
