@@ -93,6 +93,17 @@ struct PerfectKernels {
                     void* per_tree, int32_t* leaves);
 };
 
+// Calls run(values, acc) with the float32 leaf values and a float accumulator when float32_accum, else
+// with the float64 ones and a double accumulator: the raw_rows entry of every ISA.
+template <typename Run>
+inline void with_accumulator(const PerfectView& f, bool float32_accum, void* acc, Run run) {
+  if (float32_accum) {
+    run(f.values32, static_cast<float*>(acc));
+  } else {
+    run(f.values, static_cast<double*>(acc));
+  }
+}
+
 PerfectKernels perfect_kernels_scalar();
 PerfectKernels perfect_kernels_avx2();
 PerfectKernels perfect_kernels_avx512();

@@ -113,11 +113,9 @@ void raw_rows_t(const PerfectView& f, const Acc* values, const float* xt, int sh
 
 void raw_rows(const PerfectView& f, const float* xt, int shift, int64_t n_features, int64_t rows,
               bool float32_accum, void* acc, int64_t acc_ld) {
-  if (float32_accum) {
-    raw_rows_t(f, f.values32, xt, shift, n_features, rows, static_cast<float*>(acc), acc_ld);
-  } else {
-    raw_rows_t(f, f.values, xt, shift, n_features, rows, static_cast<double*>(acc), acc_ld);
-  }
+  with_accumulator(f, float32_accum, acc, [&](const auto* values, auto* a) {
+    raw_rows_t(f, values, xt, shift, n_features, rows, a, acc_ld);
+  });
 }
 
 void leaves_rows(const PerfectView& f, const float* xt, int shift, int64_t n_features, int64_t rows,

@@ -194,17 +194,11 @@ inline void for_trees_any(const PerfectView& f, const float* xt, int shift, int6
 void raw_rows(const PerfectView& f, const float* xt, int shift, int64_t n_features, int64_t rows,
               bool float32_accum, void* acc, int64_t acc_ld) {
   const int64_t tree_values = (int64_t{1} << f.depth) * f.n_outputs;
-  if (float32_accum) {
-    float* a = static_cast<float*>(acc);
+  with_accumulator(f, float32_accum, acc, [&](const auto* values, auto* a) {
     for_trees_any(f, xt, shift, n_features, rows, [&](int64_t t, int64_t r, __m512i j) {
-      add_leaf(f.values32 + t * tree_values, f.n_outputs, j, a + r, acc_ld);
+      add_leaf(values + t * tree_values, f.n_outputs, j, a + r, acc_ld);
     });
-  } else {
-    double* a = static_cast<double*>(acc);
-    for_trees_any(f, xt, shift, n_features, rows, [&](int64_t t, int64_t r, __m512i j) {
-      add_leaf(f.values + t * tree_values, f.n_outputs, j, a + r, acc_ld);
-    });
-  }
+  });
 }
 
 void leaves_rows(const PerfectView& f, const float* xt, int shift, int64_t n_features, int64_t rows,

@@ -112,25 +112,32 @@ def raw_scores(
     float32_sequential: accumulate base, tree 0, tree 1, ... in float32, one tree at a time, as
     XGBoost's predictor does, so results match its float32 outputs bit for bit.
     """
-    out = []
     step = _row_block(x)
-    for start in range(0, x.shape[0], step):
-        leaves = traverse(ft, x[start : start + step])
-        v = ft.value[leaves]
-        if float32_sequential:
-            acc = base.to(torch.float32).expand(v.shape[0], -1).clone()
-            v32 = v.to(torch.float32)
-            for t in range(v32.shape[1]):
-                acc += v32[:, t]
-            out.append(acc.to(torch.float64))
-            continue
-        s = v.sum(dim=1)
-        if aggregation == "mean":
-            s = s / n_trees
-        out.append(s + base)
+    out = [
+        aggregate(
+            ft.value[traverse(ft, x[start : start + step])], n_trees, aggregation, base, float32_sequential
+        )
+        for start in range(0, x.shape[0], step)
+    ]
     if not out:
         return torch.zeros((0, base.shape[0]), dtype=torch.float64, device=x.device)
     return torch.cat(out)
+
+
+def aggregate(v: Tensor, n_trees: int, aggregation: str, base: Tensor, float32_sequential: bool) -> Tensor:
+    """Leaf values v [rows, trees, outputs] (float64) -> raw scores [rows, outputs] (float64): sum or mean
+    plus base, or with float32_sequential base, tree 0, tree 1, ... added in float32 (XGBoost's order).
+    Every torch strategy aggregates here, so they agree bit for bit."""
+    if float32_sequential:
+        acc = base.to(torch.float32).expand(v.shape[0], -1).clone()
+        v32 = v.to(torch.float32)
+        for t in range(v32.shape[1]):
+            acc += v32[:, t]
+        return acc.to(torch.float64)
+    s = v.sum(dim=1)
+    if aggregation == "mean":
+        s = s / n_trees
+    return s + base
 
 
 def leaves(ft: ForestTensors, x: Tensor) -> Tensor:

@@ -278,21 +278,13 @@ class _BlockedStrategy:
     ) -> Tensor:
         """Aggregated leaf values before the post-transform, float64 [rows, outputs]: the same numbers
         as strategies.raw_scores (float32_sequential: base, tree 0, tree 1, ... added in float32)."""
-        out = []
         nan = _may_hold_nan(x)
-        for b in self._blocks(x):
-            v = self.value[self._leaves_block(b, nan)]  # [rows, trees, outputs], as strategies.raw_scores
-            if float32_sequential:
-                acc = base.to(torch.float32).expand(v.shape[0], -1).clone()
-                v32 = v.to(torch.float32)
-                for t in range(v32.shape[1]):
-                    acc += v32[:, t]
-                out.append(acc.to(torch.float64))
-                continue
-            s = v.sum(dim=1)
-            if aggregation == "mean":
-                s = s / n_trees
-            out.append(s + base)
+        out = [
+            strategies.aggregate(
+                self.value[self._leaves_block(b, nan)], n_trees, aggregation, base, float32_sequential
+            )
+            for b in self._blocks(x)
+        ]
         if not out:
             return torch.zeros((0, base.shape[0]), dtype=torch.float64, device=x.device)
         return torch.cat(out)

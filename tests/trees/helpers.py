@@ -27,6 +27,26 @@ VARIANT_ATOL = 1e-12
 OUTPUT_ATOL = 1e-6
 
 
+def mixed_data(n=500, features=6, seed=0, dtype=np.float32, zero_rate=0.0, coarse_column=True):
+    """(X [n, features] of `dtype` with 5% NaN, zero_rate exact zeros and, with coarse_column, column 2 in
+    steps of 0.5 (ties, so thresholds fall between repeated values), {target name: y}) for the
+    converter tests: bin, multi (3 classes), reg, count (Poisson), rank (relevance 0-3)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, features)).astype(dtype)
+    if coarse_column:
+        X[:, 2] = np.round(X[:, 2] * 2) / 2
+    X[rng.random(X.shape) < 0.05] = np.nan
+    X[rng.random(X.shape) < zero_rate] = 0.0
+    Xf = np.nan_to_num(X)
+    return X, {
+        "bin": (Xf[:, 0] + Xf[:, 1] > 0).astype(int),
+        "multi": np.digitize(Xf[:, 2], [-0.5, 0.5]),
+        "reg": Xf[:, 0] * 2 + np.sin(Xf[:, 4]),
+        "count": rng.poisson(np.exp(Xf[:, 0] * 0.5)),
+        "rank": rng.integers(0, 4, n),
+    }
+
+
 def variants(model):
     """CompiledForests of model for every backend and strategy that can run it."""
     forest = trees.compile(model, backend="torch", strategy="traverse").forest

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
 from pyzero import trees
-from tests.trees.helpers import assert_exact
+from tests.trees.helpers import assert_exact, mixed_data
 
 lgb = pytest.importorskip("lightgbm")
 
 
-def data(n=600, features=6, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, features)).astype(np.float32)
-    X[rng.random(X.shape) < 0.05] = np.nan
-    X[rng.random(X.shape) < 0.05] = 0.0
-    Xf = np.nan_to_num(X)
-    return X, {
-        "bin": (Xf[:, 0] + Xf[:, 1] > 0).astype(int),
-        "multi": np.digitize(Xf[:, 2], [-0.5, 0.5]),
-        "reg": Xf[:, 0] * 2 + np.sin(Xf[:, 4]),
-        "rank": rng.integers(0, 4, n),
-    }
+data = functools.partial(mixed_data, n=600, zero_rate=0.05, coarse_column=False)
 
 
 def models(depth):

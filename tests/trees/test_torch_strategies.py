@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from sklearn import ensemble, tree
 from pyzero.trees import compiled, strategies
 from pyzero.trees import torch_strategies as ts
 from pyzero.trees.forest import CMP_LE, CMP_LT, MISSING_NAN, MISSING_NONE, MISSING_ZERO, concat_trees
+from tests.trees.helpers import mixed_data
 
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")
@@ -18,18 +21,7 @@ DEPTHS = [1, 3, 8, 12]
 CPU = torch.device("cpu")
 
 
-def data(n=500, features=6, seed=0, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, features)).astype(dtype)
-    X[:, 2] = np.round(X[:, 2] * 2) / 2  # repeated values: thresholds between equal-ish values
-    X[rng.random(X.shape) < 0.05] = np.nan
-    X[rng.random(X.shape) < 0.05] = 0.0
-    Xf = np.nan_to_num(X)
-    return X, {
-        "bin": (Xf[:, 0] + Xf[:, 1] > 0).astype(int),
-        "multi": np.digitize(Xf[:, 2], [-0.5, 0.5]),
-        "reg": Xf[:, 0] * 2 + np.sin(Xf[:, 4]),
-    }
+data = functools.partial(mixed_data, zero_rate=0.05)
 
 
 # Adversarial rows kept per forest (a random subset; deep forests have tens of thousands).

@@ -6,24 +6,12 @@ import numpy as np
 import pytest
 
 from pyzero import trees
-from tests.trees.helpers import assert_exact
+from tests.trees.helpers import assert_exact, mixed_data
 
 xgb = pytest.importorskip("xgboost")
 
 
-def data(n=500, features=6, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, features)).astype(np.float32)
-    X[:, 2] = np.round(X[:, 2] * 2) / 2
-    X[rng.random(X.shape) < 0.05] = np.nan
-    Xf = np.nan_to_num(X)
-    return X, {
-        "bin": (Xf[:, 0] + Xf[:, 1] > 0).astype(int),
-        "multi": np.digitize(Xf[:, 2], [-0.5, 0.5]),
-        "reg": Xf[:, 0] * 2 + np.sin(Xf[:, 4]),
-        "count": rng.poisson(np.exp(Xf[:, 0] * 0.5)),
-        "rank": rng.integers(0, 4, n),
-    }
+data = mixed_data
 
 
 def models(depth):
