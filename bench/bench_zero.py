@@ -1,7 +1,8 @@
-"""How does FusedShardedAdam (ZeRO stages 1 and 2) compare with DDP + torch fused AdamW,
+"""How does FusedShardedAdam (ZeRO stages 1, 2 and 3) compare with DDP + torch fused AdamW,
 torch's ZeroRedundancyOptimizer and FSDP2 (fully_shard) on the same GPT and the same gloo ranks?
 Reports step time (forward + backward + step, median of interleaved steps), per-rank model-state
-memory, and pyzero's communication bytes per step next to theory.
+and parameter memory, and pyzero's communication bytes per step next to theory. Stage 3 and FSDP2
+shard the same units (each transformer Block, the rest in the root).
 
     python bench/bench_zero.py [--ranks 2] [--dim 512] [--layers 10] [--steps 6]
 """
@@ -24,7 +25,7 @@ import torch.multiprocessing as mp
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 import common  # noqa: E402
-from gpt import GPT, GPTConfig, lm_loss  # noqa: E402
+from gpt import GPT, Block, GPTConfig, lm_loss  # noqa: E402
 
 import pyzero  # noqa: E402
 
@@ -59,7 +60,7 @@ def build(method: str, base: torch.nn.Module):
 
         def mem():
             st = optimizer_state_bytes(opt)
-            return nbytes(params) + nbytes(p.grad for p in params) + st, st
+            return nbytes(params) + nbytes(p.grad for p in params) + st, st, nbytes(params)
 
         return ddp, opt, mem
     if method == "ZeroRedundancyOptimizer":
@@ -71,7 +72,7 @@ def build(method: str, base: torch.nn.Module):
 
         def mem():
             st = optimizer_state_bytes(opt.optim)
-            return nbytes(params) + nbytes(p.grad for p in params) + st, st
+            return nbytes(params) + nbytes(p.grad for p in params) + st, st, nbytes(params)
 
         return ddp, opt, mem
     if method == "FSDP2 fully_shard":
@@ -85,15 +86,20 @@ def build(method: str, base: torch.nn.Module):
         def mem():
             ps = list(model.parameters())
             st = optimizer_state_bytes(opt)
-            return nbytes(ps) + nbytes(p.grad for p in ps) + st, st
+            return nbytes(ps) + nbytes(p.grad for p in ps) + st, st, nbytes(ps)
 
         return model, opt, mem
     stage = int(method.split("stage ")[1][0])
-    opt = pyzero.FusedShardedAdam(model, lr=LR, stage=stage, overlap_param_gather="prefetch" in method)
+    if stage == 3:
+        opt = pyzero.FusedShardedAdam(
+            model, lr=LR, stage=3, units=[Block], reshard_after_forward="keep" not in method
+        )
+    else:
+        opt = pyzero.FusedShardedAdam(model, lr=LR, stage=stage, overlap_param_gather="prefetch" in method)
 
     def mem():
         r = opt.memory_report()
-        return r["model_states"], r["master"] + r["exp_avg"] + r["exp_avg_sq"]
+        return r["model_states"], r["master"] + r["exp_avg"] + r["exp_avg_sq"], r["params"]
 
     return model, opt, mem
 
@@ -117,6 +123,8 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
         "pyzero stage 1",
         "pyzero stage 2",
         "pyzero stage 2 +prefetch",
+        "pyzero stage 3",
+        "pyzero stage 3 keep-after-forward",
     ]
     setups = {m: build(m, base) for m in methods}
     gen = torch.Generator().manual_seed(100 + rank)
@@ -185,6 +193,7 @@ def main() -> None:
                 "vs DDP": f"{t / ddp:.2f}x",
                 "model states MiB/rank": f"{max(r['mem'][m][0] for r in results.values()) / 2**20:.0f}",
                 "optimizer state MiB/rank": f"{max(r['mem'][m][1] for r in results.values()) / 2**20:.0f}",
+                "params MiB/rank": f"{max(r['mem'][m][2] for r in results.values()) / 2**20:.0f}",
             }
         )
     theory = 2 * 4 * n * (args.ranks - 1) / args.ranks
@@ -195,12 +204,23 @@ def main() -> None:
     )
     for m, c in r0["comm"].items():
         sent = c.get("reduce_scatter_sent_per_rank", 0) + c.get("all_gather_sent_per_rank", 0)
-        print(
-            f"{m}: sent {sent / 2**20:.1f} MiB/rank/step (reduce-scatter + all-gather); "
-            f"theory 2 x params x (N-1)/N = {theory / 2**20:.1f} MiB (+ padding)"
-        )
+        if m == "pyzero stage 3":  # gathers again for backward, except units kept into backward
+            bound = f"at most 3 x params x (N-1)/N = {1.5 * theory / 2**20:.1f} MiB"
+        else:
+            bound = f"theory 2 x params x (N-1)/N = {theory / 2**20:.1f} MiB (+ padding)"
+        print(f"{m}: sent {sent / 2**20:.1f} MiB/rank/step (reduce-scatter + all-gather); {bound}")
+    fsdp, s3 = r0["median_s"]["FSDP2 fully_shard"], r0["median_s"]["pyzero stage 3"]
+    print(f"pyzero stage 3: {s3 / ddp:.2f}x DDP's step time, {fsdp / s3:.2f}x faster than FSDP2")
     common.print_table(
-        rows, ["method", "s/step", "vs DDP", "model states MiB/rank", "optimizer state MiB/rank"]
+        rows,
+        [
+            "method",
+            "s/step",
+            "vs DDP",
+            "model states MiB/rank",
+            "optimizer state MiB/rank",
+            "params MiB/rank",
+        ],
     )
 
 

@@ -41,7 +41,8 @@ echo "== tests (cuda, triton, then the rest) =="
 "$PY" -m pytest -q -p no:cacheprovider -m "not cuda and not triton" tests 2>&1 | tee "$OUT/pytest_rest.log" | tail -4
 
 echo "== sharded training on the GPU (NCCL, 1 rank) =="
-for stage in 1 2; do
+for stage in 1 2 "3 --zero-init"; do
+  # shellcheck disable=SC2086  # "3 --zero-init" is two arguments
   "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 examples/train_gpt.py --zero-stage $stage \
     --steps 20 2>/dev/null | tail -3
 done

@@ -1,6 +1,8 @@
 """A small GPT (decoder-only transformer) for the examples and benchmarks.
 
 No biases on the attention projections (see DESIGN.md's parity pitfall); tied embedding / LM head.
+Every layer initialises itself in reset_parameters (GPT-2's N(0, INIT_STD) weights, zero biases),
+so the model can be built under pyzero.zero_init, which partitions each module as soon as it is built.
 """
 
 from __future__ import annotations
@@ -23,16 +25,28 @@ class GPTConfig:
     heads: int = 4
 
 
+class Linear(nn.Linear):
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=INIT_STD)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, std=INIT_STD)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.heads = cfg.heads
         self.ln1 = nn.LayerNorm(cfg.dim)
-        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=False)
-        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.qkv = Linear(cfg.dim, 3 * cfg.dim, bias=False)
+        self.proj = Linear(cfg.dim, cfg.dim, bias=False)
         self.ln2 = nn.LayerNorm(cfg.dim)
-        self.fc = nn.Linear(cfg.dim, 4 * cfg.dim)
-        self.out = nn.Linear(4 * cfg.dim, cfg.dim)
+        self.fc = Linear(cfg.dim, 4 * cfg.dim)
+        self.out = Linear(4 * cfg.dim, cfg.dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -50,21 +64,12 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok = nn.Embedding(cfg.vocab, cfg.dim)
-        self.pos = nn.Embedding(cfg.seq, cfg.dim)
+        self.tok = Embedding(cfg.vocab, cfg.dim)
+        self.pos = Embedding(cfg.seq, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab, bias=False)
         self.head.weight = self.tok.weight
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        """GPT-2 initialisation: N(0, INIT_STD) weights, zero biases."""
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=INIT_STD)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))

@@ -1,6 +1,7 @@
 """Sharded training of a small GPT with pyzero.FusedShardedAdam: the main job.
 
     torchrun --standalone --nproc_per_node=2 examples/train_gpt.py --zero-stage 2
+    torchrun --standalone --nproc_per_node=2 examples/train_gpt.py --zero-stage 3 --zero-init
     python examples/train_gpt.py                      # one process, no process group
 
 gloo on CPU, NCCL on GPUs. Multi-node: start one torchrun per node with the same rendezvous, e.g.
@@ -16,6 +17,7 @@ and prints how far the sharded run's loss curve and parameters are from it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import sysconfig
@@ -27,9 +29,10 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpt import GPT, GPTConfig, lm_loss
+from gpt import GPT, Block, GPTConfig, lm_loss
 
 import pyzero
+from pyzero.zero.zero_init import full_numel
 
 CORPUS_FILES = ("argparse.py", "textwrap.py", "json/decoder.py", "json/encoder.py")
 # Sharded and unsharded fp32 runs sum gradients in different orders; training amplifies that
@@ -71,15 +74,19 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--no-compare", action="store_true", help="skip the unsharded reference run")
     ap.add_argument(
+        "--zero-init",
+        action="store_true",
+        help="stage 3: build the model under pyzero.zero_init (parameters partitioned as they are created)",
+    )
+    ap.add_argument(
         "--device",
         default="auto",
         choices=["auto", "cpu", "cuda"],
         help="auto: one GPU per local rank when there are enough GPUs (NCCL), else CPU (gloo)",
     )
     args = ap.parse_args()
-    if args.zero_stage == 3:
-        print("--zero-stage 3 needs the ZeRO-3 engine, which is not built yet", file=sys.stderr)
-        return 2
+    if args.zero_init and args.zero_stage != 3:
+        ap.error("--zero-init goes with --zero-stage 3")
 
     distributed = "RANK" in os.environ
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -98,14 +105,20 @@ def main() -> int:
     data = corpus()
     cfg = GPTConfig(vocab=256, seq=args.seq, dim=args.dim, layers=args.layers, heads=4)
     torch.manual_seed(0)
-    model = GPT(cfg).to(device)
+    if args.zero_init:
+        with torch.device(device), pyzero.zero_init():
+            model = GPT(cfg)
+    else:
+        model = GPT(cfg).to(device)
+    nparams = sum(full_numel(p) for p in model.parameters())
     if args.zero_stage == 0:
         opt = pyzero.FusedAdamW(model.parameters(), lr=args.lr)
         if distributed:
             model = torch.nn.parallel.DistributedDataParallel(model)
+    elif args.zero_stage == 3:
+        opt = pyzero.FusedShardedAdam(model, lr=args.lr, stage=3, units=[Block])
     else:
         opt = pyzero.FusedShardedAdam(model, lr=args.lr, stage=args.zero_stage)
-    nparams = sum(p.numel() for p in model.parameters())
     if rank == 0:
         print(
             f"GPT {nparams / 1e6:.2f}M params, ZeRO stage {args.zero_stage}, {world} rank(s) on {device}, "
@@ -144,7 +157,8 @@ def main() -> int:
         dist.all_gather(mems, mem)
     else:
         mems = [mem]
-    flat = torch.cat([p.detach().double().reshape(-1).cpu() for p in model.parameters()])
+    with opt.gathered_parameters() if args.zero_stage == 3 else contextlib.nullcontext():
+        flat = torch.cat([p.detach().double().reshape(-1).cpu() for p in model.parameters()])
     if rank == 0:
         per_rank = ", ".join(f"rank {r}: {m.item() / 2**20:.2f} MiB" for r, m in enumerate(mems))
         ms = elapsed / args.steps * 1e3

@@ -9,6 +9,16 @@ from pyzero._version import __version__
 from pyzero.info import info
 from pyzero.ops import fused_adamw
 from pyzero.optim import FusedAdam, FusedAdamW
-from pyzero.zero import FusedShardedAdam, plan
+from pyzero.zero import FusedShardedAdam, full_state_dict, plan, zero_init
 
-__all__ = ["FusedAdam", "FusedAdamW", "FusedShardedAdam", "__version__", "fused_adamw", "info", "plan"]
+__all__ = [
+    "FusedAdam",
+    "FusedAdamW",
+    "FusedShardedAdam",
+    "__version__",
+    "full_state_dict",
+    "fused_adamw",
+    "info",
+    "plan",
+    "zero_init",
+]

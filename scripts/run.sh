@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The project's one entry point; sets everything up on first use (venv, dependencies, the build).
 #   bash scripts/run.sh demo    the main job: `pyzero demo` (info + fused AdamW vs torch), then sharded
-#                               training of a small GPT on 2 local gloo ranks (ZeRO stage 2) checked
-#                               against an unsharded run, then trees: compile + verify + speed
+#                               training of a small GPT on 2 local gloo ranks (ZeRO stage 3, built
+#                               under zero_init) checked against an unsharded run, then trees:
+#                               compile + verify + speed
 #   bash scripts/run.sh test    all tests: C++ unit tests (ctest) and pytest
 #   bash scripts/run.sh setup   only the set-up
 set -euo pipefail
@@ -40,7 +41,7 @@ case "${1:-}" in
   demo)
     setup
     "$VENV/bin/pyzero" demo "${@:2}"
-    "$VENV/bin/torchrun" --standalone --nproc_per_node=2 examples/train_gpt.py --zero-stage 2
+    "$VENV/bin/torchrun" --standalone --nproc_per_node=2 examples/train_gpt.py --zero-stage 3 --zero-init
     "$PY" examples/trees_demo.py
     ;;
   test)

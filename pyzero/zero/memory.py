@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from pyzero.zero.layout import FlatLayout, make_layout
+from pyzero.zero.units import UnitPolicy, plan_units, working_set
+from pyzero.zero.zero_init import full_numel
 
 CATEGORIES = ("params", "grads", "master", "exp_avg", "exp_avg_sq", "buffers")
 MASTER_DTYPE = torch.float32
@@ -79,6 +81,9 @@ def plan(
     bucket_cap_mb: float = 25,
     reduce_dtype: torch.dtype | None = None,
     accumulation_steps: int = 1,
+    prefetch: int = 2,
+    units: UnitPolicy = None,
+    reshard_after_forward: bool = True,
 ) -> dict[str, int]:
     """Predicted per-rank bytes of model states before training (see the module docstring).
 
@@ -86,14 +91,32 @@ def plan(
     groups them, one param group) or a parameter count. param_dtype: defaults to the module's
     parameter dtype(s), or fp32 for a count. Reproduces the ZeRO paper's Figure 1, e.g.
     plan(7_500_000_000, 64, 2, torch.float16)["model_states"] ~ 16.6e9.
+
+    Stage 3 with a module lays out each unit (Note [Stage-3 units]; frozen parameters are stored too)
+    and adds "working_set": the gathered bytes the schedule can hold at once, pinned units plus the
+    (prefetch + 1) largest others (Note [Stage-3 schedule]). Modules called more than once per step
+    or parameters read outside their module's forward are only known once training runs: the
+    optimizer's memory_report()["working_set"] includes them.
     """
     if stage not in (0, 1, 2, 3):
         raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage}")
+    if stage == 3 and isinstance(model_or_numel, nn.Module):
+        return _plan_stage3(
+            model_or_numel,
+            world_size,
+            param_dtype,
+            bucket_cap_mb,
+            reduce_dtype,
+            accumulation_steps,
+            prefetch,
+            units,
+            reshard_after_forward,
+        )
     groups: list[tuple[torch.dtype, list[int]]] = []
     if isinstance(model_or_numel, nn.Module):
         by_dtype: dict[torch.dtype, list[int]] = {}
         for p in reversed([p for p in model_or_numel.parameters() if p.requires_grad]):
-            by_dtype.setdefault(param_dtype or p.dtype, []).append(p.numel())
+            by_dtype.setdefault(param_dtype or p.dtype, []).append(full_numel(p))
         groups = list(by_dtype.items())
     else:
         groups = [(param_dtype or torch.float32, [int(model_or_numel)])]
@@ -103,3 +126,43 @@ def plan(
         layout = make_layout(numels, world_size, bucket_elems(bucket_cap_mb, rd))
         parts.append(group_bytes(layout, stage, dtype, rd, accumulation_steps))
     return total(parts)
+
+
+def _plan_stage3(
+    model: nn.Module,
+    world_size: int,
+    param_dtype: torch.dtype | None,
+    bucket_cap_mb: float,
+    reduce_dtype: torch.dtype | None,
+    accumulation_steps: int,
+    prefetch: int,
+    units: UnitPolicy,
+    reshard_after_forward: bool,
+) -> dict[str, int]:
+    """plan() for stage 3 with a module: the same flat groups FusedShardedAdam(stage=3) builds."""
+    unit_plan = plan_units(model, units)
+    parts, unit_bytes = [], []
+    for spec in unit_plan.units:
+        keyed: dict[tuple[bool, torch.dtype], list[int]] = {}
+        for p in reversed(spec.params):
+            keyed.setdefault((not p.requires_grad, param_dtype or p.dtype), []).append(full_numel(p))
+        full = 0
+        for (frozen, dtype), numels in sorted(keyed.items(), key=lambda kv: kv[0][0]):
+            rd = reduce_dtype or default_reduce_dtype(dtype)
+            layout = make_layout(numels, world_size, bucket_elems(bucket_cap_mb, rd))
+            size = torch.empty((), dtype=dtype).element_size()
+            full += layout.flat_numel * size
+            if frozen:
+                parts.append(dict.fromkeys(CATEGORIES, 0) | {"params": layout.partition_numel * size})
+            else:
+                parts.append(group_bytes(layout, 3, dtype, rd, accumulation_steps))
+        unit_bytes.append(full)
+    out = total(parts)
+    if reshard_after_forward:
+        frozen_units = {
+            i for i, spec in enumerate(unit_plan.units) if any(not p.requires_grad for p in spec.params)
+        }
+        out["working_set"] = working_set(unit_bytes, unit_plan.pinned() | frozen_units, prefetch)
+    else:
+        out["working_set"] = sum(unit_bytes)
+    return out

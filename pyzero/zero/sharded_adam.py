@@ -1,9 +1,11 @@
-"""FusedShardedAdam: ZeRO stage 1 (optimizer state partitioned) and stage 2 (+ gradients).
+"""FusedShardedAdam: ZeRO stage 1 (optimizer state partitioned), stage 2 (+ gradients) and
+stage 3 (+ parameters).
 
 Parameters live in flat buffers (Note [Flat layout] in layout.py); model parameters are views into
 them. Gradients are reduce-scattered bucket by bucket from post-accumulate-grad hooks while
-backward runs; one fused AdamW pass updates each rank's partition; updated parameters come back by
-bucketed all-gather straight into the flat buffers.
+backward runs; one fused AdamW pass updates each rank's partition; in stages 1-2 updated parameters
+come back by bucketed all-gather straight into the flat buffers, in stage 3 each unit is gathered
+when the next forward needs it (stage3.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ from pyzero.zero import memory
 from pyzero.zero.comm import Comm
 from pyzero.zero.layout import FlatLayout, make_layout
 from pyzero.zero.loss_scaler import DynamicLossScaler
+from pyzero.zero.param_use import ParamUseMode
+from pyzero.zero.stage3 import Stage3Engine, is_managed
+from pyzero.zero.units import UnitPolicy
+from pyzero.zero.zero_init import full_numel, full_shape
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Added to the global gradient norm before dividing, as torch.nn.utils.clip_grad_norm_ does.
@@ -29,9 +35,21 @@ CLIP_EPS = 1e-6
 
 
 class _FlatGroup:
-    """One flat buffer: the trainable params of one (param group, dtype) and their shards."""
+    """One flat buffer: the params of one (param group, dtype) (stage 3: of one unit) and their shards.
 
-    def __init__(self, opt: FusedShardedAdam, group_index: int, params: list[nn.Parameter]) -> None:
+    Stages 1-2 keep the full flat buffer (`flat_param`; model parameters are views into it). Stage 3
+    keeps only this rank's `partition`; `full` is a buffer whose storage is allocated while the unit
+    is gathered and resized to zero bytes when it is freed (Note [Stage-3 storage] in stage3.py).
+    group_index None marks a stage-3 group of frozen parameters: stored and gathered, never updated.
+    """
+
+    def __init__(
+        self,
+        opt: FusedShardedAdam,
+        group_index: int | None,
+        params: list[nn.Parameter],
+        stage3: tuple[FlatLayout, Tensor] | None = None,
+    ) -> None:
         comm, stage = opt.comm, opt.stage
         self.group_index = group_index
         self.params = params
@@ -39,21 +57,41 @@ class _FlatGroup:
         self.device = params[0].device
         self.reduce_dtype = opt.reduce_dtype or memory.default_reduce_dtype(self.dtype)
         self.shard_dtype = memory.grad_shard_dtype(stage, self.reduce_dtype, opt.accumulation_steps)
-        self.layout: FlatLayout = make_layout(
-            [p.numel() for p in params],
-            comm.world_size,
-            memory.bucket_elems(opt.bucket_cap_mb, self.reduce_dtype),
-        )
+        # stage 3: the layout and the full values (every rank's the same), assembled by the engine.
+        values = None
+        if stage3 is not None:
+            self.layout, values = stage3
+        else:
+            self.layout = make_layout(
+                [p.numel() for p in params],
+                comm.world_size,
+                memory.bucket_elems(opt.bucket_cap_mb, self.reduce_dtype),
+            )
         lay, rank, dev = self.layout, comm.rank, self.device
-        # Model parameters become views into one flat buffer (rank 0's values, broadcast).
-        self.flat_param = torch.zeros(lay.flat_numel, dtype=self.dtype, device=dev)
-        with torch.no_grad():
-            for p, off in zip(params, lay.offsets, strict=True):
-                self.flat_param[off : off + p.numel()].copy_(p.detach().reshape(-1))
-                p.data = self.flat_param[off : off + p.numel()].view_as(p)
-        comm.broadcast(self.flat_param, 0)
         shard_ranges = [lay.shard_range(b, rank) for b in range(lay.num_buckets)]
-        self.param_shards = [self.flat_param[s:e] for s, e in shard_ranges]
+        if values is None:
+            # Model parameters become views into one flat buffer (rank 0's values, broadcast).
+            self.flat_param = torch.zeros(lay.flat_numel, dtype=self.dtype, device=dev)
+            with torch.no_grad():
+                for p, off in zip(params, lay.offsets, strict=True):
+                    self.flat_param[off : off + p.numel()].copy_(p.detach().reshape(-1))
+                    p.data = self.flat_param[off : off + p.numel()].view_as(p)
+            comm.broadcast(self.flat_param, 0)
+            self.partition = None
+            self.full = None
+            self.param_shards = [self.flat_param[s:e] for s, e in shard_ranges]
+        else:
+            self.flat_param = None
+            self.partition = torch.cat([values[s:e] for s, e in shard_ranges])
+            self.param_shards = self._split(self.partition)
+            self.full = torch.empty(lay.flat_numel, dtype=self.dtype, device=dev)
+            self.full.untyped_storage().resize_(0)
+        self.trainable = group_index is not None
+        if not self.trainable:
+            self.master = self.flat_grad = self.grad_shard = None
+            self.exp_avg = self.exp_avg_sq = None
+            self.bucket_bufs: list[Tensor | None] = [None] * lay.num_buckets
+            return
         p_numel = lay.partition_numel
         # fp32 master weights: the param shards themselves for fp32 params, a separate buffer otherwise.
         if self.dtype == memory.MASTER_DTYPE:
@@ -66,7 +104,7 @@ class _FlatGroup:
         self.exp_avg_sq = torch.zeros(p_numel, dtype=torch.float32, device=dev)
         self.steps = [torch.zeros((), dtype=torch.float32, device=dev) for _ in range(lay.num_buckets)]
         # Gradients: stage 1 keeps the full flat gradient (reduce-scattered in place: a rank's shards
-        # are the matching ranges of it); stage 2 keeps only the shards, buckets are transient.
+        # are the matching ranges of it); stages 2-3 keep only the shards, buckets are transient.
         if stage == 1:
             self.flat_grad = torch.zeros(lay.flat_numel, dtype=self.reduce_dtype, device=dev)
             self.grad_shard = None
@@ -75,7 +113,7 @@ class _FlatGroup:
             self.flat_grad = None
             self.grad_shard = torch.zeros(p_numel, dtype=self.shard_dtype, device=dev)
             self.grad_shards = self._split(self.grad_shard)
-        self.bucket_bufs: list[Tensor | None] = [None] * lay.num_buckets
+        self.bucket_bufs = [None] * lay.num_buckets
         self.pieces = [lay.param_pieces(i) for i in range(len(params))]
         self.params_per_bucket = [0] * lay.num_buckets
         for pieces in self.pieces:
@@ -84,6 +122,10 @@ class _FlatGroup:
         self.remaining = list(self.params_per_bucket)
         self.launched = [False] * lay.num_buckets  # reduction launched in the current backward
         self.shard_filled = [False] * lay.num_buckets  # stage 2: shard already holds gradient this cycle
+
+    def full_bytes(self) -> int:
+        """Bytes of the whole flat buffer in the parameter dtype (what a stage-3 gather allocates)."""
+        return self.layout.flat_numel * torch.empty((), dtype=self.dtype).element_size()
 
     def _split(self, partition: Tensor) -> list[Tensor]:
         lay = self.layout
@@ -103,7 +145,7 @@ class _FlatGroup:
 
 
 class FusedShardedAdam(torch.optim.Optimizer):
-    """AdamW with ZeRO stage 1 or 2 sharding over a torch.distributed process group.
+    """AdamW with ZeRO stage 1, 2 or 3 sharding over a torch.distributed process group.
 
     Each rank runs the same model on its own micro-batch; the optimizer owns gradient reduction (no
     DDP wrapper): gradients are averaged over ranks by bucketed reduce-scatter launched from
@@ -114,7 +156,9 @@ class FusedShardedAdam(torch.optim.Optimizer):
     Args:
         model_or_params: an nn.Module (its trainable parameters, one group) or an iterable of params /
             param-group dicts (torch style, per-group lr / weight_decay / betas / eps).
-        stage: 1 (optimizer state sharded) or 2 (+ gradients).
+        stage: 1 (optimizer state sharded), 2 (+ gradients) or 3 (+ parameters: needs the nn.Module;
+            each rank stores 1/N of every unit and gathers units around their forward and backward,
+            see stage3.py).
         process_group: group to shard over (default: the default group; none initialized = 1 rank).
         bucket_cap_mb: gradient bucket size in MiB of the reduce dtype.
         overlap_comm: launch reductions asynchronously during backward (else at step()).
@@ -128,6 +172,13 @@ class FusedShardedAdam(torch.optim.Optimizer):
             k-th backward, stage 2 reduce-scatters every backward into an fp32 shard accumulator.
         adamw_mode: decoupled weight decay (AdamW, default) or L2 (Adam).
         backend: fused kernel backend, as for pyzero.FusedAdamW.
+        param_groups: with an nn.Module, torch-style param groups over its parameters (else one group).
+        prefetch: stage 3: units gathered ahead of the one computing, in the recorded order (1, like
+            FSDP2: measured on 2 CPU ranks, deeper prefetch only takes cores from compute).
+        reshard_after_forward: stage 3: free gathered units after their forward (gathered again for
+            backward: 1.5x stage 2's traffic) or keep them until their backward (stage 2's traffic).
+        units: stage 3 units of sharding (Note [Stage-3 units]): None (each module owning parameters),
+            a sequence of module classes, or a predicate fn(module) -> bool.
 
     `with opt.no_sync():` accumulates gradients with no communication at all until the next
     backward outside it (stage 2 then keeps full local gradients of the buckets meanwhile).
@@ -153,9 +204,15 @@ class FusedShardedAdam(torch.optim.Optimizer):
         accumulation_steps: int = 1,
         adamw_mode: bool = True,
         backend: str = "auto",
+        param_groups: Iterable[dict[str, Any]] | None = None,
+        prefetch: int = 1,
+        reshard_after_forward: bool = True,
+        units: UnitPolicy = None,
     ) -> None:
-        if stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2 (stage 3 needs the ZeRO-3 engine), got {stage}")
+        if stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
+        if not isinstance(prefetch, int) or prefetch < 0:
+            raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
         if master_dtype != torch.float32:
             raise ValueError(
                 f"master_dtype must be torch.float32 (the fused kernel's contract), got {master_dtype}"
@@ -174,7 +231,30 @@ class FusedShardedAdam(torch.optim.Optimizer):
             raise ValueError(
                 "overlap_param_gather=True needs the nn.Module (its forward pre-hooks wait for params)"
             )
-        params = module.parameters() if module is not None else model_or_params
+        if stage == 3 and module is None:
+            raise ValueError(
+                "stage 3 needs the nn.Module itself as model_or_params (it gathers parameters around each "
+                "unit's forward and backward), got an iterable of parameters; per-group settings go in "
+                "param_groups="
+            )
+        if stage == 3 and module is not None and is_managed(module):
+            raise ValueError(f"{type(module).__name__} already has a stage-3 optimizer")
+        if stage == 3 and overlap_param_gather:
+            raise ValueError(
+                "overlap_param_gather is for stages 1-2; stage 3 gathers parameters in forward (prefetch=)"
+            )
+        if param_groups is not None and module is None:
+            raise ValueError("param_groups= goes with an nn.Module; give the groups as model_or_params")
+        if units is not None and stage != 3:
+            raise ValueError(f"units= chooses stage-3 units of sharding; this optimizer has stage {stage}")
+        if param_groups is not None:
+            params = list(param_groups)
+        elif module is not None:
+            params = (
+                [p for p in module.parameters() if p.requires_grad] if stage == 3 else module.parameters()
+            )
+        else:
+            params = model_or_params
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self.stage = stage
@@ -196,6 +276,8 @@ class FusedShardedAdam(torch.optim.Optimizer):
             raise ValueError(f"loss_scale must be 'dynamic', a number or None, got {loss_scale!r}")
         self.overlap_param_gather = overlap_param_gather
         self._gathers: dict[tuple[int, int], Any] = {}  # (flat group, bucket) -> all-gather in flight
+        self.stage3: Stage3Engine | None = None
+        self._stage3_args = (module, units, prefetch, reshard_after_forward)
         self._build_groups()
         if overlap_param_gather:
             self._register_prefetch_waits(module)
@@ -215,7 +297,7 @@ class FusedShardedAdam(torch.optim.Optimizer):
         devices = {p.device for p in trainable}
         if len(devices) > 1:
             raise ValueError(f"all parameters must be on one device, got {sorted(str(d) for d in devices)}")
-        total = sum(p.numel() for p in trainable)
+        total = sum(full_numel(p) for p in trainable)
         if total < self.comm.world_size:
             raise ValueError(
                 f"world size {self.comm.world_size} is larger than the number of trainable parameter "
@@ -226,22 +308,25 @@ class FusedShardedAdam(torch.optim.Optimizer):
             raise ValueError(
                 f"the {self.comm.backend} process group needs parameters on {need}, got {devices}"
             )
-        self.groups: list[_FlatGroup] = []
         for gi, group in enumerate(self.param_groups):
-            by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
             for pi, p in enumerate(group["params"]):
                 if p.dtype not in SUPPORTED_DTYPES:
                     raise ValueError(
                         f"param_groups[{gi}]['params'][{pi}] has dtype {p.dtype}; "
                         f"supported: {SUPPORTED_DTYPES}"
                     )
-            for p in reversed(group["params"]):  # gradients are ready roughly in reverse order
-                if p.requires_grad:
-                    by_dtype.setdefault(p.dtype, []).append(p)
-            for params in by_dtype.values():
-                self.groups.append(_FlatGroup(self, gi, params))
-        mine = [(g.group_index, str(g.dtype), g.layout.fingerprint()) for g in self.groups]
-        mine.append(("config", self.stage, self.accumulation_steps))
+        # Every rank must build the same layout: compared before any collective that depends on it.
+        module, units, prefetch, reshard = self._stage3_args
+        mine = [
+            (gi, str(p.dtype), tuple(full_shape(p)), p.requires_grad)
+            for gi, group in enumerate(self.param_groups)
+            for p in group["params"]
+        ]
+        if module is not None and self.stage == 3:
+            mine.append(
+                ("frozen", [tuple(full_shape(p)) for p in module.parameters() if not p.requires_grad])
+            )
+        mine.append(("config", self.stage, self.accumulation_steps, self.bucket_cap_mb, prefetch, reshard))
         everyone = self.comm.all_gather_object(mine)
         for r, theirs in enumerate(everyone):
             if theirs != mine:
@@ -250,6 +335,17 @@ class FusedShardedAdam(torch.optim.Optimizer):
                     f"{self.comm.rank} (different model, param groups, stage, bucket size or world size in "
                     "the process group); every rank must construct the optimizer identically"
                 )
+        self.groups: list[_FlatGroup] = []
+        if self.stage == 3:
+            self.stage3 = Stage3Engine(self, module, units, prefetch, reshard)
+        else:
+            for gi, group in enumerate(self.param_groups):
+                by_dtype: dict[torch.dtype, list[nn.Parameter]] = {}
+                for p in reversed(group["params"]):  # gradients are ready roughly in reverse order
+                    if p.requires_grad:
+                        by_dtype.setdefault(p.dtype, []).append(p)
+                for params in by_dtype.values():
+                    self.groups.append(_FlatGroup(self, gi, params))
         self._hooks = []
         for g in self.groups:
             for i, p in enumerate(g.params):
@@ -259,7 +355,7 @@ class FusedShardedAdam(torch.optim.Optimizer):
     def _sync_this_backward(self) -> bool:
         if self._no_sync:
             return False
-        if self.stage == 2:
+        if self.stage >= 2:
             return True  # stage 2 reduces every backward into its shard accumulator
         return (self._micro + 1) % self.accumulation_steps == 0
 
@@ -270,14 +366,14 @@ class FusedShardedAdam(torch.optim.Optimizer):
                 return
             p.grad = None
             self._receive(g, index, grad)
+            if self.stage3 is not None:
+                self.stage3.on_gradient(p)
 
         return hook
 
     def _receive(self, g: _FlatGroup, index: int, grad: Tensor) -> None:
         self._backward_seen = True
-        if not self._callback_queued:
-            self._callback_queued = True
-            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+        self._queue_end_of_backward()
         flat = grad.detach().reshape(-1)
         off = g.layout.offsets[index]
         sync = self._sync_this_backward()
@@ -293,6 +389,11 @@ class FusedShardedAdam(torch.optim.Optimizer):
         if sync and self.overlap_comm:
             self._launch_ready(g)
         self._release_finished()
+
+    def _queue_end_of_backward(self) -> None:
+        if not self._callback_queued:
+            self._callback_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
 
     def _launch_ready(self, g: _FlatGroup, force: bool = False) -> None:
         """Launches, in bucket order (the same on every rank), buckets whose gradients are complete."""
@@ -330,6 +431,8 @@ class FusedShardedAdam(torch.optim.Optimizer):
             g.remaining = list(g.params_per_bucket)
         self._unlaunched = not sync
         self._release_finished()
+        if self.stage3 is not None:
+            self.stage3.end_backward()
 
     def _release_finished(self) -> None:
         """Completes finished reductions in order (frees stage-2 bucket buffers early)."""
@@ -343,7 +446,7 @@ class FusedShardedAdam(torch.optim.Optimizer):
                 g.grad_shards[b].add_(temp)
             else:
                 g.grad_shards[b].copy_(temp)
-        if self.stage == 2:
+        if self.stage >= 2:
             g.bucket_bufs[b] = None
 
     def _finish_reductions(self) -> None:
@@ -391,12 +494,14 @@ class FusedShardedAdam(torch.optim.Optimizer):
             )
         self._micro += 1
         if self._micro % self.accumulation_steps != 0:
-            if self.stage == 2:
+            if self.stage >= 2:
                 self._finish_reductions()
             return loss
         self._micro = 0
         self._backward_seen = False
         self._finish_reductions()
+        if self.stage3 is not None:
+            self.stage3.release_all()  # a gathered copy would go stale with the update
         world, scale = self.comm.world_size, self.loss_scale
         grad_scale = 1.0 / (world * scale)
         self.last_step_skipped = False
@@ -440,8 +545,9 @@ class FusedShardedAdam(torch.optim.Optimizer):
                 maximize=False,
                 grad_scale=gs,
             )
-        # Buckets go out last-first: the last bucket holds the first layers' parameters (reverse packing).
-        for gi, g in enumerate(self.groups):
+        # Stage 3 gathers each unit when the next forward needs it. Stages 1-2: buckets go out
+        # last-first (the last bucket holds the first layers' parameters: reverse packing).
+        for gi, g in enumerate(self.groups if self.stage3 is None else []):
             for b in reversed(range(g.layout.num_buckets)):
                 s, e = g.layout.bucket_bounds[b]
                 self._gathers[(gi, b)] = self.comm.all_gather(
@@ -461,17 +567,47 @@ class FusedShardedAdam(torch.optim.Optimizer):
                 work.wait()
 
     def _register_prefetch_waits(self, module: nn.Module) -> None:
-        """Forward pre-hooks: each module waits only for the buckets holding its own parameters."""
+        """Forward pre-hooks: each module waits only for the buckets holding its own parameters. The
+        first forward also watches parameter reads (ParamUseMode): a parameter read outside its
+        module's forward (a parent reading `self.child.weight`) adds its buckets to the innermost
+        running module's waits."""
         where: dict[int, list[tuple[int, int]]] = {}
         for gi, g in enumerate(self.groups):
             for i, p in enumerate(g.params):
                 where.setdefault(id(p), []).extend((gi, b) for b, _, _ in g.pieces[i])
+        waits: dict[nn.Module, list[tuple[int, int]]] = {}
         for m in module.modules():
             keys = sorted({k for p in m.parameters(recurse=False) for k in where.get(id(p), [])})
-            if keys:
-                self._hooks.append(
-                    m.register_forward_pre_hook(lambda _m, _a, keys=keys: self.wait_for_params(keys))
-                )
+            if keys or m is module:
+                waits[m] = keys
+        stack: list[nn.Module] = []
+        recording: list[ParamUseMode] = []
+
+        def on_use(p: nn.Parameter) -> None:
+            waited = {k for m in stack for k in waits[m]}
+            missing = [k for k in where.get(id(p), []) if k not in waited]
+            if missing and stack:
+                waits[stack[-1]].extend(missing)
+                self.wait_for_params(missing)
+
+        def pre(m: nn.Module, _args: Any) -> None:
+            if m is module and not stack and self._record_param_uses:
+                recording.append(ParamUseMode(on_use))
+                recording[-1].__enter__()
+            stack.append(m)
+            self.wait_for_params(waits[m])
+
+        def post(m: nn.Module, _args: Any, _out: Any) -> None:
+            if stack and stack[-1] is m:
+                stack.pop()
+            if m is module and not stack and recording:
+                recording.pop().__exit__(None, None, None)
+                self._record_param_uses = False
+
+        self._record_param_uses = True
+        for m in waits:
+            self._hooks.append(m.register_forward_pre_hook(pre))
+            self._hooks.append(m.register_forward_hook(post, always_call=True))
 
     def _clear_grads(self) -> None:
         for g in self.groups:
@@ -488,16 +624,22 @@ class FusedShardedAdam(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------------ reporting
     def memory_report(self) -> dict[str, int]:
-        """Bytes this rank holds per category (see pyzero.zero.memory), measured from the tensors."""
+        """Bytes this rank holds per category (see pyzero.zero.memory), measured from the tensors.
+
+        Stage 3 adds gathered_peak (most bytes of gathered units held at once so far) and working_set
+        (the bound the schedule keeps that under, as pyzero.plan predicts it)."""
 
         def nbytes(t: Tensor | None) -> int:
             return 0 if t is None else t.numel() * t.element_size()
 
         parts = []
+        frozen = [] if self.stage3 is None else self.stage3.frozen_groups
+        for g in frozen:
+            parts.append({k: 0 for k in memory.CATEGORIES} | {"params": nbytes(g.partition)})
         for g in self.groups:
             parts.append(
                 {
-                    "params": nbytes(g.flat_param),
+                    "params": nbytes(g.flat_param) + nbytes(g.partition),
                     "grads": nbytes(g.flat_grad) + nbytes(g.grad_shard),
                     "master": nbytes(g.master),
                     "exp_avg": nbytes(g.exp_avg),
@@ -505,7 +647,32 @@ class FusedShardedAdam(torch.optim.Optimizer):
                     "buffers": sum(nbytes(t) for t in g.bucket_bufs),
                 }
             )
-        return memory.total(parts)
+        out = memory.total(parts)
+        if self.stage3 is not None:
+            out["gathered_peak"] = self.stage3.peak_gathered_bytes
+            out["working_set"] = self.stage3.working_set_bound()
+        return out
+
+    # ------------------------------------------------------------------------------- stage 3
+    def _engine(self) -> Stage3Engine:
+        if self.stage3 is None:
+            raise ValueError(
+                f"this is a stage-{self.stage} optimizer; parameters are only sharded in stage 3"
+            )
+        return self.stage3
+
+    def gathered_parameters(
+        self, params: Iterable[Tensor] | None = None, modifier_rank: int | None = None
+    ) -> contextlib.AbstractContextManager[None]:
+        """Stage 3: full parameters (all, or the units holding `params`) inside the context; every rank
+        must enter it. With modifier_rank=r, rank r's in-place changes are written back to every rank's
+        partition on exit (e.g. a custom re-initialisation); without it, a change raises."""
+        return self._engine().gathered(params, modifier_rank)
+
+    def register_external_parameter(self, module: nn.Module, param: nn.Parameter) -> None:
+        """Stage 3: `module`'s forward uses `param`, which belongs to another unit (a tied weight read by
+        a parent, say). Uses inside the model's forward are also detected on the first step."""
+        self._engine().register_external_parameter(module, param)
 
     def comm_report(self) -> dict[str, float]:
         """Bytes per collective kind since the last reset (full tensors) and sent per rank (ring)."""

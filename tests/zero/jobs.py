@@ -2,21 +2,46 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
 
 from pyzero import FusedShardedAdam, plan
-from tests.zero.models import batches, loss_fn, make_model, param_groups
+from tests.zero.models import batches, gpt_batches, loss_fn, make_model, param_groups, small_gpt_config
 
 PARITY_STEPS = 10
 LR = 1e-2
 # A bucket of 71 fp32 elements (rounded down to the layout's unit): parameters straddle buckets.
 TINY_BUCKET_MB = 71 * 4 / 2**20
+# Prefetch depth of stage3_accounting_job (its communication theory depends on it).
+STAGE3_PREFETCH = 1
 
 
-def flat_params(model) -> torch.Tensor:
-    return torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+def flat_params(model, opt=None) -> torch.Tensor:
+    """All parameters, flattened in model order (stage 3: gathered for the occasion)."""
+    with opt.gathered_parameters() if opt is not None and opt.stage == 3 else contextlib.nullcontext():
+        return torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+
+
+def make_optimizer(model, cfg: dict, **kwargs) -> FusedShardedAdam:
+    """The optimizer a parity config asks for (stage 3: the model plus param groups)."""
+    if cfg["stage"] == 3:
+        return FusedShardedAdam(
+            model,
+            param_groups=param_groups(model),
+            stage=3,
+            prefetch=cfg.get("depth", 2),
+            reshard_after_forward=cfg.get("reshard", True),
+            units=cfg.get("units"),
+            **kwargs,
+        )
+    return FusedShardedAdam(
+        model if cfg.get("prefetch") else param_groups(model),
+        overlap_param_gather=cfg.get("prefetch", False),
+        stage=cfg["stage"],
+        **kwargs,
+    )
 
 
 def reference(world: int, cfg: dict) -> torch.Tensor:
@@ -42,14 +67,13 @@ def parity_job(rank: int, world: int, configs: list[dict]) -> list[float]:
     """Relative error vs the fp64 single-process reference, per config (computed on rank 0)."""
     errors = []
     for cfg in configs:
-        model = make_model(dtype=cfg.get("dtype", torch.float32))
+        model = make_model(dtype=cfg.get("dtype", torch.float32), checkpoint=cfg.get("checkpoint", False))
         accum = cfg.get("accum", 1)
         no_sync = cfg.get("no_sync", False)
-        opt = FusedShardedAdam(
-            model if cfg.get("prefetch") else param_groups(model),
+        opt = make_optimizer(
+            model,
+            cfg,
             lr=LR,
-            overlap_param_gather=cfg.get("prefetch", False),
-            stage=cfg["stage"],
             bucket_cap_mb=cfg.get("bucket_mb", TINY_BUCKET_MB),
             max_grad_norm=cfg.get("clip"),
             accumulation_steps=1 if no_sync else accum,
@@ -66,7 +90,7 @@ def parity_job(rank: int, world: int, configs: list[dict]) -> list[float]:
                 opt.step()
                 opt.zero_grad()
         opt.wait_for_params()
-        ours = flat_params(model)
+        ours = flat_params(model, opt)
         gathered = [torch.zeros_like(ours) for _ in range(world)]
         torch.distributed.all_gather(gathered, ours)
         if any(not torch.equal(g, ours) for g in gathered):
@@ -169,3 +193,142 @@ def state_dict_job(rank: int, world: int) -> dict:
         loss_fn(twin, data[step][rank]).backward()
         opt2.step()
     return {"equal": torch.equal(flat_params(model), flat_params(twin))}
+
+
+def _sample_peaks(engine) -> list[int]:
+    """Measures engine.held_param_bytes() (every parameter storage this rank holds) right after each
+    gather starts or completes: the moments the held bytes can grow."""
+    peaks = [engine.held_param_bytes()]
+    for name in ("_gather", "_wait"):
+        inner = getattr(engine, name)
+
+        def sampled(u, inner=inner):
+            inner(u)
+            peaks.append(engine.held_param_bytes())
+
+        setattr(engine, name, sampled)
+    return peaks
+
+
+def stage3_accounting_job(rank: int, world: int) -> dict:
+    """Stage 3 on examples/gpt.py's GPT with Block units: memory_report vs plan, measured peak of
+    parameter bytes, and communication bytes per step for stage 3 and stage 2."""
+    from gpt import GPT, Block, lm_loss
+
+    cfg = small_gpt_config(layers=6)
+    data = gpt_batches(2, world)
+    out: dict = {}
+    for reshard in (True, False):
+        torch.manual_seed(0)
+        model = GPT(cfg)
+        full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        kw = dict(
+            units=[Block],
+            prefetch=STAGE3_PREFETCH,
+            reshard_after_forward=reshard,
+            bucket_cap_mb=TINY_BUCKET_MB,
+        )
+        planned = plan(model, world, 3, **kw)
+        opt = FusedShardedAdam(model, stage=3, **kw)
+        peaks = _sample_peaks(opt.stage3)
+        for step in range(2):
+            if step == 1:
+                opt.comm.reset_counts()
+            lm_loss(model, data[step][rank]).backward()
+            opt.step()
+        out[f"reshard={reshard}"] = {
+            "report": opt.memory_report(),
+            "plan": planned,
+            "peak": max(peaks),
+            "full_bytes": full_bytes,
+            "flat_bytes": opt.stage3.flat_numel() * 4,
+            "comm": dict(opt.comm.bytes),
+            "root_units": [u.index for u in opt.stage3.needs[model]],
+            "unit_bytes": [u.full_bytes for u in opt.stage3.units],
+            "fwd_order": opt.stage3.fwd_order,
+            "bwd_order": opt.stage3.bwd_order,
+            "order_changes": opt.stage3.order_changes,
+        }
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    opt = FusedShardedAdam(model, stage=2, bucket_cap_mb=TINY_BUCKET_MB)
+    for step in range(2):
+        if step == 1:
+            opt.comm.reset_counts()
+        lm_loss(model, data[step][rank]).backward()
+        opt.step()
+    out["stage2"] = {
+        "comm": dict(opt.comm.bytes),
+        "flat_bytes": sum(g.layout.flat_numel for g in opt.groups) * 4,
+    }
+    return out
+
+
+def zero_init_job(rank: int, world: int, budget_fraction: float) -> dict:
+    """A GPT built under zero_init with a parameter budget below its full size, trained 3 steps; the
+    same GPT built normally and trained the same way must end identical."""
+    from gpt import GPT, Block, lm_loss
+
+    import pyzero
+
+    cfg = small_gpt_config(layers=8, dim=48)
+    torch.manual_seed(0)
+    plain = GPT(cfg)
+    init_state = {k: v.clone() for k, v in plain.state_dict().items()}
+    full_bytes = sum(p.numel() * p.element_size() for p in plain.parameters())
+    budget = int(full_bytes * budget_fraction)
+    torch.manual_seed(0)
+    with pyzero.zero_init(budget_bytes=budget) as ledger:
+        model = GPT(cfg)
+    placeholders = all(p.numel() == 0 for p in model.parameters())
+    opt = FusedShardedAdam(model, stage=3, units=[Block], prefetch=1, lr=LR)
+    build_peak = opt.stage3.build_peak_bytes
+    peaks = _sample_peaks(opt.stage3)
+    at_init = pyzero.full_state_dict(model)
+    twin_opt = FusedShardedAdam(plain, stage=3, units=[Block], prefetch=1, lr=LR)
+    data = gpt_batches(3, world)
+    for step in range(3):
+        for m, o in ((model, opt), (plain, twin_opt)):
+            lm_loss(m, data[step][rank]).backward()
+            o.step()
+    trained, twin = pyzero.full_state_dict(model), pyzero.full_state_dict(plain)
+    return {
+        "full_bytes": full_bytes,
+        "budget": budget,
+        "ledger_peak": ledger.peak,
+        "build_peak": build_peak,
+        "train_peak": max(peaks),
+        "placeholders": placeholders,
+        "init_equal": all(torch.equal(at_init[k], init_state[k]) for k in init_state),
+        "trained_equal": all(torch.equal(trained[k], twin[k]) for k in twin),
+        "changed": not all(torch.equal(trained[k], init_state[k]) for k in init_state),
+    }
+
+
+def stage3_state_dict_job(rank: int, world: int) -> dict:
+    """full_state_dict on rank 0 only and on every rank, model.state_dict(), and eval / no_grad forward
+    passes between training steps."""
+    import pyzero
+
+    model = make_model(checkpoint=True)
+    opt = FusedShardedAdam(model, stage=3, lr=LR)
+    data = batches(3, world)
+    evals = []
+    for step in range(3):
+        loss_fn(model, data[step][rank]).backward()
+        opt.step()
+        with torch.no_grad():
+            evals.append(loss_fn(model, data[0][0]).item())
+    everywhere = pyzero.full_state_dict(model)
+    rank0 = pyzero.full_state_dict(model, rank0_only=True)
+    plain = model.state_dict()
+    return {
+        "keys": sorted(everywhere),
+        "rank0_keys": sorted(rank0),
+        "equal": all(torch.equal(everywhere[k], plain[k]) for k in plain)
+        and sorted(plain) == sorted(everywhere),
+        "tied": everywhere["embed.weight"] is everywhere["head.weight"],
+        "flat": flat_params(model, opt).tolist(),
+        "evals": evals,
+        "gathered_after": opt.stage3.gathered_bytes,
+    }

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.zero.dist_utils import free_port
 
 SCRIPT = str(Path(__file__).resolve().parents[2] / "examples" / "train_gpt.py")
@@ -14,9 +16,10 @@ RUN_TIMEOUT_S = 240
 ARGS = ["--steps", "6", "--dim", "64", "--layers", "2", "--micro-batch", "4", "--device", "cpu"]
 
 
-def test_standalone_two_ranks_matches_unsharded_run():
+@pytest.mark.parametrize("stage_args", [["1"], ["3", "--zero-init"]])
+def test_standalone_two_ranks_matches_unsharded_run(stage_args):
     out = subprocess.run(
-        [*TORCHRUN, "--standalone", "--nproc_per_node=2", SCRIPT, "--zero-stage", "1", *ARGS],
+        [*TORCHRUN, "--standalone", "--nproc_per_node=2", SCRIPT, "--zero-stage", *stage_args, *ARGS],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
@@ -34,6 +37,9 @@ def test_two_nodes_through_rendezvous_on_localhost():
                 *TORCHRUN,
                 *common,
                 f"--node_rank={n}",
+                # Both "nodes" are this host: name the one that hosts the rendezvous store, instead of
+                # letting both race to bind it.
+                f"--rdzv-conf=is_host={int(n == 0)}",
                 "--rdzv-id=pyzero-test",
                 SCRIPT,
                 "--zero-stage",

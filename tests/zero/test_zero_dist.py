@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from tests.zero import jobs
 from tests.zero.dist_utils import run_ranks
@@ -23,6 +24,11 @@ CONFIGS = [
     {"stage": 2, "dtype": torch.bfloat16, "bucket_mb": 25},
     {"stage": 2, "prefetch": True},
     {"stage": 1, "prefetch": True, "accum": 2, "bucket_mb": 25},
+    {"stage": 3},
+    {"stage": 3, "checkpoint": True, "accum": 2, "clip": 0.05},
+    {"stage": 3, "depth": 0, "reshard": False, "bucket_mb": 25},
+    {"stage": 3, "units": [nn.Sequential], "accum": 2, "no_sync": True, "checkpoint": True},
+    {"stage": 3, "dtype": torch.bfloat16},
 ]
 
 

@@ -70,7 +70,7 @@ def test_world_one_without_process_group_matches_adamw():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"stage": 3}, "stage must be 1 or 2"),
+        ({"stage": 4}, "stage must be 1, 2 or 3, got 4"),
         ({"bucket_cap_mb": 0}, "bucket_cap_mb"),
         ({"loss_scale": "auto"}, "loss_scale"),
         ({"accumulation_steps": 0}, "accumulation_steps"),
