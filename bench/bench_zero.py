@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
@@ -172,15 +171,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "out" / "bench_zero.json"))
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = common.free_port()
-    procs = [ctx.Process(target=worker, args=(r, args.ranks, port, args, queue)) for r in range(args.ranks)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=3600) for _ in procs)
-    for p in procs:
-        p.join()
+    results = common.spawn_ranks(worker, args.ranks, args)
     r0 = results[0]
     n = r0["params"]
     ddp = r0["median_s"]["DDP + AdamW(fused)"]

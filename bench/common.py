@@ -122,3 +122,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spawn_ranks(worker: Callable[..., None], ranks: int, *args: object, timeout_s: float = 3600) -> dict:
+    """Runs worker(rank, ranks, port, *args, queue) in `ranks` spawned processes, each putting
+    (rank, result) on the queue; returns {rank: result}."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=worker, args=(r, ranks, port, *args, queue)) for r in range(ranks)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=timeout_s) for _ in procs)
+    for p in procs:
+        p.join()
+    return results

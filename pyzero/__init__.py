@@ -9,16 +9,27 @@ from pyzero._version import __version__
 from pyzero.info import info
 from pyzero.ops import fused_adamw
 from pyzero.optim import FusedAdam, FusedAdamW
-from pyzero.zero import FusedShardedAdam, full_state_dict, plan, zero_init
+from pyzero.zero import (
+    FusedShardedAdam,
+    consolidate_checkpoint,
+    full_state_dict,
+    load_checkpoint,
+    plan,
+    save_checkpoint,
+    zero_init,
+)
 
 __all__ = [
     "FusedAdam",
     "FusedAdamW",
     "FusedShardedAdam",
     "__version__",
+    "consolidate_checkpoint",
     "full_state_dict",
     "fused_adamw",
     "info",
+    "load_checkpoint",
     "plan",
+    "save_checkpoint",
     "zero_init",
 ]

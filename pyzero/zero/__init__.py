@@ -1,4 +1,5 @@
-"""ZeRO-sharded training: FusedShardedAdam (stages 1-3), zero_init, full state dicts, the memory plan."""
+"""ZeRO-sharded training: FusedShardedAdam (stages 1-3), zero_init, full state dicts, checkpoints,
+the memory plan."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from pyzero.zero.checkpoint import consolidate_checkpoint, load_checkpoint, save_checkpoint
 from pyzero.zero.memory import plan
 from pyzero.zero.sharded_adam import FusedShardedAdam
 from pyzero.zero.stage3 import engine_of
@@ -28,4 +30,13 @@ def register_external_parameter(module: nn.Module, param: Tensor, model: nn.Modu
     engine_of(model).register_external_parameter(module, param)
 
 
-__all__ = ["FusedShardedAdam", "full_state_dict", "plan", "register_external_parameter", "zero_init"]
+__all__ = [
+    "FusedShardedAdam",
+    "consolidate_checkpoint",
+    "full_state_dict",
+    "load_checkpoint",
+    "plan",
+    "register_external_parameter",
+    "save_checkpoint",
+    "zero_init",
+]

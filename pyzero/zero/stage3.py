@@ -704,6 +704,10 @@ class Stage3Engine:
         seq = self.fwd_order or []
         return pinned | {u for u in set(seq) if seq.count(u) > 1}
 
+    def full_shape(self, p: Tensor) -> torch.Size:
+        """A managed parameter's shape (its .data is an empty placeholder between uses)."""
+        return torch.Size(self.owner[id(p)].shapes[id(p)])
+
     @property
     def fwd_order(self) -> list[int] | None:
         """Unit indices in the order the last forward requested them."""
