@@ -9,6 +9,7 @@ from pyzero._version import __version__
 from pyzero.info import info
 from pyzero.ops import fused_adamw
 from pyzero.optim import FusedAdam, FusedAdamW
+from pyzero.trees.compiled import tree_predict_cuda, tree_predict_triton
 from pyzero.zero import (
     FusedShardedAdam,
     consolidate_checkpoint,
@@ -31,5 +32,7 @@ __all__ = [
     "load_checkpoint",
     "plan",
     "save_checkpoint",
+    "tree_predict_cuda",
+    "tree_predict_triton",
     "zero_init",
 ]

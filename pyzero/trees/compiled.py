@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from pyzero.trees import (
 )
 from pyzero.trees.forest import Forest
 
-BACKENDS = ("auto", "cpu", "torch")
+BACKENDS = ("auto", "cpu", "cuda", "torch", "triton")
 STRATEGIES = ("auto", "traverse", "perfect", "gemm")
 # verify(): random rows drawn when no X is given, and the cap on adversarial rows.
 VERIFY_RANDOM_ROWS = 2000
@@ -81,7 +82,18 @@ class CompiledForest:
         if self.backend == "torch" and strategy != "auto":
             self._torch_strategy(strategy)  # ValueError now when the forest does not fit it
         self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
-        self._kernel = self._cpu_kernel() if self.backend == "cpu" else None
+        self._kernel: Any = None
+        if self.backend == "cpu":
+            self._kernel = self._cpu_kernel()
+        elif self.backend in ("cuda", "triton"):
+            if strategy not in ("auto", "traverse"):
+                raise ValueError(
+                    f"backend={self.backend!r} walks the trees node by node: strategy must be auto or "
+                    f"traverse, got {strategy!r}"
+                )
+            self.strategy = "traverse"
+            gpu_kernel = strategies.CudaForest if self.backend == "cuda" else strategies.TritonForest
+            self._kernel = gpu_kernel(forest, device)
 
     def _torch_strategy(self, name: str):
         if name not in self._torch:
@@ -118,7 +130,8 @@ class CompiledForest:
 
     def to(self, device: str | torch.device) -> CompiledForest:
         device = torch.device(device)
-        backend = self.backend if device.type == "cpu" or self.backend == "torch" else "auto"
+        keep = device.type == "cpu" or self.backend in ("torch", "triton", "cuda")
+        backend = self.backend if keep else "auto"
         return CompiledForest(self.forest, device, self._requested_strategy, backend)
 
     # ------------------------------------------------------------------------------- inputs
@@ -232,9 +245,7 @@ def compile(
     iteration_range: XGBoost boosting rounds [start, end) to keep (as in XGBoost's predict).
     num_iteration: LightGBM iterations to keep (default: the best iteration if early stopping set one)."""
     if backend not in BACKENDS:
-        raise ValueError(
-            f"backend must be one of {BACKENDS}, got {backend!r} (cuda and triton tree kernels: not yet)"
-        )
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     forest = convert(model, iteration_range, num_iteration)
@@ -250,6 +261,20 @@ def _resolve_backend(backend: str, device: torch.device, forest: Forest) -> str:
         _native.require("trees backend='cpu'")
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs device cpu, got {device}")
+    if backend == "cuda":
+        _native.require("trees backend='cuda'")
+        if device.type != "cuda" or not _native.cuda_built():
+            built = "" if _native.cuda_built() else " (and pyzero._C was built without CUDA)"
+            raise ValueError(f"backend='cuda' needs a CUDA device, got {device}{built}")
+    if backend == "triton":
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                "backend='triton' runs on a CUDA device (or on CPU under TRITON_INTERPRET=1), got cpu"
+            )
+        try:
+            import triton  # noqa: F401
+        except ImportError as e:
+            raise ValueError("backend='triton' needs the triton package (pip install triton)") from e
     return backend
 
 
@@ -397,3 +422,37 @@ def _native_leaves(model: Any, rows: np.ndarray) -> np.ndarray | None:
 def load(path: Any, backend: str = "auto", strategy: str = "auto", device: Any = None) -> CompiledForest:
     """A CompiledForest from a file written by CompiledForest.save()."""
     return CompiledForest(Forest.load(path), torch.device(device or "cpu"), strategy, backend)
+
+
+# Attribute of a Forest holding tree_predict_triton's / tree_predict_cuda's CompiledForests by
+# (backend, device): the arrays stay uploaded for as long as the forest lives.
+GPU_CACHE_ATTR = "_pyzero_gpu"
+
+
+def tree_predict_triton(forest: Forest, X: Tensor, *, leaves: bool = False) -> Tensor:
+    """The Triton kernel on a Forest (e.g. `trees.compile(model).forest`) and X [rows, n_features], a
+    float32 (float64 for HistGradientBoosting) tensor on a CUDA device (or CPU under
+    TRITON_INTERPRET=1). Returns the raw scores before the post-transform, float64 [rows, outputs],
+    or with leaves=True the leaf index of every tree as the native apply() numbers it, int64
+    [rows, trees]."""
+    return _gpu_predict("triton", forest, X, leaves)
+
+
+def tree_predict_cuda(forest: Forest, X: Tensor, *, leaves: bool = False) -> Tensor:
+    """tree_predict_triton's twin on the CUDA kernel (csrc/cuda/tree_cuda.cu); X on a CUDA device."""
+    return _gpu_predict("cuda", forest, X, leaves)
+
+
+def _gpu_predict(backend: str, forest: Forest, X: Tensor, leaves: bool) -> Tensor:
+    if not isinstance(X, Tensor) or X.dim() != 2 or X.dtype not in (torch.float32, torch.float64):
+        got = f"{X.dtype} of shape {tuple(X.shape)}" if isinstance(X, Tensor) else type(X).__name__
+        raise ValueError(f"X must be a 2-D float32 or float64 tensor, got {got}")
+    cache = forest.__dict__.setdefault(GPU_CACHE_ATTR, {})
+    key = (backend, str(X.device))
+    cf = cache.get(key)
+    if cf is None:
+        cf = cache[key] = CompiledForest(forest, X.device, "auto", backend)
+    if leaves:
+        return cf.apply(X)
+    x, _ = cf._input(X)
+    return cf._raw(x)

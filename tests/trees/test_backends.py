@@ -71,7 +71,9 @@ def test_tree_ops_opcheck():
 
 def test_backend_and_strategy_errors():
     X, models = fitted()
-    with pytest.raises(ValueError, match=r"backend must be one of .* got 'cuda'"):
+    with pytest.raises(ValueError, match=r"backend must be one of .* got 'gpu'"):
+        trees.compile(models[0], backend="gpu")
+    with pytest.raises(ValueError, match=r"backend='cuda' needs a CUDA device, got cpu"):
         trees.compile(models[0], backend="cuda")
     with pytest.raises(ValueError, match=r"strategy must be one of .* got 'fast'"):
         trees.compile(models[0], strategy="fast")

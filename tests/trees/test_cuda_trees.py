@@ -1,5 +1,5 @@
-"""The portable torch strategies on a CUDA device give the CPU results bit for bit (tensors in and out
-stay on the GPU); categorical forests included."""
+"""On a CUDA device: the portable torch strategies and the CUDA node kernel give the CPU results bit for
+bit (tensors in and out stay on the GPU); categorical forests included."""
 
 from __future__ import annotations
 
@@ -69,3 +69,31 @@ def test_torch_strategies_on_cuda_equal_cpu():
             torch.testing.assert_close(out.cpu(), ref, atol=1e-6, rtol=0)
             assert torch.equal(cf.apply(x).cpu(), ref_leaves), (type(model).__name__, strategy)
             np.testing.assert_allclose(cf.predict_proba(X), ref.numpy(), atol=1e-6, rtol=0)
+
+
+# Batch sizes of the CUDA kernel test: one row, odd, one block's worth, many blocks.
+CUDA_BATCHES = (1, 7, 128, 10_000)
+
+
+def test_cuda_kernel_equals_the_cpu_node_kernel_bit_for_bit():
+    import pyzero
+
+    X, models = fitted_models()
+    rng = np.random.default_rng(1)
+    big = X[rng.integers(0, len(X), max(CUDA_BATCHES))]
+    for model in models:
+        cpu = trees.compile(model, backend="cpu", strategy="traverse")
+        gpu = trees.compile(model, backend="cuda", device="cuda")
+        dtype = cpu._input_dtype
+        ref_raw = cpu.decision_function(big)
+        ref_leaves = cpu.apply(big)
+        for n in CUDA_BATCHES:  # each row gets the same bits at every batch size
+            x = torch.as_tensor(big[:n], dtype=dtype, device="cuda")
+            assert np.array_equal(gpu.decision_function(x).cpu().numpy(), ref_raw[:n]), (
+                type(model).__name__,
+                n,
+            )
+            assert np.array_equal(gpu.apply(x).cpu().numpy(), ref_leaves[:n]), (type(model).__name__, n)
+        np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), atol=1e-6, rtol=0)
+        x7 = torch.as_tensor(big[:7], dtype=dtype)
+        assert torch.equal(pyzero.tree_predict_cuda(cpu.forest, x7.cuda()).cpu(), cpu._raw(cpu._input(x7)[0]))

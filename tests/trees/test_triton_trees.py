@@ -1,0 +1,96 @@
+"""The Triton tree kernel (pyzero/kernels/tree_triton.py) against the C++ node kernel, bit for bit.
+
+On CPU it runs under TRITON_INTERPRET=1 (tests/conftest.py), so the models and batches are small;
+on a GPU machine the same tests run on CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xgboost as xgb
+from sklearn.ensemble import (
+    GradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    IsolationForest,
+    RandomForestClassifier,
+)
+
+import pyzero
+from pyzero import trees
+from tests.trees.helpers import mixed_data
+
+pytestmark = pytest.mark.triton
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# Batch sizes: one row, a partial program, more than one program (BLOCK_R = 64).
+BATCHES = (1, 7, 130)
+
+
+def _models():
+    X, y = mixed_data(n=300)
+    Xf = np.nan_to_num(X)
+    cats = pd.DataFrame({"a": pd.Categorical(np.random.default_rng(1).integers(0, 5, 300)), "b": Xf[:, 0]})
+    yc = (cats["a"].cat.codes.to_numpy() % 2) + cats["b"].to_numpy()
+    return [
+        ("xgb multiclass, NaN", X, xgb.XGBClassifier(n_estimators=3, max_depth=3).fit(X, y["multi"])),
+        (
+            "xgb categorical",
+            cats,
+            xgb.XGBRegressor(n_estimators=4, max_depth=3, enable_categorical=True, tree_method="hist").fit(
+                cats, yc
+            ),
+        ),
+        (
+            "lightgbm binary, NaN",
+            X,
+            lgb.LGBMClassifier(n_estimators=4, num_leaves=6, verbose=-1).fit(X, y["bin"]),
+        ),
+        (
+            "lightgbm categorical",
+            cats,
+            lgb.LGBMRegressor(n_estimators=4, num_leaves=6, min_child_samples=5, verbose=-1).fit(cats, yc),
+        ),
+        (
+            "random forest (mean)",
+            Xf,
+            RandomForestClassifier(n_estimators=3, max_depth=4, random_state=0).fit(Xf, y["multi"]),
+        ),
+        ("gradient boosting", Xf, GradientBoostingClassifier(n_estimators=3, max_depth=2).fit(Xf, y["bin"])),
+        (
+            "hist gradient boosting (float64)",
+            X,
+            HistGradientBoostingRegressor(max_iter=3, max_depth=3).fit(X, y["reg"]),
+        ),
+        ("isolation forest", Xf, IsolationForest(n_estimators=3, random_state=0).fit(Xf)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_triton_kernel_equals_the_cpu_kernel_bit_for_bit(case):
+    name, X, model = _models()[case]
+    cpu = trees.compile(model, backend="cpu", strategy="traverse")
+    tri = trees.compile(model, backend="triton", device=DEVICE)
+    rows = X.iloc[:130] if isinstance(X, pd.DataFrame) else X[:130]
+    assert np.array_equal(tri.decision_function(rows), cpu.decision_function(rows)), name
+    assert np.array_equal(tri.apply(rows), cpu.apply(rows)), name
+    for n in BATCHES:  # every batch size gives each row the same bits
+        part = rows.iloc[:n] if isinstance(rows, pd.DataFrame) else rows[:n]
+        assert np.array_equal(tri.decision_function(part), cpu.decision_function(rows)[:n]), (name, n)
+
+
+def test_tree_predict_triton_function_and_errors():
+    X, y = mixed_data(n=200)
+    model = xgb.XGBRegressor(n_estimators=3, max_depth=3).fit(X, y["reg"])
+    cf = trees.compile(model, backend="cpu")
+    x = torch.as_tensor(X[:20], device=DEVICE)
+    raw = pyzero.tree_predict_triton(cf.forest, x)
+    assert torch.equal(raw.cpu()[:, 0], torch.as_tensor(cf.decision_function(X[:20])))
+    leaves = pyzero.tree_predict_triton(cf.forest, x, leaves=True)
+    assert torch.equal(leaves.cpu(), torch.as_tensor(cf.apply(X[:20])))
+    with pytest.raises(ValueError, match="strategy must be auto or traverse, got 'gemm'"):
+        trees.compile(model, backend="triton", strategy="gemm", device=DEVICE)
+    with pytest.raises(ValueError, match=r"X must be a 2-D float32 or float64 tensor"):
+        pyzero.tree_predict_triton(cf.forest, x[0])
