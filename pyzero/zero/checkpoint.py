@@ -117,6 +117,11 @@ def _partitions(opt: FusedShardedAdam, g: _FlatGroup) -> dict[str, Tensor]:
     return {"master": master, "exp_avg": g.exp_avg, "exp_avg_sq": g.exp_avg_sq}
 
 
+def value_kind(entry: dict) -> str:
+    """The stored kind holding a parameter's values: its fp32 master if it was trained, else itself."""
+    return "master" if "master" in entry["kinds"] else "param"
+
+
 def _json_value(v: Any) -> Any:
     if isinstance(v, Tensor):
         return v.item() if v.numel() == 1 else v.tolist()
@@ -446,7 +451,7 @@ def _apply(opt: FusedShardedAdam, model: nn.Module, index: dict, shards: Shards)
         for i, a, b, off in _pieces(g, rank):
             name, span = first[id(g.params[i])], slice(off, off + b - a)
             if not g.trainable:
-                g.partition[span].copy_(shards.read(name, "param", a, b))
+                g.partition[span].copy_(shards.read(name, value_kind(index["params"][name]), a, b))
                 continue
             master = shards.read(name, "master", a, b)
             if g.master is not None:
@@ -462,7 +467,8 @@ def _apply(opt: FusedShardedAdam, model: nn.Module, index: dict, shards: Shards)
     in_groups = {id(p) for _, g in _flat_groups(opt) for p in g.params}
     for p in model.parameters():
         if id(p) not in in_groups:
-            p.data.copy_(shards.read(first[id(p)], "param").view_as(p))
+            name = first[id(p)]
+            p.data.copy_(shards.read(name, value_kind(index["params"][name])).view_as(p))
     buffers = dict(_buffers(model))
     for name, d in index["buffers"].items():
         if name in buffers:
@@ -489,11 +495,11 @@ def consolidate_checkpoint(
     for name, e in index["params"].items():
         dtype = _dtype(e["dtype"])
         specs.append((name, dtype, e["shape"]))
-        plan.append((name, name, "master" if "master" in e["kinds"] else "param", dtype))
+        plan.append((name, name, value_kind(e), dtype))
     for alias, name in index["aliases"].items():
         e = index["params"][name]
         specs.append((alias, _dtype(e["dtype"]), e["shape"]))
-        plan.append((alias, name, "master" if "master" in e["kinds"] else "param", _dtype(e["dtype"])))
+        plan.append((alias, name, value_kind(e), _dtype(e["dtype"])))
     for name, d in index["buffers"].items():
         specs.append((name, _dtype(d["dtype"]), d["shape"]))
         plan.append((name, name, None, _dtype(d["dtype"])))

@@ -197,6 +197,15 @@ def test_low_precision_and_loss_scaler_round_trip(tmp_path, dtype, stages):
     assert all(torch.equal(a[k], b[k]) for k in a)  # one rank: the same sums, so bitwise
 
 
+def test_parameter_trained_at_save_loads_into_a_frozen_one(tmp_path):
+    path, trained, _ = _local_checkpoint(tmp_path)
+    model = make_model(seed=3)
+    model.norm.weight.requires_grad_(False)
+    opt = make_optimizer(model, {"stage": 2}, lr=LR)
+    pyzero.load_checkpoint(path, model, opt)
+    assert torch.equal(model.norm.weight, trained.norm.weight)
+
+
 def test_save_refuses_to_overwrite_and_latest_names_the_newest(tmp_path):
     path, model, opt = _local_checkpoint(tmp_path, "a")
     pyzero.save_checkpoint(tmp_path / "b", model, opt)
