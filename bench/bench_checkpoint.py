@@ -28,7 +28,7 @@ import torch.distributed as dist
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 import common  # noqa: E402
-from gpt import GPT, Block, GPTConfig, lm_loss  # noqa: E402
+from gpt import GPT, Block, lm_loss  # noqa: E402
 
 import pyzero  # noqa: E402
 
@@ -56,9 +56,9 @@ def worker(rank: int, world: int, port: int, args, root: str, queue) -> None:
         world_size=world,
         timeout=timedelta(seconds=600),
     )
-    cfg = GPTConfig(vocab=args.vocab, seq=64, dim=args.dim, layers=args.layers, heads=8)
+    cfg = common.gpt_config(args)
     torch.manual_seed(0)
-    tokens = torch.randint(0, cfg.vocab, (2, 65))
+    tokens = torch.randint(0, cfg.vocab, (2, cfg.seq + 1))
 
     def trained(stage: int):
         torch.manual_seed(0)
@@ -154,10 +154,7 @@ def worker(rank: int, world: int, port: int, args, root: str, queue) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ranks", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=10)
+    common.add_gpt_args(ap)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=str(HERE / "out" / "bench_checkpoint.json"))
     args = ap.parse_args()

@@ -24,7 +24,7 @@ import torch.distributed as dist
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "examples")]
 import common  # noqa: E402
-from gpt import GPT, Block, GPTConfig, lm_loss  # noqa: E402
+from gpt import GPT, Block, lm_loss  # noqa: E402
 
 import pyzero  # noqa: E402
 
@@ -113,7 +113,7 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
         timeout=timedelta(seconds=300),
     )
     torch.manual_seed(0)
-    cfg = GPTConfig(vocab=args.vocab, seq=args.seq, dim=args.dim, layers=args.layers, heads=args.heads)
+    cfg = common.gpt_config(args)
     base = GPT(cfg)
     methods = [
         "DDP + AdamW(fused)",
@@ -159,13 +159,8 @@ def worker(rank: int, world: int, port: int, args, queue) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ranks", type=int, default=2)
+    common.add_gpt_args(ap)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank")
-    ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=10)
-    ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--out", default=str(HERE / "out" / "bench_zero.json"))

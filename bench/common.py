@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -139,3 +140,20 @@ def spawn_ranks(worker: Callable[..., None], ranks: int, *args: object, timeout_
     for p in procs:
         p.join()
     return results
+
+
+def add_gpt_args(ap: argparse.ArgumentParser) -> None:
+    """--ranks and the examples/gpt.py model the distributed benchmarks share (35.7M parameters)."""
+    ap.add_argument("--ranks", type=int, default=2, help="gloo ranks")
+    ap.add_argument("--vocab", type=int, default=8192)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=10)
+    ap.add_argument("--heads", type=int, default=8)
+
+
+def gpt_config(args: argparse.Namespace):
+    """The GPTConfig add_gpt_args describes (examples/gpt.py must be importable)."""
+    from gpt import GPTConfig
+
+    return GPTConfig(vocab=args.vocab, seq=args.seq, dim=args.dim, layers=args.layers, heads=args.heads)

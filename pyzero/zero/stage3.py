@@ -457,68 +457,62 @@ class Stage3Engine:
 
     def _gather(self, u: _Unit) -> None:
         """Starts gathering a free unit (asynchronously; `_wait` completes it)."""
-        if u.state == FREE:
-            with self._internal():
-                self._start_gather(u)
-
-    def _start_gather(self, u: _Unit) -> None:
-        for g in u.groups:
-            g.full.untyped_storage().resize_(g.full_bytes())
-            for b in range(g.layout.num_buckets):
-                s, e = g.layout.bucket_bounds[b]
-                u.works.append(self.comm.all_gather(g.full[s:e], g.param_shards[b], async_op=True))
-        u.state = GATHERING
-        self.gathered_bytes += u.full_bytes
-        self.peak_gathered_bytes = max(self.peak_gathered_bytes, self.gathered_bytes)
+        if u.state != FREE:
+            return
+        with self._internal():
+            for g in u.groups:
+                g.full.untyped_storage().resize_(g.full_bytes())
+                for b in range(g.layout.num_buckets):
+                    s, e = g.layout.bucket_bounds[b]
+                    u.works.append(self.comm.all_gather(g.full[s:e], g.param_shards[b], async_op=True))
+            u.state = GATHERING
+            self.gathered_bytes += u.full_bytes
+            self.peak_gathered_bytes = max(self.peak_gathered_bytes, self.gathered_bytes)
 
     def _wait(self, u: _Unit) -> None:
-        if u.state == GATHERING:
-            with self._internal():
-                self._finish_gather(u)
-
-    def _finish_gather(self, u: _Unit) -> None:
-        for w in u.works:
-            w.wait()
-        u.works = []
-        touched = None
-        for g in u.groups:
-            for p, off, shape in zip(g.params, g.layout.offsets, g.shapes, strict=True):
-                if p._version != u.versions[id(p)] and touched is None:
-                    touched = u.names[id(p)]
-                n = int(torch.Size(shape).numel())
-                p.data = g.full[off : off + n].view(shape)
-                u.versions[id(p)] = p._version
-                u.ptrs[id(p)] = p.data_ptr()
-        u.state = READY
-        if touched is not None:  # raised once the unit is consistent again
-            raise RuntimeError(
-                f"parameter {touched!r} was modified in place while partitioned (ZeRO stage 3 holds "
-                "only an empty placeholder between uses), so the change was lost: modify parameters "
-                "inside opt.gathered_parameters(..., modifier_rank=r)"
-            )
-
-    def _release(self, u: _Unit) -> None:
-        if u.state != FREE:
-            with self._internal():
-                self._free(u)
-
-    def _free(self, u: _Unit) -> None:
-        problem = None
-        if u.state == GATHERING:
+        if u.state != GATHERING:
+            return
+        with self._internal():
             for w in u.works:
                 w.wait()
             u.works = []
-        else:
-            problem = self._modification(u)
-        for g in u.groups:
-            for p in g.params:
-                p.data = self._placeholder(p)
-                u.versions[id(p)] = p._version
-            g.full.untyped_storage().resize_(0)
-        u.state = FREE
-        self.gathered_bytes -= u.full_bytes
-        if problem is not None:  # raised after freeing, so the engine stays consistent
-            raise RuntimeError(problem)
+            touched = None
+            for g in u.groups:
+                for p, off, shape in zip(g.params, g.layout.offsets, g.shapes, strict=True):
+                    if p._version != u.versions[id(p)] and touched is None:
+                        touched = u.names[id(p)]
+                    n = int(torch.Size(shape).numel())
+                    p.data = g.full[off : off + n].view(shape)
+                    u.versions[id(p)] = p._version
+                    u.ptrs[id(p)] = p.data_ptr()
+            u.state = READY
+            if touched is not None:  # raised once the unit is consistent again
+                raise RuntimeError(
+                    f"parameter {touched!r} was modified in place while partitioned (ZeRO stage 3 holds "
+                    "only an empty placeholder between uses), so the change was lost: modify parameters "
+                    "inside opt.gathered_parameters(..., modifier_rank=r)"
+                )
+
+    def _release(self, u: _Unit) -> None:
+        if u.state == FREE:
+            return
+        with self._internal():
+            problem = None
+            if u.state == GATHERING:
+                for w in u.works:
+                    w.wait()
+                u.works = []
+            else:
+                problem = self._modification(u)
+            for g in u.groups:
+                for p in g.params:
+                    p.data = self._placeholder(p)
+                    u.versions[id(p)] = p._version
+                g.full.untyped_storage().resize_(0)
+            u.state = FREE
+            self.gathered_bytes -= u.full_bytes
+            if problem is not None:  # raised after freeing, so the engine stays consistent
+                raise RuntimeError(problem)
 
     def _modification(self, u: _Unit) -> str | None:
         """Why a gathered unit's parameters cannot be freed without losing a change, or None."""
