@@ -222,7 +222,9 @@ def _hgb_columns(model, n_features: int) -> tuple[np.ndarray, dict[int, list]]:
     categories = {}
     for col, cats in zip(np.flatnonzero(is_cat), encoder.categories_, strict=True):
         cats = list(cats)
-        if cats and isinstance(cats[-1], float) and np.isnan(cats[-1]):  # NaN is missing, not a category
+        if (
+            cats and isinstance(cats[-1], (float, np.floating)) and np.isnan(cats[-1])
+        ):  # NaN: missing, not a category
             cats = cats[:-1]
         categories[int(col)] = [c.item() if isinstance(c, np.generic) else c for c in cats]
     return column, categories

@@ -87,6 +87,18 @@ def test_hist_gradient_boosting_categorical(depth):
     check(clf.fit(X, np.digitize(y, [-0.5, 0.5])), X, "multiclass")
 
 
+def test_hist_gradient_boosting_categorical_trained_on_float32_with_nan():
+    # scikit-learn lists NaN as a float32 category here (np.float32, not a Python float): it is missing
+    X, y = coded()
+    X = X.astype(np.float32)
+    X[::7, 0] = np.nan
+    clf = ensemble.HistGradientBoostingClassifier(max_iter=8, categorical_features=[0]).fit(X, y > 0)
+    cf = trees.compile(clf)
+    assert not any(np.isnan(c) for c in cf.forest.categories[0])
+    report = trees.verify(clf, cf, X)
+    assert report["ok"], report
+
+
 def frames(n=1500, seed=0):
     """A DataFrame with a string category column, an int category column and numbers (train), and a
     test frame whose categories are re-ordered, with NaN and with a category never seen in training."""
