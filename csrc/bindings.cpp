@@ -13,7 +13,6 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "cuda/adam_cuda.h"
-#include "cuda/tree_cuda.h"
 #endif
 
 #ifndef PYZERO_CUDA_ARCHS
@@ -222,64 +221,6 @@ at::Tensor tree_predict_leaves_cpu(const at::Tensor& nodes, const at::Tensor& va
   return leaves;
 }
 
-#ifdef PYZERO_WITH_CUDA
-// The forest on x's CUDA device (cat_domain may stay on the CPU: it is read on the host).
-trees::ForestView forest_view_cuda(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
-                                   const at::Tensor& depths, const at::Tensor& threshold64,
-                                   const at::Tensor& cat_bits, const at::Tensor& cat_domain,
-                                   const at::Tensor& x) {
-  for (const at::Tensor* t : {&nodes, &values, &roots, &depths, &threshold64, &cat_bits}) {
-    TORCH_CHECK(t->device() == x.device(), "pyzero.trees (CUDA): the forest's tensors must be on ",
-                x.device(), ", got one on ", t->device());
-  }
-  return forest_view(nodes, values, roots, depths, threshold64, cat_bits, cat_domain.cpu());
-}
-
-at::Tensor tree_predict_raw_cuda(const at::Tensor& nodes, const at::Tensor& values, const at::Tensor& roots,
-                                 const at::Tensor& depths, const at::Tensor& threshold64,
-                                 const at::Tensor& cat_bits, const at::Tensor& cat_domain,
-                                 const at::Tensor& x, const at::Tensor& base, bool float32_accum) {
-  check_rows(x);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const trees::ForestView f =
-      forest_view_cuda(nodes, values, roots, depths, threshold64, cat_bits, cat_domain, x);
-  TORCH_CHECK(f.n_outputs <= cuda::kTreeMaxOutputs, "pyzero.trees (CUDA): at most ", cuda::kTreeMaxOutputs,
-              " outputs per row, got ", f.n_outputs, "; use backend='torch'");
-  TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous() &&
-                  base.device() == x.device(),
-              "pyzero.trees: base must hold one float64 per output, on x's device");
-  at::Tensor raw = at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const cudaError_t err =
-      x.scalar_type() == at::kDouble
-          ? cuda::tree_predict_raw(f, x.data_ptr<double>(), x.size(0), x.size(1), base.data_ptr<double>(),
-                                   float32_accum, raw.data_ptr<double>(), stream)
-          : cuda::tree_predict_raw(f, x.data_ptr<float>(), x.size(0), x.size(1), base.data_ptr<double>(),
-                                   float32_accum, raw.data_ptr<double>(), stream);
-  TORCH_CHECK(err == cudaSuccess, "pyzero.tree_predict_raw (CUDA): ", cudaGetErrorString(err));
-  return raw;
-}
-
-at::Tensor tree_predict_leaves_cuda(const at::Tensor& nodes, const at::Tensor& values,
-                                    const at::Tensor& roots, const at::Tensor& depths,
-                                    const at::Tensor& threshold64, const at::Tensor& cat_bits,
-                                    const at::Tensor& cat_domain, const at::Tensor& x) {
-  check_rows(x);
-  const c10::cuda::CUDAGuard guard(x.device());
-  const trees::ForestView f =
-      forest_view_cuda(nodes, values, roots, depths, threshold64, cat_bits, cat_domain, x);
-  at::Tensor leaves = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const cudaError_t err = x.scalar_type() == at::kDouble
-                              ? cuda::tree_predict_leaves(f, x.data_ptr<double>(), x.size(0), x.size(1),
-                                                          leaves.data_ptr<int32_t>(), stream)
-                              : cuda::tree_predict_leaves(f, x.data_ptr<float>(), x.size(0), x.size(1),
-                                                          leaves.data_ptr<int32_t>(), stream);
-  TORCH_CHECK(err == cudaSuccess, "pyzero.tree_predict_leaves (CUDA): ", cudaGetErrorString(err));
-  return leaves;
-}
-#endif
-
 void set_cpu_isa(const std::string& name) {
   cpu::Isa isa;
   TORCH_CHECK_VALUE(cpu::parse_isa(name.c_str(), &isa),
@@ -314,8 +255,6 @@ TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
 #ifdef PYZERO_WITH_CUDA
 TORCH_LIBRARY_IMPL(pyzero, CUDA, m) {
   m.impl("fused_adamw_", &pyzero::fused_adamw_cuda);
-  m.impl("tree_predict_raw", &pyzero::tree_predict_raw_cuda);
-  m.impl("tree_predict_leaves", &pyzero::tree_predict_leaves_cuda);
 }
 #endif
 

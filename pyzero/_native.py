@@ -71,6 +71,17 @@ if C is not None:
     ):
         return x.new_empty((x.shape[0], values.shape[2]), dtype=torch.float64)
 
+    @torch.library.register_fake("pyzero::tree_walk")
+    def _tree_walk_fake(
+        format, nodes, roots, leaf_nodes, values, threshold64, cat_bits, cat_domain, column_kind,
+        depth, n_features, x, base, float32_accum, leaves, config,
+    ):  # fmt: skip
+        if leaves:
+            return x.new_empty(
+                (x.shape[0], nodes.shape[0] if format == 0 else roots.shape[0]), dtype=torch.int32
+            )
+        return x.new_empty((x.shape[0], values.shape[1]), dtype=torch.float64)
+
     @torch.library.register_fake("pyzero::tree_perfect_leaves")
     def _tree_perfect_leaves_fake(meta, threshold, leaf_nodes, column_kind, x):
         return x.new_empty((x.shape[0], meta.shape[0]), dtype=torch.int32)

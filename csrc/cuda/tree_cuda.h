@@ -1,30 +1,46 @@
-// CUDA batched traversal of the forest IR, host-side entry points. Torch-free: raw device pointers
-// and a stream. Same nodes, same decision rule and same summation order as the CPU node kernel
-// (csrc/trees/tree_cpu.h), so outputs are equal bit for bit and never depend on the batch size.
+// CUDA batched traversal of the GPU forest layouts (Note [GPU layouts], csrc/trees/tree_walk.h),
+// host-side entry point. Torch-free: raw device pointers and a stream.
+//
+// Note [GPU tree kernel]
+// A block of `threads` threads takes R = threads / lanes rows; thread i walks row i % R with tree lane
+// i / R. Rows are staged in shared memory (prepared for the perfect layout) when they fit. A lane walks
+// `ilp` trees at once in lockstep (independent loads in flight):
+//   lanes == 1: a thread walks every tree of its row in order and adds each leaf value as it goes;
+//   lanes > 1: the trees go in chunks of lanes * ilp; each (row, tree) pair of a chunk leaves its leaf
+//     value (one output) or value row (several) in shared memory, then one thread per (row, output)
+//     adds the chunk's values in tree order to its accumulator (shared memory, double, or float32
+//     rounding after every add when float32_accum).
+// Either way every output is base + tree 0 + tree 1 + ... in tree order, as the CPU kernels add: the
+// result is the same bit for bit whatever the batch size, rows per block, lanes or ilp, so the
+// autotuner (pyzero/trees/gpu.py) may pick any configuration without changing a single output.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
-#include "../trees/tree_cpu.h"
+#include "../trees/tree_walk.h"
 
 namespace pyzero::cuda {
 
-// Outputs (classes) per row a thread accumulates in registers; more is refused by the host wrapper.
-constexpr int64_t kTreeMaxOutputs = 32;
-// Threads per block of the tree kernels.
-constexpr int kTreeThreads = 128;
+// Largest block, and the shared memory a launch may use without opting in to more.
+constexpr int kTreeMaxThreads = 512;
+constexpr int64_t kTreeMaxSharedBytes = 48 * 1024;
 
-// raw[r, o] = base[o] + values of every tree in order (as trees::predict_raw), one thread per row.
-// f's pointers are device pointers. Returns the launch's CUDA error.
-template <typename T>
-cudaError_t tree_predict_raw(const trees::ForestView& f, const T* x, int64_t rows, int64_t n_features,
-                             const double* base, bool float32_accum, double* raw, cudaStream_t stream);
+struct WalkLaunch {
+  int threads;  // a multiple of 32, <= kTreeMaxThreads
+  int lanes;    // divides threads
+  int ilp;      // 1, 2 or 4
+  bool stage;   // stage rows in shared memory (ignored when they do not fit)
+};
 
-// leaves[r, t] = global id of the leaf row r reaches in tree t, one thread per (row, tree).
+// Shared memory bytes a launch needs, or -1 when it cannot fit kTreeMaxSharedBytes (even unstaged).
+int64_t tree_walk_shared_bytes(const trees::WalkForest& f, int64_t x_item_bytes, bool leaves, WalkLaunch cfg,
+                               bool* staged);
+
+// raw [rows, n_outputs] (when raw != nullptr) or leaves [rows, n_trees] (when leaves != nullptr).
 template <typename T>
-cudaError_t tree_predict_leaves(const trees::ForestView& f, const T* x, int64_t rows, int64_t n_features,
-                                int32_t* leaves, cudaStream_t stream);
+cudaError_t tree_walk(const trees::WalkForest& f, const T* x, int64_t rows, const double* base,
+                      bool float32_accum, double* raw, int32_t* leaves, WalkLaunch cfg, cudaStream_t stream);
 
 }  // namespace pyzero::cuda

@@ -1,12 +1,15 @@
-"""Batched tree traversal in Triton over the packed forest of the C++ node kernel.
+"""Batched tree traversal in Triton over the GPU layouts (Note [GPU layouts], csrc/trees/tree_walk.h):
+the CUDA kernel's twin.
 
-The same node format (csrc/trees/tree_cpu.h: 16-byte nodes, flags in the first word) and the same
-decision rule per node (NaN / missing kinds, default direction, categorical sets, float32 thresholds
-or float64 ones for float64 inputs), so outputs equal the C++ kernel's bit for bit. Each program takes
-BLOCK_R rows and walks every tree in order, the forest's depth in steps (leaves point to themselves:
-the tree count and depth are compile-time constants, one kernel per forest shape), adding
-leaf values in the forest's order: results never depend on the batch size. Runs on CUDA tensors, or
-on CPU tensors under ``TRITON_INTERPRET=1``.
+A program takes BLOCK_R rows and walks the trees BLOCK_T at a time as one [BLOCK_R, BLOCK_T] tile of
+(row, tree) pairs (perfect trees: exactly their depth in steps; node layouts: the forest's depth, a
+leaf staying put), then adds the tile's leaf values to the row accumulators one tree after the other,
+in tree order: column j is taken out of the tile by a sum in which every other entry is -0.0, which
+is exact (x + -0.0 == x for every x). So the sums are the CPU kernels' and the CUDA kernel's bit for
+bit, whatever BLOCK_R and BLOCK_T (Note [Tree autotuning] in pyzero/trees/gpu.py). The node rules
+are the C++ kernels' (tree_cpu.h flags, Note [Perfect trees] in tree_fast.h). Tree count and depth
+are compile-time constants (one kernel per forest shape). Runs on CUDA tensors, or on CPU tensors
+under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -16,169 +19,241 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Rows per program.
-BLOCK_R = 64
-
-# Flags of a packed node's first word (pyzero/trees/strategies.py, csrc/trees/tree_cpu.h).
-FEATURE_MASK = (1 << 24) - 1
-DEFAULT_LEFT = 1 << 24
-CMP_LT = 1 << 25
-MISSING_SHIFT = 26
-CATEGORICAL = 1 << 28
+FLT_MAX = tl.constexpr(3.4028234663852886e38)
+NAN_BITS = tl.constexpr(0x7FC00000)  # a float32 NaN (a NaN constexpr never equals itself)
 
 
 @triton.jit
-def _tree_kernel(
+def _read(x_ptr, row_base, c, m2, kinds_ptr, HAS_KINDS: tl.constexpr, PERFECT: tl.constexpr):
+    """Feature c of the tile's rows as prepare_value (csrc/trees/tree_walk.h) reads it when HAS_KINDS:
+    LightGBM's reading, and for the perfect layout the missing-value transforms of Note [Perfect trees]."""
+    v = tl.load(x_ptr + row_base + c, mask=m2, other=0.0)
+    if HAS_KINDS:
+        kind = tl.load(kinds_ptr + c, mask=m2, other=0).to(tl.int32)
+        read = tl.where(tl.abs(v) <= 1e-35, 0.0, v)
+        read = tl.where(read > FLT_MAX, FLT_MAX, tl.where(read < -FLT_MAX, -FLT_MAX, read))
+        v = tl.where((kind & 4) != 0, read, v)
+        if PERFECT:
+            missing = kind & 3
+            v = tl.where((missing == 1) & (v != v), 0.0, v)
+            nan = tl.full(v.shape, NAN_BITS, tl.int32).to(tl.float32, bitcast=True)
+            v = tl.where((missing == 2) & ((v != v) | (tl.abs(v) <= 1e-35)), nan, v)
+    return v
+
+
+@triton.jit
+def _node_left(
+    v, meta_dl, meta_lt, kind, is_cat, tbits, thr, cat_bits_ptr, cat_words, cat_lo, cat_hi, cat_invalid, m2
+):
+    """The C++ node kernel's rule (tree_cpu.h): missing kinds, default direction, categorical sets."""
+    v = tl.where((v != v) & (kind == 1), 0.0, v)  # missing type None: NaN reads as 0
+    nan = v != v
+    missing = tl.where(kind == 2, nan | (tl.abs(v) <= 1e-35), nan)
+    go_left = tl.where(meta_lt, v < thr, v <= thr)
+    # Note [Categorical splits] (pyzero/trees/forest.py); tbits is the set's row of cat_bits.
+    valid = (v >= cat_lo) & (v < cat_hi)
+    c = tl.where(valid, v, 0.0).to(tl.int32)
+    word = c >> 5
+    in_words = m2 & is_cat & valid & (word < cat_words)
+    bits = tl.load(cat_bits_ptr + tbits.to(tl.int64) * cat_words + word, mask=in_words, other=0)
+    in_set = in_words & (((bits >> (c & 31)) & 1) == 1)
+    invalid_left = tl.where(cat_invalid == 2, meta_dl, cat_invalid == 0)
+    cat_left = tl.where(valid, in_set != meta_lt, invalid_left)
+    go_left = tl.where(is_cat, cat_left, go_left)
+    return tl.where(missing, meta_dl, go_left)
+
+
+@triton.jit
+def _walk_kernel(
     nodes_ptr,
-    values_ptr,
     roots_ptr,
+    leaf_nodes_ptr,
+    values_ptr,
     thr64_ptr,
     cat_bits_ptr,
+    kinds_ptr,
     x_ptr,
     base_ptr,
     out_ptr,
     rows,
     n_features,
     n_outputs,
+    node_stride,
     cat_words,
     cat_lo,
     cat_hi,
     cat_invalid,
+    FORMAT: tl.constexpr,
     N_TREES: tl.constexpr,
-    MAX_DEPTH: tl.constexpr,
+    STEPS: tl.constexpr,
+    HAS_KINDS: tl.constexpr,
     X_F64: tl.constexpr,
     ACC_F32: tl.constexpr,
     LEAVES: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_T: tl.constexpr,
     OUT_P: tl.constexpr,
 ):
-    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < rows
-    row_base = r.to(tl.int64) * n_features
+    row_base = (r.to(tl.int64) * n_features)[:, None]
     o = tl.arange(0, OUT_P)
     omask = o < n_outputs
-    base = tl.load(base_ptr + o, mask=omask, other=0.0)
+    base = tl.load(base_ptr + o, mask=omask & (not LEAVES), other=0.0)
     if ACC_F32:
-        acc = tl.zeros((BLOCK, OUT_P), tl.float32) + base.to(tl.float32)[None, :]
+        acc = tl.zeros((BLOCK_R, OUT_P), tl.float32) + base.to(tl.float32)[None, :]
     else:
-        acc = tl.zeros((BLOCK, OUT_P), tl.float64) + base[None, :]
-    for t in range(N_TREES):
-        node = tl.zeros((BLOCK,), tl.int32) + tl.load(roots_ptr + t)
-        for _ in range(MAX_DEPTH):
-            at = node.to(tl.int64) * 4
-            meta = tl.load(nodes_ptr + at, mask=rmask, other=0)
-            tbits = tl.load(nodes_ptr + at + 1, mask=rmask, other=0)
-            left = tl.load(nodes_ptr + at + 2, mask=rmask, other=0)
-            right = tl.load(nodes_ptr + at + 3, mask=rmask, other=0)
-            v = tl.load(x_ptr + row_base + (meta & 16777215), mask=rmask, other=0.0)
-            kind = (meta >> 26) & 3
-            v = tl.where((v != v) & (kind == 1), 0.0, v)  # missing type None: NaN reads as 0
-            nan = v != v
-            missing = tl.where(kind == 2, nan | (tl.abs(v) <= 1e-35), nan)
-            default_left = (meta & 16777216) != 0
-            lt = (meta & 33554432) != 0
-            if X_F64:
-                thr = tl.load(thr64_ptr + node, mask=rmask, other=0.0)
-            else:
-                thr = tbits.to(tl.float32, bitcast=True)
-            go_left = tl.where(lt, v < thr, v <= thr)
-            # Note [Categorical splits] (pyzero/trees/forest.py); `tbits` is the set's row of cat_bits.
-            is_cat = (meta & 268435456) != 0
-            valid = (v >= cat_lo) & (v < cat_hi)
-            c = tl.where(valid, v, 0.0).to(tl.int32)
-            word = c >> 5
-            in_words = rmask & is_cat & valid & (word < cat_words)
-            bits = tl.load(cat_bits_ptr + tbits.to(tl.int64) * cat_words + word, mask=in_words, other=0)
-            in_set = in_words & (((bits >> (c & 31)) & 1) == 1)
-            invalid_left = tl.where(cat_invalid == 2, default_left, cat_invalid == 0)
-            cat_left = tl.where(valid, in_set != lt, invalid_left)
-            go_left = tl.where(is_cat, cat_left, go_left)
-            go_left = tl.where(missing, default_left, go_left)
-            node = tl.where(go_left, left, right)
-        if LEAVES:
-            tl.store(out_ptr + r.to(tl.int64) * N_TREES + t, node, mask=rmask)
+        acc = tl.zeros((BLOCK_R, OUT_P), tl.float64) + base[None, :]
+    tt = tl.arange(0, BLOCK_T)
+    for c0 in range(0, N_TREES, BLOCK_T):
+        t = c0 + tt
+        tmask = t < N_TREES
+        m2 = rmask[:, None] & tmask[None, :]
+        if FORMAT == 0:  # perfect trees, heap order, STEPS = depth
+            tree_base = (t.to(tl.int64) * node_stride * 2)[None, :]
+            i = tl.zeros((BLOCK_R, BLOCK_T), tl.int64)
+            for _ in range(STEPS):
+                meta = tl.load(nodes_ptr + tree_base + 2 * i, mask=m2, other=0)
+                thr = tl.load(nodes_ptr + tree_base + 2 * i + 1, mask=m2, other=0).to(
+                    tl.float32, bitcast=True
+                )
+                c = tl.minimum(meta & 2147483647, n_features - 1)
+                v = _read(x_ptr, row_base, c, m2, kinds_ptr, HAS_KINDS, True)
+                left = tl.where(v != v, meta < 0, v <= thr)  # bit 31: default left
+                i = 2 * i + tl.where(left, 1, 2)
+            vr = (t.to(tl.int64) << STEPS)[None, :] + i - ((1 << STEPS) - 1)
+            leaf = tl.load(leaf_nodes_ptr + vr, mask=m2, other=0)
         else:
-            vmask = rmask[:, None] & omask[None, :]
-            vals = tl.load(
-                values_ptr + node.to(tl.int64)[:, None] * n_outputs + o[None, :], mask=vmask, other=0.0
+            pos = (
+                tl.zeros((BLOCK_R, BLOCK_T), tl.int64)
+                + tl.load(roots_ptr + t, mask=tmask, other=0).to(tl.int64)[None, :]
             )
-            if ACC_F32:
-                acc += vals.to(tl.float32)
+            for _ in range(STEPS):
+                if FORMAT == 1:  # compact 8-byte nodes (Note [GPU layouts])
+                    w0 = tl.load(nodes_ptr + pos * 2, mask=m2, other=0)
+                    tbits = tl.load(nodes_ptr + pos * 2 + 1, mask=m2, other=0)
+                    off = (w0 >> 18) & 16383
+                    feature = w0 & 8191
+                    dl = (w0 & 8192) != 0
+                    lt = (w0 & 16384) != 0
+                    kind = (w0 >> 15) & 3
+                    is_cat = (w0 & 131072) != 0
+                    is_leaf = off == 0
+                else:  # the 16-byte nodes of tree_cpu.h, IR order
+                    w0 = tl.load(nodes_ptr + pos * 4, mask=m2, other=0)
+                    tbits = tl.load(nodes_ptr + pos * 4 + 1, mask=m2, other=0)
+                    left_id = tl.load(nodes_ptr + pos * 4 + 2, mask=m2, other=0).to(tl.int64)
+                    right_id = tl.load(nodes_ptr + pos * 4 + 3, mask=m2, other=0).to(tl.int64)
+                    feature = w0 & 16777215
+                    dl = (w0 & 16777216) != 0
+                    lt = (w0 & 33554432) != 0
+                    kind = (w0 >> 26) & 3
+                    is_cat = (w0 & 268435456) != 0
+                    is_leaf = (left_id == pos) & (right_id == pos)
+                v = _read(x_ptr, row_base, feature, m2 & ~is_leaf, kinds_ptr, HAS_KINDS, False)
+                if X_F64:
+                    thr = tl.load(thr64_ptr + pos, mask=m2, other=0.0)
+                else:
+                    thr = tbits.to(tl.float32, bitcast=True)
+                go_left = _node_left(
+                    v,
+                    dl,
+                    lt,
+                    kind,
+                    is_cat,
+                    tbits,
+                    thr,
+                    cat_bits_ptr,
+                    cat_words,
+                    cat_lo,
+                    cat_hi,
+                    cat_invalid,
+                    m2 & ~is_leaf,
+                )
+                if FORMAT == 1:
+                    nxt = pos + off + tl.where(go_left, 0, 1)
+                else:
+                    nxt = tl.where(go_left, left_id, right_id)
+                pos = tl.where(is_leaf, pos, nxt)
+            if FORMAT == 1:
+                leaf = tl.load(nodes_ptr + pos * 2 + 1, mask=m2, other=0)
             else:
-                acc += vals
+                leaf = pos.to(tl.int32)
+            vr = leaf.to(tl.int64)
+        if LEAVES:
+            tl.store(out_ptr + r.to(tl.int64)[:, None] * N_TREES + t[None, :], leaf.to(tl.int32), mask=m2)
+        else:
+            m3 = m2[:, :, None] & omask[None, None, :]
+            vals = tl.load(values_ptr + vr[:, :, None] * n_outputs + o[None, None, :], mask=m3, other=-0.0)
+            for j in tl.static_range(BLOCK_T):
+                col = tl.sum(tl.where(tt[None, :, None] == j, vals, -0.0), axis=1)
+                if ACC_F32:
+                    acc += col.to(tl.float32)
+                else:
+                    acc += col
     if not LEAVES:
         dst = out_ptr + r.to(tl.int64)[:, None] * n_outputs + o[None, :]
         tl.store(dst, acc.to(tl.float64), mask=rmask[:, None] & omask[None, :])
 
 
-def _launch(
-    arrays: tuple[Tensor, ...],
-    shape: tuple[int, tuple[float, float, int]],
-    x: Tensor,
-    base: Tensor | None,
-    float32_accum: bool,
-    leaves: bool,
-):
-    nodes, values, roots, _depths, threshold64, cat_bits, _cat_domain = arrays
-    max_depth, (lo, hi, invalid) = shape
-    if x.dim() != 2 or x.dtype not in (torch.float32, torch.float64):
+def walk(
+    layout, x: Tensor, base: Tensor, float32_accum: bool, leaves: bool, block_r: int, block_t: int
+) -> Tensor:
+    """The Triton kernel on a pyzero.trees.gpu_layout.GpuLayout (tensors on x's device): raw float64
+    [rows, outputs] (base + leaf values in tree order), or with leaves=True the IR leaf node id of every
+    tree, int32 [rows, trees]. block_r rows and block_t trees per step: powers of two."""
+    if x.dim() != 2 or x.dtype not in (torch.float32, torch.float64) or x.shape[1] < layout.n_features:
         raise ValueError(
-            f"x must be a 2-D float32 or float64 tensor, got {x.dtype} of shape {tuple(x.shape)}"
+            f"x must be a 2-D float32 or float64 tensor with {layout.n_features} features, got {x.dtype} "
+            f"of shape {tuple(x.shape)}"
         )
+    for name, v in (("block_r", block_r), ("block_t", block_t)):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"{name} must be a power of two, got {v}")
+    if layout.format == 0 and x.dtype != torch.float32:
+        raise ValueError("the perfect layout compares float32 inputs only")
+    nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = layout.tensors
     x = x.contiguous()
-    rows, n_trees, n_outputs = x.shape[0], roots.shape[0], values.shape[1]
+    rows, n_outputs = x.shape[0], values.shape[1]
     if leaves:
-        out = torch.empty((rows, n_trees), dtype=torch.int32, device=x.device)
+        out = torch.empty((rows, layout.n_trees), dtype=torch.int32, device=x.device)
         base = torch.zeros(1, dtype=torch.float64, device=x.device)
     else:
         out = torch.empty((rows, n_outputs), dtype=torch.float64, device=x.device)
-    if rows == 0:
+    if rows == 0 or layout.n_trees == 0:
+        if not leaves:
+            out[:] = base
         return out
-    grid = (triton.cdiv(rows, BLOCK_R),)
-    _tree_kernel[grid](
+    dummy_i = nodes  # pointers the format does not read still need a tensor
+    lo, hi, invalid = layout.cat_domain
+    _walk_kernel[(triton.cdiv(rows, block_r),)](
         nodes,
+        roots if roots.numel() else dummy_i,
+        leaf_nodes if leaf_nodes.numel() else dummy_i,
         values,
-        roots,
-        threshold64,
+        threshold64 if threshold64.numel() else values,
         cat_bits,
+        column_kind if column_kind.numel() else dummy_i,
         x,
         base,
         out,
         rows,
         x.shape[1],
         n_outputs,
+        nodes.shape[1] if layout.format == 0 else 0,
         cat_bits.shape[1],
         lo,
         hi,
         int(invalid),
-        N_TREES=n_trees,
-        MAX_DEPTH=max_depth,
+        FORMAT=layout.format,
+        N_TREES=layout.n_trees,
+        STEPS=layout.depth if layout.format == 0 else layout.max_depth,
+        HAS_KINDS=bool(column_kind.numel()),
         X_F64=x.dtype == torch.float64,
         ACC_F32=float32_accum,
         LEAVES=leaves,
-        BLOCK=BLOCK_R,
+        BLOCK_R=block_r,
+        BLOCK_T=block_t,
         OUT_P=triton.next_power_of_2(max(n_outputs, 1)),
     )
     return out
-
-
-def tree_predict_raw(
-    arrays: tuple[Tensor, ...],
-    shape: tuple[int, tuple[float, float, int]],
-    x: Tensor,
-    base: Tensor,
-    float32_accum: bool,
-) -> Tensor:
-    """raw[r, o] = base[o] + leaf values of every tree in order: float64 [rows, outputs].
-
-    arrays: strategies.PackedForest's tensors on x's device; shape: (the forest's depth, its
-    categorical domain (lo, hi, invalid)), kept on the host so a call never waits for the device;
-    float32_accum: add in float32 as XGBoost does."""
-    return _launch(arrays, shape, x, base, float32_accum, leaves=False)
-
-
-def tree_predict_leaves(
-    arrays: tuple[Tensor, ...], shape: tuple[int, tuple[float, float, int]], x: Tensor
-) -> Tensor:
-    """Global leaf node id reached in every tree: int32 [rows, trees]."""
-    return _launch(arrays, shape, x, None, False, leaves=True)

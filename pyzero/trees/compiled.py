@@ -14,6 +14,7 @@ from pyzero.trees import (
     convert_sklearn,
     convert_xgboost,
     fast_cpu,
+    gpu,
     inputs,
     strategies,
     torch_strategies,
@@ -66,7 +67,9 @@ class CompiledForest:
     back as float64 numpy arrays (torch tensors for torch input).
     """
 
-    def __init__(self, forest: Forest, device: torch.device, strategy: str, backend: str = "auto") -> None:
+    def __init__(
+        self, forest: Forest, device: torch.device, strategy: str, backend: str = "auto", tune: Any = True
+    ) -> None:
         self.forest = forest
         if device.type != "cpu" and device.index is None:  # "cuda" means the current device, by index
             device = torch.empty(0, device=device).device
@@ -82,18 +85,23 @@ class CompiledForest:
         if self.backend == "torch" and strategy != "auto":
             self._torch_strategy(strategy)  # ValueError now when the forest does not fit it
         self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
+        self._n_trees = torch.tensor(float(max(forest.n_trees, 1)), dtype=torch.float64, device=device)
         self._kernel: Any = None
+        self._gpu: gpu.GpuRunner | None = None
+        self._graphs: gpu.SmallBatchGraphs | None = None
+        self._tune = tune
         if self.backend == "cpu":
             self._kernel = self._cpu_kernel()
         elif self.backend in ("cuda", "triton"):
-            if strategy not in ("auto", "traverse"):
+            if strategy not in ("auto", "traverse", "perfect"):
                 raise ValueError(
-                    f"backend={self.backend!r} walks the trees node by node: strategy must be auto or "
-                    f"traverse, got {strategy!r}"
+                    f"backend={self.backend!r} takes strategy auto, traverse (node layouts) or perfect "
+                    f"(perfect-tree layout), got {strategy!r}"
                 )
-            self.strategy = "traverse"
-            gpu_kernel = strategies.CudaForest if self.backend == "cuda" else strategies.TritonForest
-            self._kernel = gpu_kernel(forest, device)
+            self._gpu = gpu.GpuRunner(forest, device, self.backend, self._input_dtype, tune, strategy)
+            self._kernel = self._gpu
+            if device.type == "cuda":
+                self._graphs = gpu.SmallBatchGraphs(device, forest.n_features, self._input_dtype)
 
     def _torch_strategy(self, name: str):
         if name not in self._torch:
@@ -132,12 +140,32 @@ class CompiledForest:
         device = torch.device(device)
         keep = device.type == "cpu" or self.backend in ("torch", "triton", "cuda")
         backend = self.backend if keep else "auto"
-        return CompiledForest(self.forest, device, self._requested_strategy, backend)
+        return CompiledForest(self.forest, device, self._requested_strategy, backend, self._tune)
+
+    def kernel_config(self, rows: int) -> gpu.KernelConfig | None:
+        """The GPU kernel configuration a batch of `rows` gets (Note [Tree autotuning] in gpu.py; None
+        off the cuda and triton backends)."""
+        return None if self._gpu is None else self._gpu.config(rows)
+
+    def tune(self, X: Any, batch_sizes: tuple[int, ...] = (1, 16, 128, 10_000, 1_000_000)) -> dict[int, Any]:
+        """Tunes the GPU kernel for each batch size on X's rows (Note [Tree autotuning]); returns the
+        configuration chosen per batch size."""
+        if self._gpu is None:
+            raise ValueError(f"tune() needs backend 'cuda' or 'triton', this forest uses {self.backend!r}")
+        x = inputs.to_tensor(X, self.forest, self.device, self._input_dtype)[0]
+        return {b: self._gpu.config(b, x, force=True) for b in batch_sizes}
 
     # ------------------------------------------------------------------------------- inputs
     def _input(self, X: Any) -> tuple[Tensor, bool]:
-        kernel_reads = isinstance(self._kernel, fast_cpu.PerfectForest) and fast_cpu.reads_like_lightgbm(
-            self.forest
+        if self._graphs is not None and _rows(X) <= gpu.GRAPH_MAX_ROWS:
+            on_host = not isinstance(X, Tensor) or X.device.type == "cpu"
+            if on_host:  # host rows for the small-batch graphs (Note [Small-batch graphs])
+                reads = fast_cpu.reads_like_lightgbm(self.forest)  # then the kernel reads like LightGBM
+                return inputs.to_tensor(
+                    X, self.forest, torch.device("cpu"), self._input_dtype, lightgbm_reading=not reads
+                )
+        kernel_reads = isinstance(self._kernel, (fast_cpu.PerfectForest, gpu.GpuRunner)) and (
+            fast_cpu.reads_like_lightgbm(self.forest)
         )
         return inputs.to_tensor(
             X, self.forest, self.device, self._input_dtype, lightgbm_reading=not kernel_reads
@@ -147,12 +175,27 @@ class CompiledForest:
         return t if as_torch else t.cpu().numpy()
 
     # ------------------------------------------------------------------------------ outputs
+    def _on_device(self, kind: str, fn, x: Tensor) -> Tensor:
+        """fn(x) for a batch of at most GRAPH_MAX_ROWS rows through a CUDA graph once its bucket's kernel
+        configuration is known (tuned on these rows first); host rows give host outputs."""
+        if not self._gpu.configured(x.shape[0]):
+            self._gpu.config(x.shape[0], x.to(self.device))
+        return self._graphs.run(kind, fn, x)
+
+    def _small(self, x: Tensor) -> bool:
+        return self._graphs is not None and x.shape[0] <= gpu.GRAPH_MAX_ROWS and not _capturing()
+
     def _raw(self, x: Tensor) -> Tensor:
+        if self._small(x):
+            return self._on_device("raw", self._raw_direct, x)
+        return self._raw_direct(x)
+
+    def _raw_direct(self, x: Tensor) -> Tensor:
         f = self.forest
         f32 = f.extra.get("accumulate") == "float32"
         if self._kernel is not None:
-            if f.aggregation == "mean":
-                return self._kernel.raw(x, torch.zeros_like(self._base), False) / f.n_trees + self._base
+            if f.aggregation == "mean":  # a tensor divisor: CUDA divides by a host scalar via its reciprocal
+                return self._kernel.raw(x, torch.zeros_like(self._base), False) / self._n_trees + self._base
             return self._kernel.raw(x, self._base, f32)
         return self._torch_for(x.shape[0]).raw_scores(x, f.n_trees, f.aggregation, self._base, f32)
 
@@ -174,7 +217,12 @@ class CompiledForest:
 
     def _transformed(self, x: Tensor) -> Tensor:
         """Raw scores through the forest's post-transform, one column per output."""
-        raw = self._raw(x)
+        if self._small(x):
+            return self._on_device("transformed", self._transformed_direct, x)
+        return self._transformed_direct(x)
+
+    def _transformed_direct(self, x: Tensor) -> Tensor:
+        raw = self._raw_direct(x)
         post = self.forest.post_transform
         if self.forest.extra.get("accumulate") == "float32":  # the library transforms in float32 too
             raw = raw.to(torch.float32)
@@ -227,6 +275,7 @@ class CompiledForest:
     def apply(self, X: Any):
         """Leaf index reached in every tree, local to the tree as the native apply() numbers it."""
         x, as_torch = self._input(X)
+        x = x.to(self.device)  # host rows of a small batch (see _input)
         kernel = self._kernel if self._kernel is not None else self._torch_for(x.shape[0])
         leaf_id = torch.as_tensor(self.forest.leaf_id, dtype=torch.int64, device=self.device)
         return self._output(leaf_id[kernel.leaves(x)], as_torch)
@@ -239,24 +288,35 @@ def compile(
     device: Any = None,
     iteration_range: tuple[int, int] | None = None,
     num_iteration: int | None = None,
+    tune: bool | dict = True,
 ) -> CompiledForest:
     """Converts a fitted tree ensemble into a CompiledForest on `device` (default CPU).
 
+    backend: "auto" (the C++ kernels on CPU, the CUDA kernel on a CUDA device when pyzero._C has it,
+    else Triton, else the torch strategies), "cpu", "cuda", "triton" or "torch".
     iteration_range: XGBoost boosting rounds [start, end) to keep (as in XGBoost's predict).
-    num_iteration: LightGBM iterations to keep (default: the best iteration if early stopping set one)."""
+    num_iteration: LightGBM iterations to keep (default: the best iteration if early stopping set one).
+    tune: GPU backends: autotune the kernel per batch-size bucket (True), use the defaults (False), or
+    a fixed configuration, a dict of gpu.KernelConfig fields (Note [Tree autotuning] in gpu.py)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     forest = convert(model, iteration_range, num_iteration)
-    return CompiledForest(forest, torch.device(device or "cpu"), strategy, backend)
+    return CompiledForest(forest, torch.device(device or "cpu"), strategy, backend, tune)
 
 
 def _resolve_backend(backend: str, device: torch.device, forest: Forest) -> str:
     from pyzero import _native
 
     if backend == "auto":
-        return "cpu" if device.type == "cpu" and _native.C is not None else "torch"
+        if device.type == "cpu":
+            return "cpu" if _native.C is not None else "torch"
+        if device.type == "cuda" and _native.cuda_built():
+            return "cuda"
+        if device.type == "cuda" and _triton_available():
+            return "triton"
+        return "torch"
     if backend == "cpu":
         _native.require("trees backend='cpu'")
         if device.type != "cpu":
@@ -276,6 +336,23 @@ def _resolve_backend(backend: str, device: torch.device, forest: Forest) -> str:
         except ImportError as e:
             raise ValueError("backend='triton' needs the triton package (pip install triton)") from e
     return backend
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _rows(X: Any) -> int:
+    shape = getattr(X, "shape", None)
+    return int(shape[0]) if shape is not None and len(shape) else len(X)
+
+
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def adversarial_rows(

@@ -200,39 +200,3 @@ class PackedForest:
 
     def leaves(self, x: Tensor) -> Tensor:
         return torch.ops.pyzero.tree_predict_leaves(*self._arrays(), x).long()
-
-
-class TritonForest:
-    """PackedForest's arrays on a device, walked by the Triton kernel (pyzero/kernels/tree_triton.py),
-    which applies the C++ node kernel's rule node for node: the same outputs bit for bit."""
-
-    def __init__(self, forest: Forest, device: torch.device) -> None:
-        self.arrays = tuple(t.to(device) for t in PackedForest(forest)._arrays())
-        lo, hi, invalid = (float(v) for v in forest.cat_domain)
-        self.shape = (int(forest.max_depth), (lo, hi, int(invalid)))
-
-    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
-        from pyzero.kernels import tree_triton
-
-        return tree_triton.tree_predict_raw(self.arrays, self.shape, x, base, float32_accum)
-
-    def leaves(self, x: Tensor) -> Tensor:
-        from pyzero.kernels import tree_triton
-
-        return tree_triton.tree_predict_leaves(self.arrays, self.shape, x).long()
-
-
-class CudaForest:
-    """PackedForest's arrays on a CUDA device for the CUDA node kernel (csrc/cuda/tree_cuda.cu), the
-    C++ node kernel's rule per thread: the same outputs bit for bit. cat_domain stays on the host."""
-
-    def __init__(self, forest: Forest, device: torch.device) -> None:
-        packed = PackedForest(forest)
-        arrays = packed._arrays()
-        self.arrays = (*(t.to(device) for t in arrays[:-1]), arrays[-1])
-
-    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
-        return torch.ops.pyzero.tree_predict_raw(*self.arrays, x, base, float32_accum)
-
-    def leaves(self, x: Tensor) -> Tensor:
-        return torch.ops.pyzero.tree_predict_leaves(*self.arrays, x).long()

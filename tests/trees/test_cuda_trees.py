@@ -1,7 +1,11 @@
-"""On a CUDA device: the portable torch strategies and the CUDA node kernel give the CPU results bit for
-bit (tensors in and out stay on the GPU); categorical forests included."""
+"""On a CUDA device: the portable torch strategies and the CUDA kernel (every layout and mapping) give the
+CPU results bit for bit at every batch size (tensors in and out stay on the GPU); the CUDA kernel agrees
+with every native library on adversarial rows; small batches through CUDA graphs from numpy, pinned and
+device inputs; the autotuner's disk cache. Categorical forests included."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -71,29 +75,148 @@ def test_torch_strategies_on_cuda_equal_cpu():
             np.testing.assert_allclose(cf.predict_proba(X), ref.numpy(), atol=1e-6, rtol=0)
 
 
-# Batch sizes of the CUDA kernel test: one row, odd, one block's worth, many blocks.
+# Batch sizes of the CUDA kernel tests: one row, odd, one graph bucket's worth, many blocks.
 CUDA_BATCHES = (1, 7, 128, 10_000)
+# Kernel configurations every layout is run with: a thread per row (with and without trees in flight),
+# trees spread over lanes, one row per block.
+CONFIGS = (
+    {"threads": 256, "lanes": 1, "ilp": 1},
+    {"threads": 128, "lanes": 1, "ilp": 4},
+    {"threads": 256, "lanes": 8, "ilp": 2},
+    {"threads": 256, "lanes": 256, "ilp": 4},
+    {"threads": 512, "lanes": 32, "ilp": 1},
+)
 
 
-def test_cuda_kernel_equals_the_cpu_node_kernel_bit_for_bit():
+def more_models():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((600, 5)).astype(np.float32)
+    X[rng.random(X.shape) < 0.05] = np.nan
+    Xf = np.nan_to_num(X)
+    y3 = np.digitize(Xf[:, 0], [-0.5, 0.5])
+    out = [
+        ensemble.RandomForestRegressor(10, random_state=0).fit(Xf, Xf[:, 1]),  # deep: node layouts only
+        ensemble.ExtraTreesClassifier(8, max_depth=6, random_state=0).fit(Xf, y3),  # 3 outputs, mean
+        ensemble.IsolationForest(n_estimators=10, random_state=0).fit(Xf),
+    ]
+    try:
+        import xgboost as xgb
+
+        out.append(xgb.XGBClassifier(n_estimators=6, max_depth=5).fit(X, y3))  # softmax, a tree per class
+    except ImportError:
+        pass
+    return X, out
+
+
+def test_cuda_kernel_every_layout_and_config_equals_the_cpu_kernel_bit_for_bit():
+    X, models = fitted_models()
+    X2, models2 = more_models()
+    rng = np.random.default_rng(1)
+    for data, model in [(X, m) for m in models] + [(X2, m) for m in models2]:
+        big = data[rng.integers(0, len(data), max(CUDA_BATCHES))]
+        cpu = trees.compile(model, backend="cpu", strategy="traverse")
+        name = type(model).__name__
+        dtype = cpu._input_dtype
+        # the kernel's output (raw scores) bit for bit; post-transforms use the GPU's math library
+        ref_raw, ref_leaves = cpu._raw(cpu._input(big)[0]).numpy(), cpu.apply(big)
+        layouts = trees.compile(model, backend="cuda", device="cuda", tune=False)._gpu.eligible
+        assert "wide" in layouts
+        for layout in layouts:
+            for cfg in CONFIGS:
+                gpu = trees.compile(model, backend="cuda", device="cuda", tune={"layout": layout, **cfg})
+                for n in CUDA_BATCHES:  # each row gets the same bits at every batch size
+                    x = torch.as_tensor(big[:n], dtype=dtype, device="cuda")
+                    assert np.array_equal(gpu._raw(gpu._input(x)[0]).cpu().numpy(), ref_raw[:n]), (
+                        name,
+                        layout,
+                        cfg,
+                        n,
+                    )
+                    assert np.array_equal(gpu.apply(x).cpu().numpy(), ref_leaves[:n]), (name, layout, cfg, n)
+
+
+def test_a_million_rows_and_every_batch_size_give_the_same_bits():
+    X, models = fitted_models()
+    model = models[3] if len(models) > 3 else models[0]  # XGBoost when installed
+    rng = np.random.default_rng(5)
+    big = X[rng.integers(0, len(X), 1_000_000)]
+    cpu = trees.compile(model, backend="cpu", strategy="traverse")
+    ref = cpu.decision_function(big)
+    gpu = trees.compile(model, device="cuda")
+    assert gpu.backend == "cuda"  # backend auto on a CUDA device
+    xd = torch.as_tensor(big, device="cuda", dtype=cpu._input_dtype)
+    for n in (1, 7, 128, 10_000, 1_000_000):
+        assert np.array_equal(gpu.decision_function(xd[:n]).cpu().numpy(), ref[:n]), n
+    np.testing.assert_allclose(
+        gpu.predict_proba(big[:100_000]), cpu.predict_proba(big[:100_000]), atol=1e-6, rtol=0
+    )
+
+
+def test_cuda_kernel_agrees_with_the_native_libraries_on_adversarial_rows():
+    X, models = fitted_models()
+    X2, models2 = more_models()
+    for data, model in [(X, m) for m in models] + [(X2, m) for m in models2]:
+        for strategy in ("auto", "traverse"):
+            gpu = trees.compile(model, backend="cuda", device="cuda", strategy=strategy)
+            report = trees.verify(model, gpu, data)
+            assert report["ok"], (type(model).__name__, strategy, report)
+
+
+def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
+    X, models = fitted_models()
+    rng = np.random.default_rng(7)
+    for model in models[:4]:
+        cpu = trees.compile(model, backend="cpu", strategy="traverse")
+        gpu = trees.compile(model, device="cuda")
+        dtype = cpu._input_dtype
+        for n in (1, 3, 16, 100, 128, 1, 3):  # the repeats reuse the captured graphs with new rows
+            rows = X[rng.integers(0, len(X), n)]
+            ref_raw, ref_p = cpu.decision_function(rows), cpu.predict_proba(rows)
+            assert np.array_equal(gpu.decision_function(rows), ref_raw), (type(model).__name__, n)
+            np.testing.assert_allclose(gpu.predict_proba(rows), ref_p, atol=1e-6, rtol=0)
+            assert np.array_equal(gpu.predict(rows), cpu.predict(rows))
+            pinned = torch.as_tensor(rows, dtype=dtype).pin_memory()
+            out = gpu.decision_function(pinned)
+            assert out.device.type == "cpu" and np.array_equal(out.numpy(), ref_raw)
+            dev = gpu.decision_function(pinned.cuda())
+            assert dev.device.type == "cuda" and np.array_equal(dev.cpu().numpy(), ref_raw)
+            assert np.array_equal(gpu.apply(rows), cpu.apply(rows))
+        assert len(gpu._graphs._graphs) >= 4
+
+
+def test_autotuning_caches_its_choice_on_disk(tmp_path, monkeypatch):
+    from pyzero.trees import gpu as gpu_mod
+
+    monkeypatch.setenv("PYZERO_CACHE_DIR", str(tmp_path))
+    X, models = fitted_models()
+    model = models[0]
+    cf = trees.compile(model, device="cuda")
+    cf.predict_proba(X)  # 800 rows: bucket 5, tuned on these rows
+    cfg = cf.kernel_config(len(X))
+    assert cfg.layout in cf._gpu.eligible
+    entries = json.loads((tmp_path / gpu_mod.CACHE_FILE).read_text())["entries"]
+    assert any(k.endswith("|5") for k in entries)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("the cached choice should have been used")
+
+    monkeypatch.setattr(gpu_mod.GpuRunner, "_tune", no_timing)
+    again = trees.compile(model, device="cuda")
+    assert again.kernel_config(len(X)) == gpu_mod.KernelConfig(
+        **next(v for k, v in entries.items() if k.endswith("|5"))["config"]
+    )
+    monkeypatch.undo()
+    monkeypatch.setenv("PYZERO_CACHE_DIR", str(tmp_path))
+    chosen = cf.tune(X, batch_sizes=(1, 100))
+    assert set(chosen) == {1, 100} and all(c.layout in cf._gpu.eligible for c in chosen.values())
+
+
+def test_tree_predict_cuda_function():
     import pyzero
 
     X, models = fitted_models()
-    rng = np.random.default_rng(1)
-    big = X[rng.integers(0, len(X), max(CUDA_BATCHES))]
-    for model in models:
-        cpu = trees.compile(model, backend="cpu", strategy="traverse")
-        gpu = trees.compile(model, backend="cuda", device="cuda")
-        dtype = cpu._input_dtype
-        ref_raw = cpu.decision_function(big)
-        ref_leaves = cpu.apply(big)
-        for n in CUDA_BATCHES:  # each row gets the same bits at every batch size
-            x = torch.as_tensor(big[:n], dtype=dtype, device="cuda")
-            assert np.array_equal(gpu.decision_function(x).cpu().numpy(), ref_raw[:n]), (
-                type(model).__name__,
-                n,
-            )
-            assert np.array_equal(gpu.apply(x).cpu().numpy(), ref_leaves[:n]), (type(model).__name__, n)
-        np.testing.assert_allclose(gpu.predict_proba(X), cpu.predict_proba(X), atol=1e-6, rtol=0)
-        x7 = torch.as_tensor(big[:7], dtype=dtype)
-        assert torch.equal(pyzero.tree_predict_cuda(cpu.forest, x7.cuda()).cpu(), cpu._raw(cpu._input(x7)[0]))
+    cpu = trees.compile(models[0], backend="cpu", strategy="traverse")
+    x7 = torch.as_tensor(X[:7], dtype=cpu._input_dtype)
+    assert torch.equal(pyzero.tree_predict_cuda(cpu.forest, x7.cuda()).cpu(), cpu._raw(cpu._input(x7)[0]))
+    leaves = pyzero.tree_predict_cuda(cpu.forest, x7.cuda(), leaves=True)
+    assert torch.equal(leaves.cpu(), torch.as_tensor(cpu.apply(X[:7])))

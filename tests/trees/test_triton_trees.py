@@ -1,4 +1,5 @@
-"""The Triton tree kernel (pyzero/kernels/tree_triton.py) against the C++ node kernel, bit for bit.
+"""The Triton tree kernel (pyzero/kernels/tree_triton.py), every layout it reads and two program shapes,
+against the C++ node kernel, bit for bit.
 
 On CPU it runs under TRITON_INTERPRET=1 (tests/conftest.py), so the models and batches are small;
 on a GPU machine the same tests run on CUDA tensors.
@@ -68,17 +69,26 @@ def _models():
     ]
 
 
+# (layout-independent) program shapes: rows and trees per step.
+BLOCKS = ({"block_r": 64, "block_t": 8}, {"block_r": 16, "block_t": 1})
+
+
 @pytest.mark.parametrize("case", range(8))
 def test_triton_kernel_equals_the_cpu_kernel_bit_for_bit(case):
     name, X, model = _models()[case]
     cpu = trees.compile(model, backend="cpu", strategy="traverse")
-    tri = trees.compile(model, backend="triton", device=DEVICE)
     rows = X.iloc[:130] if isinstance(X, pd.DataFrame) else X[:130]
-    assert np.array_equal(tri.decision_function(rows), cpu.decision_function(rows)), name
-    assert np.array_equal(tri.apply(rows), cpu.apply(rows)), name
-    for n in BATCHES:  # every batch size gives each row the same bits
-        part = rows.iloc[:n] if isinstance(rows, pd.DataFrame) else rows[:n]
-        assert np.array_equal(tri.decision_function(part), cpu.decision_function(rows)[:n]), (name, n)
+    # the kernel's output (raw scores) bit for bit; post-transforms use the device's math library
+    ref, ref_leaves = cpu._raw(cpu._input(rows)[0]).numpy(), cpu.apply(rows)
+    auto = trees.compile(model, backend="triton", device=DEVICE)
+    for layout in auto._gpu.eligible:
+        for blocks in BLOCKS:
+            tri = trees.compile(model, backend="triton", device=DEVICE, tune={"layout": layout, **blocks})
+            assert np.array_equal(tri._raw(tri._input(rows)[0]).cpu().numpy(), ref), (name, layout, blocks)
+            assert np.array_equal(tri.apply(rows), ref_leaves), (name, layout, blocks)
+            for n in BATCHES:  # every batch size gives each row the same bits
+                part = rows.iloc[:n] if isinstance(rows, pd.DataFrame) else rows[:n]
+                assert np.array_equal(tri._raw(tri._input(part)[0]).cpu().numpy(), ref[:n]), (name, layout, n)
 
 
 def test_tree_predict_triton_function_and_errors():
@@ -90,7 +100,18 @@ def test_tree_predict_triton_function_and_errors():
     assert torch.equal(raw.cpu()[:, 0], torch.as_tensor(cf.decision_function(X[:20])))
     leaves = pyzero.tree_predict_triton(cf.forest, x, leaves=True)
     assert torch.equal(leaves.cpu(), torch.as_tensor(cf.apply(X[:20])))
-    with pytest.raises(ValueError, match="strategy must be auto or traverse, got 'gemm'"):
+    with pytest.raises(
+        ValueError, match=r"takes strategy auto, traverse \(node layouts\) or perfect .* got 'gemm'"
+    ):
         trees.compile(model, backend="triton", strategy="gemm", device=DEVICE)
     with pytest.raises(ValueError, match=r"X must be a 2-D float32 or float64 tensor"):
         pyzero.tree_predict_triton(cf.forest, x[0])
+
+
+def test_triton_backend_reads_inputs_like_lightgbm_inside_the_kernel():
+    X, y = mixed_data(n=300)
+    model = lgb.LGBMClassifier(n_estimators=3, num_leaves=6, verbose=-1).fit(X, y["bin"])
+    for layout in ("perfect", "compact-bfs"):
+        tri = trees.compile(model, backend="triton", device=DEVICE, tune={"layout": layout, "block_r": 128})
+        report = trees.verify(model, tri, X[:50])  # tiny values, +-inf and NaN among the adversarial rows
+        assert report["ok"], (layout, report)

@@ -1,0 +1,241 @@
+// One tree walk per (row, tree) over the GPU layouts of the forest, shared by the CUDA kernel
+// (csrc/cuda/tree_cuda.cu) and its host twin (tree_walk_op.cpp, which tests the decoding on machines
+// without a GPU). Torch-free; every function compiles for host and device.
+//
+// Note [GPU layouts]
+// Three layouts (pyzero/trees/gpu_layout.py builds them; `format` below):
+//   kPerfect: Note [Perfect trees] (tree_fast.h) in 8-byte nodes: [trees, stride] of (meta, float32
+//     threshold bits) in heap order, a fixed D steps, every node `isnan(x) ? default_left : x <= t` on
+//     columns prepared by column_kind. A walk ends at a leaf slot j; its value row is t * 2^D + j and
+//     its IR id leaf_nodes[t * 2^D + j].
+//   kCompact: 8-byte nodes, each tree laid out breadth-first or depth-first with the two children of a
+//     node side by side: word0 = feature (bits 0..12) | default_left (13) | cmp_lt (14) | missing kind
+//     (15..16) | categorical (17) | child offset (18..31; 0 at a leaf), children at pos + offset and
+//     pos + offset + 1; word1 = the float32 threshold bits, a categorical node's cat_bits row, or at a
+//     leaf its IR node id. Used when every feature < 2^13 and every child offset < 2^14.
+//   kWide: the 16-byte nodes of the C++ node kernel (tree_cpu.h) in IR order; a leaf points to itself.
+// Numeric, missing-value and categorical rules are the C++ node kernel's (tree_cpu.h flags, Note
+// [Categorical splits] in pyzero/trees/forest.py), so all layouts give the same leaf for every row.
+// A walk returns the leaf's value row: values[row * n_outputs + o] is what it adds to output o.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "tree_cpu.h"
+#include "tree_fast.h"
+
+#if defined(__CUDACC__)
+#define PYZERO_HD __host__ __device__ __forceinline__
+#define PYZERO_UNROLL _Pragma("unroll")
+#define PYZERO_UNROLL8 _Pragma("unroll 8")
+#else
+#define PYZERO_HD inline
+#define PYZERO_UNROLL
+#define PYZERO_UNROLL8
+#endif
+
+namespace pyzero::trees {
+
+enum WalkFormat : int32_t { kPerfect = 0, kCompact = 1, kWide = 2 };
+
+constexpr uint32_t kC8FeatureMask = (1u << 13) - 1;
+constexpr uint32_t kC8DefaultLeft = 1u << 13;
+constexpr uint32_t kC8CmpLt = 1u << 14;
+constexpr int kC8MissingShift = 15;
+constexpr uint32_t kC8Categorical = 1u << 17;
+constexpr int kC8OffsetShift = 18;
+
+struct WalkForest {
+  int32_t format;
+  const uint32_t* nodes;      // perfect: [trees, stride, 2]; compact: [n, 2]; wide: Node [n]
+  const int32_t* roots;       // compact / wide: root position of each tree
+  const int32_t* leaf_nodes;  // perfect: [trees * 2^D] IR ids of the leaf slots
+  const double* values;       // [value rows, n_outputs]
+  const double* threshold64;  // compact / wide: per node position, compared with float64 inputs
+  const uint32_t* cat_bits;   // [sets, cat_words]
+  const int8_t* column_kind;  // [n_features] or nullptr (prepare_value)
+  int64_t cat_words;
+  double cat_lo, cat_hi;
+  int32_t cat_invalid;
+  int64_t n_trees, n_outputs, n_features;
+  int64_t node_stride;  // perfect
+  int32_t depth;        // perfect: D
+};
+
+// Two words of a compact node (8-byte aligned: one load on the GPU).
+struct alignas(8) Node8 {
+  uint32_t word0, word1;
+};
+
+template <typename T>
+PYZERO_HD bool is_nan(T v) {
+  return v != v;
+}
+template <typename T>
+PYZERO_HD T abs_of(T v) {
+  return v < 0 ? -v : v;  // -0.0 stays -0.0 and NaN stays NaN: both compare as fabs's result would
+}
+
+PYZERO_HD float bits_to_float(uint32_t b) {
+  float f;
+  memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+// Feature c's value v as the kernels read it: column_kind's LightGBM reading (|v| <= 1e-35f -> 0,
+// +-inf -> +-FLT_MAX) for every layout, and for the perfect layout its missing-value transforms (Note
+// [Perfect trees]). Node layouts apply missing kinds in their nodes instead.
+template <typename T>
+PYZERO_HD T prepare_value(const WalkForest& f, T v, int64_t c) {
+  if (f.column_kind == nullptr) return v;
+  const int8_t kind = f.column_kind[c];
+  if (kind & kColumnLightgbmReading) {
+    constexpr T kMax = static_cast<T>(3.4028234663852886e38);
+    v = abs_of(v) <= static_cast<T>(kFastZeroThreshold) ? T(0) : v;
+    v = v > kMax ? kMax : (v < -kMax ? -kMax : v);
+  }
+  if (f.format != kPerfect) return v;
+  const int8_t missing = kind & kColumnMissingMask;
+  if (missing == kColumnNanToZero && is_nan(v)) return T(0);
+  if (missing == kColumnZeroToNan && (is_nan(v) || abs_of(v) <= static_cast<T>(kFastZeroThreshold)))
+    return static_cast<T>(bits_to_float(0x7fc00000u));
+  return v;
+}
+
+// Whether a node with the given decoded fields sends v left (tree_cpu.h's rule).
+template <typename T>
+PYZERO_HD bool node_left(const WalkForest& f, bool default_left, bool cmp_lt, int missing_kind,
+                         bool categorical, uint32_t word, int64_t pos, T v) {
+  bool nan = is_nan(v);
+  if (nan && missing_kind == 1) {
+    v = 0;
+    nan = false;
+  }
+  const bool missing = missing_kind == 2 ? (nan || abs_of(v) <= static_cast<T>(kZeroThreshold)) : nan;
+  if (missing) return default_left;
+  if (categorical) {
+    if (!(v >= static_cast<T>(f.cat_lo) && v < static_cast<T>(f.cat_hi))) {
+      return f.cat_invalid == kInvalidDefault ? default_left : f.cat_invalid == kInvalidLeft;
+    }
+    const int64_t c = static_cast<int64_t>(v);  // truncation toward zero; v is in the domain
+    const bool in_set = (c >> 5) < f.cat_words &&
+                        ((f.cat_bits[static_cast<int64_t>(word) * f.cat_words + (c >> 5)] >> (c & 31)) & 1u);
+    return in_set != cmp_lt;
+  }
+  const T t = sizeof(T) == 8 ? static_cast<T>(f.threshold64[pos]) : static_cast<T>(bits_to_float(word));
+  return cmp_lt ? v < t : v <= t;
+}
+
+// The walker of one layout. walk<N>(t0, count, row, out) walks trees t0 .. t0 + count - 1 (count <= N)
+// in lockstep, so one thread has N independent node loads in flight, and writes each tree's leaf value
+// row to out[k]; leaf_id(value row) is the leaf's IR node id. `row(c)` reads feature c of the row
+// (already prepared for the perfect layout).
+struct PerfectWalker {
+  const WalkForest& f;
+  template <int N, typename Row>
+  PYZERO_HD void walk(int64_t t0, int64_t count, const Row& row, int64_t* out) const {
+    const Node8* tree[N];
+    int32_t i[N];
+    PYZERO_UNROLL
+    for (int k = 0; k < N; ++k) {
+      i[k] = 0;
+      tree[k] = reinterpret_cast<const Node8*>(f.nodes) + (t0 + (k < count ? k : 0)) * f.node_stride;
+    }
+    const int32_t last = static_cast<int32_t>(f.n_features - 1);
+    for (int32_t d = 0; d < f.depth; ++d) {
+      PYZERO_UNROLL
+      for (int k = 0; k < N; ++k) {
+        const Node8 nd = tree[k][i[k]];
+        int32_t c = static_cast<int32_t>(nd.word0 & kMetaFeatureMask);
+        c = c < last ? c : last;
+        const float v = row(c);
+        const bool left = is_nan(v) ? (nd.word0 >> 31) != 0 : v <= bits_to_float(nd.word1);
+        i[k] = 2 * i[k] + (left ? 1 : 2);
+      }
+    }
+    const int32_t first_leaf = (int32_t{1} << f.depth) - 1;
+    PYZERO_UNROLL
+    for (int k = 0; k < N; ++k) out[k] = ((t0 + k) << f.depth) + (i[k] - first_leaf);
+  }
+  PYZERO_HD int32_t leaf_id(int64_t value_row) const { return f.leaf_nodes[value_row]; }
+};
+
+// Shared lockstep loop of the node layouts: step(pos) returns true at a leaf (its value row in *res).
+// Positions fit 32 bits (tree_walk_op.cpp checks the node count).
+template <int N, typename Step>
+PYZERO_HD void walk_nodes(const WalkForest& f, int64_t t0, int64_t count, int64_t* out, const Step& step) {
+  int32_t pos[N];
+  bool done[N];
+  PYZERO_UNROLL
+  for (int k = 0; k < N; ++k) {
+    done[k] = k >= count;
+    pos[k] = done[k] ? 0 : f.roots[t0 + k];
+  }
+  for (;;) {
+    bool busy = false;
+    PYZERO_UNROLL
+    for (int k = 0; k < N; ++k) {
+      if (!done[k]) {
+        done[k] = step(pos[k], &out[k]);
+        busy = true;
+      }
+    }
+    if (!busy) return;
+  }
+}
+
+struct CompactWalker {
+  const WalkForest& f;
+  template <int N, typename Row>
+  PYZERO_HD void walk(int64_t t0, int64_t count, const Row& row, int64_t* out) const {
+    const Node8* nodes = reinterpret_cast<const Node8*>(f.nodes);
+    walk_nodes<N>(f, t0, count, out, [&](int32_t& pos, int64_t* res) {
+      const Node8 nd = nodes[pos];
+      const uint32_t off = nd.word0 >> kC8OffsetShift;
+      if (off == 0) {
+        *res = nd.word1;
+        return true;
+      }
+      const bool left =
+          node_left(f, (nd.word0 & kC8DefaultLeft) != 0, (nd.word0 & kC8CmpLt) != 0,
+                    static_cast<int>((nd.word0 >> kC8MissingShift) & 3), (nd.word0 & kC8Categorical) != 0,
+                    nd.word1, pos, row(static_cast<int64_t>(nd.word0 & kC8FeatureMask)));
+      pos += static_cast<int32_t>(off) + (left ? 0 : 1);
+      return false;
+    });
+  }
+  PYZERO_HD int32_t leaf_id(int64_t value_row) const { return static_cast<int32_t>(value_row); }
+};
+
+struct WideWalker {
+  const WalkForest& f;
+  template <int N, typename Row>
+  PYZERO_HD void walk(int64_t t0, int64_t count, const Row& row, int64_t* out) const {
+    const Node* nodes = reinterpret_cast<const Node*>(f.nodes);
+    walk_nodes<N>(f, t0, count, out, [&](int32_t& pos, int64_t* res) {
+      const Node nd = nodes[pos];
+      if (nd.left == pos && nd.right == pos) {
+        *res = pos;
+        return true;
+      }
+      uint32_t word;
+      memcpy(&word, &nd.threshold, sizeof word);
+      const bool left = node_left(f, (nd.meta & kDefaultLeft) != 0, (nd.meta & kCmpLt) != 0,
+                                  (nd.meta >> kMissingShift) & 3, (nd.meta & kCategorical) != 0, word, pos,
+                                  row(static_cast<int64_t>(nd.meta & kFeatureMask)));
+      pos = left ? nd.left : nd.right;
+      return false;
+    });
+  }
+  PYZERO_HD int32_t leaf_id(int64_t value_row) const { return static_cast<int32_t>(value_row); }
+};
+
+// Host twin of the CUDA kernel: row by row, trees in order (the same sums, Note [Perfect trees]).
+// raw: [rows, n_outputs] or nullptr; leaves: [rows, n_trees] or nullptr.
+template <typename T>
+void walk_host(const WalkForest& f, const T* x, int64_t rows, const double* base, bool float32_accum,
+               double* raw, int32_t* leaves);
+
+}  // namespace pyzero::trees

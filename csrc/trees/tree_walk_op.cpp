@@ -1,0 +1,227 @@
+// pyzero::tree_walk: the GPU layouts of Note [GPU layouts] (tree_walk.h), walked by the CUDA kernel
+// (csrc/cuda/tree_cuda.cu) on CUDA tensors and by its host twin on CPU tensors. Light includes only.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <type_traits>
+#include <vector>
+
+#include "tree_walk.h"
+
+#ifdef PYZERO_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "../cuda/tree_cuda.h"
+#endif
+
+namespace pyzero {
+namespace trees {
+
+template <typename T>
+void walk_host(const WalkForest& f, const T* x, int64_t rows, const double* base, bool float32_accum,
+               double* raw, int32_t* leaves) {
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(static_cast<size_t>(f.n_features));
+    std::vector<double> acc(static_cast<size_t>(f.n_outputs));
+    for (int64_t r = begin; r < end; ++r) {
+      for (int64_t c = 0; c < f.n_features; ++c) {
+        T v = x[r * f.n_features + c];
+        buf[static_cast<size_t>(c)] = prepare_value(f, v, c);
+      }
+      const T* row_ptr = buf.data();
+      auto row = [row_ptr](int64_t c) { return row_ptr[c]; };
+      for (int64_t o = 0; o < f.n_outputs && base != nullptr; ++o)
+        acc[o] = float32_accum ? static_cast<double>(static_cast<float>(base[o])) : base[o];
+      for (int64_t t = 0; t < f.n_trees; ++t) {
+        int64_t vr = 0;
+        int32_t id = 0;
+        if (f.format == kPerfect) {
+          if constexpr (std::is_same_v<T, float>) {
+            const PerfectWalker w{f};
+            w.walk<1>(t, 1, row, &vr);
+            id = w.leaf_id(vr);
+          }
+        } else if (f.format == kCompact) {
+          CompactWalker{f}.walk<1>(t, 1, row, &vr);
+          id = static_cast<int32_t>(vr);
+        } else {
+          WideWalker{f}.walk<1>(t, 1, row, &vr);
+          id = static_cast<int32_t>(vr);
+        }
+        if (leaves != nullptr) {
+          leaves[r * f.n_trees + t] = id;
+          continue;
+        }
+        for (int64_t o = 0; o < f.n_outputs; ++o) {
+          const double v = f.values[vr * f.n_outputs + o];
+          acc[o] = float32_accum ? static_cast<double>(static_cast<float>(acc[o]) + static_cast<float>(v))
+                                 : acc[o] + v;
+        }
+      }
+      if (raw != nullptr)
+        for (int64_t o = 0; o < f.n_outputs; ++o) raw[r * f.n_outputs + o] = acc[o];
+    }
+  });
+}
+
+}  // namespace trees
+
+namespace {
+
+void check(const at::Tensor& t, at::ScalarType dtype, int64_t dim, const char* what) {
+  TORCH_CHECK(t.scalar_type() == dtype && t.dim() == dim && t.is_contiguous(), "pyzero.tree_walk: ", what);
+}
+
+// The WalkForest of the op's arguments (pointers on x's device; cat_domain on the host).
+trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
+                              const at::Tensor& leaf_nodes, const at::Tensor& values,
+                              const at::Tensor& threshold64, const at::Tensor& cat_bits,
+                              at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
+                              const at::Tensor& x, int64_t n_features) {
+  TORCH_CHECK((x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) && x.dim() == 2 &&
+                  x.is_contiguous() && x.size(1) >= n_features && n_features >= 1,
+              "pyzero.tree_walk: x must be a contiguous float32 or float64 tensor of shape (rows, ",
+              n_features, "), got ", x.scalar_type(), " ", x.sizes());
+  check(values, at::kDouble, 2, "values must be a contiguous float64 tensor of shape (value rows, outputs)");
+  TORCH_CHECK(values.size(1) >= 1, "pyzero.tree_walk: values needs at least one output column");
+  TORCH_CHECK(values.numel() < (int64_t{1} << 31), "pyzero.tree_walk: forest too large for 32-bit indices");
+  TORCH_CHECK(cat_domain.size() == 3, "pyzero.tree_walk: cat_domain must hold (lo, hi, invalid)");
+  for (const at::Tensor* t : {&nodes, &roots, &leaf_nodes, &values, &threshold64, &cat_bits, &column_kind}) {
+    TORCH_CHECK(t->numel() == 0 || t->device() == x.device(),
+                "pyzero.tree_walk: the forest's tensors must be on ", x.device(), " with x, got one on ",
+                t->device());
+  }
+  trees::WalkForest f{};
+  f.format = static_cast<int32_t>(format);
+  f.values = values.data_ptr<double>();
+  f.n_outputs = values.size(1);
+  f.n_features = x.size(1);
+  f.cat_lo = cat_domain[0];
+  f.cat_hi = cat_domain[1];
+  f.cat_invalid = static_cast<int32_t>(cat_domain[2]);
+  TORCH_CHECK(column_kind.numel() == 0 || (column_kind.scalar_type() == at::kChar && column_kind.dim() == 1 &&
+                                           column_kind.size(0) == x.size(1) && column_kind.is_contiguous()),
+              "pyzero.tree_walk: column_kind must be empty or an int8 vector with one entry per feature");
+  f.column_kind = column_kind.numel() ? column_kind.data_ptr<int8_t>() : nullptr;
+  if (format == trees::kPerfect) {
+    check(nodes, at::kInt, 3, "perfect layout: nodes must be a contiguous int32 tensor [trees, stride, 2]");
+    TORCH_CHECK(nodes.size(2) == 2,
+                "pyzero.tree_walk: perfect layout: nodes must hold (meta, threshold) pairs");
+    TORCH_CHECK(depth >= 0 && depth <= 24 && nodes.size(1) >= (int64_t{1} << depth),
+                "pyzero.tree_walk: perfect layout: depth must be in [0, 24] with 2^depth <= nodes.size(1)");
+    check(leaf_nodes, at::kInt, 1, "perfect layout: leaf_nodes must be a contiguous int32 vector");
+    TORCH_CHECK(leaf_nodes.numel() == (nodes.size(0) << depth) && values.size(0) == leaf_nodes.numel(),
+                "pyzero.tree_walk: perfect layout: leaf_nodes and values need trees * 2^depth rows");
+    TORCH_CHECK(x.scalar_type() == at::kFloat,
+                "pyzero.tree_walk: the perfect layout compares float32 inputs");
+    f.nodes = reinterpret_cast<const uint32_t*>(nodes.data_ptr<int32_t>());
+    f.leaf_nodes = leaf_nodes.data_ptr<int32_t>();
+    f.n_trees = nodes.size(0);
+    f.node_stride = nodes.size(1);
+    f.depth = static_cast<int32_t>(depth);
+    return f;
+  }
+  TORCH_CHECK(format == trees::kCompact || format == trees::kWide,
+              "pyzero.tree_walk: format must be 0 (perfect), 1 (compact) or 2 (wide), got ", format);
+  check(nodes, at::kInt, 2, "nodes must be a contiguous int32 tensor [n, 2] (compact) or [n, 4] (wide)");
+  TORCH_CHECK(nodes.size(1) == (format == trees::kCompact ? 2 : 4),
+              "pyzero.tree_walk: nodes must have 2 columns (compact) or 4 (wide), got ", nodes.size(1));
+  check(roots, at::kInt, 1, "roots must be a contiguous int32 vector");
+  TORCH_CHECK(nodes.size(0) < (int64_t{1} << 31),
+              "pyzero.tree_walk: forest too large for 32-bit node positions");
+  TORCH_CHECK(threshold64.scalar_type() == at::kDouble && threshold64.dim() == 1 &&
+                  threshold64.size(0) == nodes.size(0) && threshold64.is_contiguous(),
+              "pyzero.tree_walk: threshold64 must be a contiguous float64 vector with one value per node");
+  check(cat_bits, at::kInt, 2, "cat_bits must be a contiguous int32 tensor (sets, words)");
+  TORCH_CHECK(cat_bits.size(1) >= 1, "pyzero.tree_walk: cat_bits needs at least one word per set");
+  f.nodes = reinterpret_cast<const uint32_t*>(nodes.data_ptr<int32_t>());
+  f.roots = roots.data_ptr<int32_t>();
+  f.threshold64 = threshold64.data_ptr<double>();
+  f.cat_bits = reinterpret_cast<const uint32_t*>(cat_bits.data_ptr<int32_t>());
+  f.cat_words = cat_bits.size(1);
+  f.n_trees = roots.size(0);
+  return f;
+}
+
+at::Tensor output(const trees::WalkForest& f, const at::Tensor& x, const at::Tensor& base, bool leaves) {
+  if (leaves) return at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
+  TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous() &&
+                  base.device() == x.device(),
+              "pyzero.tree_walk: base must hold one float64 per output, on x's device");
+  return at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
+}
+
+at::Tensor tree_walk_cpu(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
+                         const at::Tensor& leaf_nodes, const at::Tensor& values,
+                         const at::Tensor& threshold64, const at::Tensor& cat_bits,
+                         at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
+                         int64_t n_features, const at::Tensor& x, const at::Tensor& base, bool float32_accum,
+                         bool leaves, at::IntArrayRef config) {
+  const trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
+                                          cat_domain, column_kind, depth, x, n_features);
+  (void)config;  // the host twin walks row by row
+  at::Tensor out = output(f, x, base, leaves);
+  double* raw = leaves ? nullptr : out.data_ptr<double>();
+  int32_t* lv = leaves ? out.data_ptr<int32_t>() : nullptr;
+  const double* b = leaves ? nullptr : base.data_ptr<double>();
+  if (x.scalar_type() == at::kDouble) {
+    trees::walk_host(f, x.data_ptr<double>(), x.size(0), b, float32_accum, raw, lv);
+  } else {
+    trees::walk_host(f, x.data_ptr<float>(), x.size(0), b, float32_accum, raw, lv);
+  }
+  return out;
+}
+
+#ifdef PYZERO_WITH_CUDA
+at::Tensor tree_walk_cuda(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
+                          const at::Tensor& leaf_nodes, const at::Tensor& values,
+                          const at::Tensor& threshold64, const at::Tensor& cat_bits,
+                          at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
+                          int64_t n_features, const at::Tensor& x, const at::Tensor& base, bool float32_accum,
+                          bool leaves, at::IntArrayRef config) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
+                                          cat_domain, column_kind, depth, x, n_features);
+  TORCH_CHECK(config.size() == 4, "pyzero.tree_walk: config must be [threads, lanes, ilp, stage], got ",
+              config.size(), " values");
+  const cuda::WalkLaunch cfg{static_cast<int>(config[0]), static_cast<int>(config[1]),
+                             static_cast<int>(config[2]), config[3] != 0};
+  at::Tensor out = output(f, x, base, leaves);
+  double* raw = leaves ? nullptr : out.data_ptr<double>();
+  int32_t* lv = leaves ? out.data_ptr<int32_t>() : nullptr;
+  const double* b = leaves ? nullptr : base.data_ptr<double>();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const cudaError_t err =
+      x.scalar_type() == at::kDouble
+          ? cuda::tree_walk(f, x.data_ptr<double>(), x.size(0), b, float32_accum, raw, lv, cfg, stream)
+          : cuda::tree_walk(f, x.data_ptr<float>(), x.size(0), b, float32_accum, raw, lv, cfg, stream);
+  TORCH_CHECK(err == cudaSuccess, "pyzero.tree_walk (CUDA): ", cudaGetErrorString(err),
+              " (config threads=", cfg.threads, " lanes=", cfg.lanes, " ilp=", cfg.ilp, ")");
+  return out;
+}
+#endif
+
+}  // namespace
+}  // namespace pyzero
+
+TORCH_LIBRARY_FRAGMENT(pyzero, m) {
+  m.def(
+      "tree_walk(int format, Tensor nodes, Tensor roots, Tensor leaf_nodes, Tensor values, "
+      "Tensor threshold64, Tensor cat_bits, float[] cat_domain, Tensor column_kind, int depth, int "
+      "n_features, "
+      "Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
+  m.impl("tree_walk", &pyzero::tree_walk_cpu);
+}
+
+#ifdef PYZERO_WITH_CUDA
+TORCH_LIBRARY_IMPL(pyzero, CUDA, m) {
+  m.impl("tree_walk", &pyzero::tree_walk_cuda);
+}
+#endif

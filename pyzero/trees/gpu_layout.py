@@ -1,0 +1,196 @@
+"""The forest in the GPU layouts of Note [GPU layouts] (csrc/trees/tree_walk.h): perfect trees, compact
+8-byte nodes (breadth- or depth-first, children side by side) and the 16-byte nodes in IR order.
+
+`build(forest, layout)` converts (or says why the forest does not fit); `GpuLayout.walk` runs
+pyzero::tree_walk, the CUDA kernel on CUDA tensors and its host twin on CPU tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyzero.trees import fast_cpu, strategies
+from pyzero.trees.forest import CMP_CAT_IN_RIGHT, CMP_LT, Forest
+
+LAYOUTS = ("perfect", "compact-bfs", "compact-dfs", "wide")
+FORMAT = {"perfect": 0, "compact-bfs": 1, "compact-dfs": 1, "wide": 2}
+# Compact node fields (kC8* in tree_walk.h).
+C8_FEATURE_BITS = 13
+C8_DEFAULT_LEFT_BIT = 13
+C8_CMP_LT_BIT = 14
+C8_MISSING_SHIFT = 15
+C8_CATEGORICAL_BIT = 17
+C8_OFFSET_SHIFT = 18
+C8_MAX_OFFSET = (1 << (32 - C8_OFFSET_SHIFT)) - 1
+
+
+def why_not(forest: Forest, layout: str, input_dtype: torch.dtype) -> str | None:
+    """None when `forest` fits `layout` for inputs of input_dtype, else the reason it does not."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if forest.n_trees == 0 and layout != "wide":
+        return "no trees"
+    if layout == "perfect":
+        if input_dtype != torch.float32:
+            return "the perfect layout compares float32 inputs only"
+        return fast_cpu.why_ineligible(forest)
+    if layout.startswith("compact"):
+        if forest.n_features > 1 << C8_FEATURE_BITS:
+            return f"more than {1 << C8_FEATURE_BITS} features"
+        if _positions(forest, layout)[1] > C8_MAX_OFFSET:
+            return f"a child lies more than {C8_MAX_OFFSET} nodes after its parent"
+    return None
+
+
+def _levels(forest: Forest) -> list[np.ndarray]:
+    """Node ids level by level, every level in tree order (children in parent order, left first)."""
+    ids = np.arange(forest.feature.shape[0])
+    internal = ~((forest.left == ids) & (forest.right == ids))
+    out, cur = [], forest.roots.astype(np.int64)
+    while cur.size:
+        out.append(cur)
+        inner = cur[internal[cur]]
+        cur = np.stack([forest.left[inner], forest.right[inner]], axis=1).reshape(-1).astype(np.int64)
+    return out
+
+
+def _tree_of(forest: Forest) -> np.ndarray:
+    return np.searchsorted(forest.roots, np.arange(forest.feature.shape[0]), side="right") - 1
+
+
+def _positions(forest: Forest, layout: str) -> tuple[np.ndarray, int]:
+    """(position of every IR node in the compact layout, the largest parent-to-children offset)."""
+    n = forest.feature.shape[0]
+    ids = np.arange(n)
+    internal = ~((forest.left == ids) & (forest.right == ids))
+    tree = _tree_of(forest)
+    levels = _levels(forest)
+    pos = np.empty(n, dtype=np.int64)
+    if layout == "compact-bfs":  # tree by tree, level by level
+        nodes = np.concatenate(levels)
+        level = np.concatenate([np.full(lv.shape[0], i) for i, lv in enumerate(levels)])
+        order = nodes[np.lexsort((np.arange(nodes.shape[0]), level, tree[nodes]))]
+        pos[order] = np.arange(order.shape[0])
+    else:  # depth-first: the root, then the children pair of every split node in preorder
+        size = np.ones(n, dtype=np.int64)
+        for lv in reversed(levels):
+            inner = lv[internal[lv]]
+            size[inner] = 1 + size[forest.left[inner]] + size[forest.right[inner]]
+        pre = np.zeros(n, dtype=np.int64)
+        for lv in levels:
+            inner = lv[internal[lv]]
+            pre[forest.left[inner]] = pre[inner] + 1
+            pre[forest.right[inner]] = pre[inner] + 1 + size[forest.left[inner]]
+        split = ids[internal]
+        split = split[np.lexsort((pre[split], tree[split]))]
+        first = np.searchsorted(tree[split], np.arange(forest.n_trees))
+        rank = np.arange(split.shape[0]) - first[tree[split]]
+        start = forest.roots.astype(np.int64)  # trees keep their IR node ranges
+        pos[forest.roots] = start
+        pos[forest.left[split]] = start[tree[split]] + 1 + 2 * rank
+        pos[forest.right[split]] = start[tree[split]] + 2 + 2 * rank
+    split = ids[internal]
+    offset = pos[forest.left[split]] - pos[split]
+    if not np.array_equal(pos[forest.right[split]], pos[forest.left[split]] + 1) or (offset < 1).any():
+        raise AssertionError("compact layout: children must follow their parent side by side")
+    return pos, int(offset.max(initial=0))
+
+
+class GpuLayout:
+    """One layout's arrays (on `device`) for pyzero::tree_walk."""
+
+    def __init__(self, forest: Forest, layout: str, input_dtype: torch.dtype, device: torch.device) -> None:
+        reason = why_not(forest, layout, input_dtype)
+        if reason is not None:
+            raise ValueError(f"this {forest.source or 'forest'} does not fit layout {layout!r}: {reason}")
+        self.layout = layout
+        self.format = FORMAT[layout]
+        self.n_trees = forest.n_trees
+        self.n_outputs = forest.n_outputs
+        self.n_features = forest.n_features
+        self.max_depth = forest.max_depth
+        self.cat_domain = [float(v) for v in forest.cat_domain]
+        empty_i = torch.zeros(0, dtype=torch.int32)
+        empty_d = torch.zeros(0, dtype=torch.float64)
+        cat_bits = torch.zeros((1, 1), dtype=torch.int32)
+        column_kind = torch.zeros(0, dtype=torch.int8)
+        self.depth = 0
+        if layout == "perfect":
+            p = fast_cpu.PerfectForest(forest)
+            nodes = torch.stack([p.meta, p.threshold.view(torch.int32)], dim=2)
+            roots, leaf_nodes = empty_i, p.leaf_nodes.reshape(-1)
+            values, threshold64 = p.values.reshape(-1, forest.n_outputs), empty_d
+            if bool((p.column_kind != 0).any()):
+                column_kind = p.column_kind
+            self.depth = p.depth
+        elif layout == "wide":
+            packed = strategies.PackedForest(forest)
+            nodes, roots, leaf_nodes = packed.nodes, packed.roots, empty_i
+            values, threshold64, cat_bits = packed.values, packed.threshold64, packed.cat_bits
+        else:
+            nodes, roots, threshold64 = _compact(forest, layout)
+            leaf_nodes = empty_i
+            values = torch.as_tensor(np.ascontiguousarray(forest.value, dtype=np.float64))
+            cat_bits = strategies.PackedForest(forest).cat_bits
+        if layout != "perfect" and fast_cpu.reads_like_lightgbm(forest):  # prepare_value in tree_walk.h
+            column_kind = torch.full((forest.n_features,), fast_cpu.COLUMN_LIGHTGBM_READING, dtype=torch.int8)
+        self.node_bytes = {"perfect": 8, "wide": 16}.get(layout, 8)
+        self.tensors = tuple(
+            t.to(device) for t in (nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind)
+        )
+
+    def walk(self, x: Tensor, base: Tensor, float32_accum: bool, leaves: bool, config: list[int]) -> Tensor:
+        """raw float64 [rows, outputs] (base + leaf values in tree order) or, with leaves=True, the IR
+        leaf node id of every tree, int32 [rows, trees]. config: [threads, lanes, ilp, stage]."""
+        nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = self.tensors
+        return torch.ops.pyzero.tree_walk(
+            self.format,
+            nodes,
+            roots,
+            leaf_nodes,
+            values,
+            threshold64,
+            cat_bits,
+            self.cat_domain,
+            column_kind,
+            self.depth,
+            self.n_features,
+            x,
+            base,
+            float32_accum,
+            leaves,
+            config,
+        )
+
+
+def _compact(forest: Forest, layout: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(nodes int32 [n, 2], root positions int32 [trees], threshold64 per position) of Note [GPU
+    layouts]' compact nodes."""
+    pos, _ = _positions(forest, layout)
+    n = forest.feature.shape[0]
+    ids = np.arange(n)
+    leaf = (forest.left == ids) & (forest.right == ids)
+    offset = np.where(leaf, 0, pos[forest.left] - pos)
+    cat = forest.cat_set >= 0
+    word0 = (
+        np.maximum(forest.feature, 0).astype(np.uint32)
+        | (forest.default_left.astype(np.uint32) << C8_DEFAULT_LEFT_BIT)
+        | (np.isin(forest.cmp, (CMP_LT, CMP_CAT_IN_RIGHT)).astype(np.uint32) << C8_CMP_LT_BIT)
+        | (forest.missing.astype(np.uint32) << C8_MISSING_SHIFT)
+        | (cat.astype(np.uint32) << C8_CATEGORICAL_BIT)
+        | (offset.astype(np.uint32) << C8_OFFSET_SHIFT)
+    )
+    thr_bits = forest.threshold32.astype(np.float32).view(np.uint32)
+    word1 = np.where(leaf, ids.astype(np.uint32), np.where(cat, forest.cat_set.astype(np.uint32), thr_bits))
+    nodes = np.empty((n, 2), dtype=np.uint32)
+    nodes[pos, 0] = word0
+    nodes[pos, 1] = word1
+    t64 = np.empty(n, dtype=np.float64)
+    t64[pos] = forest.threshold64
+    return (
+        torch.as_tensor(nodes.view(np.int32)),
+        torch.as_tensor(pos[forest.roots].astype(np.int32)),
+        torch.as_tensor(t64),
+    )

@@ -1,0 +1,265 @@
+"""The GPU layouts (Note [GPU layouts]) through pyzero::tree_walk's host twin, which shares every decoding
+function with the CUDA kernel, against the C++ node kernel bit for bit on the converters' models with
+adversarial rows; layout eligibility; the op's errors; and the autotuner's parts that need no GPU."""
+
+from __future__ import annotations
+
+import json
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xgboost as xgb
+from sklearn.ensemble import (
+    ExtraTreesRegressor,
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    IsolationForest,
+    RandomForestClassifier,
+)
+from sklearn.tree import DecisionTreeRegressor
+
+from pyzero import trees
+from pyzero.trees import gpu, gpu_layout
+from tests.trees.helpers import mixed_data
+
+
+def _models():
+    X, y = mixed_data(n=400)
+    Xf = np.nan_to_num(X)
+    rng = np.random.default_rng(3)
+    cats = pd.DataFrame({"a": pd.Categorical(rng.integers(0, 40, 400)), "b": Xf[:, 0], "c": Xf[:, 1]})
+    yc = (cats["a"].cat.codes.to_numpy() % 3) + cats["b"].to_numpy()
+    Xc = X.copy()
+    Xc[:, 0] = rng.integers(0, 12, 400)
+    return [
+        ("rf", X, RandomForestClassifier(n_estimators=8, max_depth=7, random_state=0).fit(X, y["multi"])),
+        ("extra trees deep", Xf, ExtraTreesRegressor(n_estimators=3, random_state=0).fit(Xf, y["reg"])),
+        ("gbc", Xf, GradientBoostingClassifier(n_estimators=6, max_depth=3).fit(Xf, y["bin"])),
+        (
+            "hgb float64 cat",
+            Xc,
+            HistGradientBoostingClassifier(max_iter=6, categorical_features=[0]).fit(Xc, y["bin"]),
+        ),
+        ("isolation", Xf, IsolationForest(n_estimators=5, random_state=0).fit(Xf)),
+        ("xgb multiclass", X, xgb.XGBClassifier(n_estimators=4, max_depth=4).fit(X, y["multi"])),
+        (
+            "xgb categorical",
+            cats,
+            xgb.XGBRegressor(n_estimators=5, max_depth=4, enable_categorical=True, tree_method="hist").fit(
+                cats, yc
+            ),
+        ),
+        ("lgb nan", X, lgb.LGBMClassifier(n_estimators=6, num_leaves=12, verbose=-1).fit(X, y["bin"])),
+        (
+            "lgb zero as missing",
+            Xf,
+            lgb.LGBMRegressor(n_estimators=6, num_leaves=8, zero_as_missing=True, verbose=-1).fit(
+                Xf, y["reg"]
+            ),
+        ),
+        (
+            "lgb categorical",
+            cats,
+            lgb.LGBMRegressor(n_estimators=6, num_leaves=8, min_child_samples=5, verbose=-1).fit(cats, yc),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_every_layout_equals_the_node_kernel_bit_for_bit(case):
+    name, X, model = _models()[case]
+    cpu = trees.compile(model, backend="cpu", strategy="traverse")
+    f = cpu.forest
+    rows, _ = trees.compiled.verification_rows(model, cpu, X)
+    x, _ = cpu._input(rows)
+    f32 = f.extra.get("accumulate") == "float32"
+    ref_raw = cpu._kernel.raw(x, cpu._base, f32)
+    ref_leaves = cpu._kernel.leaves(x)
+    fitted = [lay for lay in gpu_layout.LAYOUTS if gpu_layout.why_not(f, lay, cpu._input_dtype) is None]
+    assert {"compact-bfs", "wide"} <= set(fitted), (name, fitted)
+    for lay in fitted:
+        g = gpu_layout.GpuLayout(f, lay, cpu._input_dtype, torch.device("cpu"))
+        assert torch.equal(g.walk(x, cpu._base, f32, False, [256, 1, 1, 1]), ref_raw), (name, lay)
+        assert torch.equal(g.walk(x, cpu._base, False, True, [256, 1, 1, 1]).long(), ref_leaves), (name, lay)
+
+
+def test_compact_layouts_keep_children_side_by_side_and_trees_in_their_ranges():
+    _, _, model = _models()[0]
+    f = trees.compile(model).forest
+    for lay in ("compact-bfs", "compact-dfs"):
+        pos, largest = gpu_layout._positions(f, lay)
+        ids = np.arange(f.feature.shape[0])
+        split = ids[~((f.left == ids) & (f.right == ids))]
+        assert np.array_equal(pos[f.right[split]], pos[f.left[split]] + 1)
+        assert np.array_equal(np.sort(pos), ids)  # a permutation
+        tree = gpu_layout._tree_of(f)
+        assert np.array_equal(gpu_layout._tree_of(f)[pos], tree)  # each tree keeps its node range
+        assert 1 <= largest <= gpu_layout.C8_MAX_OFFSET
+    bfs, _ = gpu_layout._positions(f, "compact-bfs")
+    depth = np.zeros(f.feature.shape[0], dtype=int)
+    for k, lv in enumerate(gpu_layout._levels(f)):
+        depth[lv] = k
+    for t in range(f.n_trees):  # breadth-first: depth never decreases along a tree's positions
+        mine = np.flatnonzero(gpu_layout._tree_of(f) == t)
+        assert np.all(np.diff(depth[mine[np.argsort(bfs[mine])]]) >= 0)
+
+
+def test_layouts_that_do_not_fit_say_why():
+    rng = np.random.default_rng(0)
+    wide = DecisionTreeRegressor(max_depth=3, random_state=0).fit(
+        rng.standard_normal((60, 9000)), rng.standard_normal(60)
+    )
+    f = trees.compile(wide).forest
+    assert f.feature.max() >= 0
+    f.feature[f.feature >= 0] = 8999  # a split on a feature past the compact node's 13 bits
+    assert "more than 8192 features" in gpu_layout.why_not(f, "compact-bfs", torch.float32)
+    with pytest.raises(ValueError, match=r"does not fit layout 'compact-dfs'.*more than 8192 features"):
+        gpu_layout.GpuLayout(f, "compact-dfs", torch.float32, torch.device("cpu"))
+    X = rng.standard_normal((40000, 3)).astype(np.float32)
+    deep = DecisionTreeRegressor(random_state=0).fit(X, rng.standard_normal(40000))
+    fd = trees.compile(deep).forest
+    assert gpu_layout.why_not(fd, "compact-dfs", torch.float32).startswith("a child lies more than 16383")
+    assert gpu_layout.why_not(fd, "wide", torch.float32) is None
+    assert "float32 inputs only" in gpu_layout.why_not(f, "perfect", torch.float64)
+    assert "depth" in gpu_layout.why_not(fd, "perfect", torch.float32)
+    with pytest.raises(ValueError, match="layout must be one of"):
+        gpu_layout.why_not(f, "sparse", torch.float32)
+    runner = gpu.GpuRunner(fd, torch.device("cpu"), "cuda", torch.float32, tune=False)
+    assert runner.eligible == ["compact-bfs", "wide"] or runner.eligible == ["wide"]
+    with pytest.raises(ValueError, match=r"strategy='perfect' does not fit .*perfect: depth"):
+        gpu.GpuRunner(fd, torch.device("cpu"), "cuda", torch.float32, strategy="perfect")
+
+
+def test_tree_walk_op_errors():
+    _, X, model = _models()[5]
+    cpu = trees.compile(model, backend="cpu", strategy="traverse")
+    g = gpu_layout.GpuLayout(cpu.forest, "compact-bfs", torch.float32, torch.device("cpu"))
+    x = torch.as_tensor(np.nan_to_num(X[:5]))
+    with pytest.raises(
+        RuntimeError, match=r"x must be a contiguous float32 or float64 tensor of shape \(rows, 6\)"
+    ):
+        g.walk(x[:, :3].contiguous(), cpu._base, False, False, [256, 1, 1, 1])
+    with pytest.raises(RuntimeError, match="base must hold one float64 per output"):
+        g.walk(x, cpu._base[:1], False, False, [256, 1, 1, 1])
+    nodes, roots, leaf_nodes, values, t64, cat_bits, kinds = g.tensors
+    args = (
+        nodes,
+        roots,
+        leaf_nodes,
+        values,
+        t64,
+        cat_bits,
+        g.cat_domain,
+        kinds,
+        0,
+        6,
+        x,
+        cpu._base,
+        False,
+        False,
+        [256, 1, 1, 1],
+    )
+    with pytest.raises(
+        RuntimeError, match=r"format must be 0 \(perfect\), 1 \(compact\) or 2 \(wide\), got 7"
+    ):
+        torch.ops.pyzero.tree_walk(7, *args)
+    with pytest.raises(RuntimeError, match="nodes must have 2 columns"):
+        torch.ops.pyzero.tree_walk(2, *args)
+    p = gpu_layout.GpuLayout(cpu.forest, "perfect", torch.float32, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="the perfect layout compares float32 inputs"):
+        p.walk(x.double(), cpu._base, False, False, [256, 1, 1, 1])
+    torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args))
+    pargs = list(args)
+    pargs[:6] = p.tensors[:6]
+    pargs[7] = p.tensors[6]
+    pargs[8] = p.depth
+    torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (0, *pargs))
+
+
+def test_buckets_shared_memory_and_default_configs():
+    assert [gpu.bucket_of(n) for n in (1, 2, 4, 5, 16, 17, 128, 1 << 20, (1 << 20) + 1)] == [
+        0,
+        1,
+        1,
+        2,
+        2,
+        3,
+        4,
+        10,
+        11,
+    ]
+    cfg = gpu.KernelConfig("perfect", threads=256, lanes=8, ilp=4)
+    r = 256 // 8
+    assert gpu.cuda_shared_bytes(cfg, 1) == r * 8 + r * 8 * 4 * 8
+    assert gpu.cuda_shared_bytes(cfg, 3) == -(-r * 3 * 8 // 16) * 16 + r * 8 * 4 * 4
+    assert gpu.cuda_shared_bytes(cfg, 3, leaves=True) == 0
+    for rows in (1, 100, 10_000, 1 << 20):
+        for outs in (1, 4, 32):
+            for c in gpu._cuda_candidates("wide", rows, outs):
+                assert gpu.cuda_shared_bytes(c, outs) <= gpu.CUDA_MAX_SHARED_BYTES
+                assert c.threads % c.lanes == 0
+    one = gpu.default_config("cuda", ["perfect", "compact-bfs"], 8, 1, 1, sms=132)
+    many = gpu.default_config("cuda", ["perfect", "compact-bfs"], 8, 1 << 20, 1, sms=132)
+    assert (one.layout, one.lanes, many.lanes) == ("perfect", 256, 1)
+    deep = gpu.default_config("cuda", ["perfect", "compact-bfs"], 13, 1000, 1, sms=132)
+    assert deep.layout == "compact-bfs"  # DEFAULT_PERFECT_MAX_DEPTH
+    big_outs = gpu.default_config("cuda", ["wide"], 5, 1 << 20, 32, sms=132)
+    assert gpu.cuda_shared_bytes(big_outs, 32) <= gpu.CUDA_MAX_SHARED_BYTES
+
+
+def test_tune_cache_round_trip_and_damaged_files(tmp_path):
+    cache = gpu.TuneCache(tmp_path / "sub" / "tune.json")
+    assert cache.get("k") is None
+    cfg = gpu.KernelConfig("compact-dfs", threads=128, lanes=4, ilp=2)
+    cache.put("k", cfg, 1.5e-4)
+    cache.put("k2", gpu.KernelConfig("wide"), 2e-4)
+    assert cache.get("k") == cfg and cache.get("k2") == gpu.KernelConfig("wide")
+    data = json.loads((tmp_path / "sub" / "tune.json").read_text())
+    assert data["format"] == gpu.TUNE_FORMAT and data["entries"]["k"]["seconds"] == 1.5e-4
+    (tmp_path / "sub" / "tune.json").write_text("{not json")
+    assert cache.get("k") is None
+    cache.put("k", cfg, 1.0)  # a damaged file is replaced
+    assert cache.get("k") == cfg
+    data = json.loads((tmp_path / "sub" / "tune.json").read_text())
+    data["entries"]["k"]["config"]["warp"] = 3  # a field this version does not know
+    (tmp_path / "sub" / "tune.json").write_text(json.dumps(data))
+    assert cache.get("k") is None
+
+
+def test_fixed_configurations_and_their_errors():
+    _, _, model = _models()[2]
+    f = trees.compile(model).forest
+    fixed = gpu.GpuRunner(
+        f, torch.device("cpu"), "cuda", torch.float32, tune={"layout": "compact-dfs", "lanes": 4}
+    )
+    assert fixed.config(1) == fixed.config(1 << 20) == gpu.KernelConfig("compact-dfs", lanes=4)
+    with pytest.raises(ValueError, match="tune: unknown KernelConfig field"):
+        gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float32, tune={"layout": "wide", "warps": 4})
+    with pytest.raises(ValueError, match=r"tune: layout 'perfect' does not fit .*float32 inputs only"):
+        gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float64, tune={"layout": "perfect"})
+    for bad, what in (
+        ({"threads": 100}, "threads must be a multiple of 32"),
+        ({"lanes": 3}, "lanes must divide threads"),
+        ({"ilp": 3}, "ilp must be 1, 2 or 4"),
+        ({"block_t": 6}, "block_r and block_t must be powers of two"),
+    ):
+        with pytest.raises(ValueError, match=what):
+            gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float32, tune={"layout": "wide", **bad})
+    with pytest.raises(ValueError, match="tune must be True, False or a dict"):
+        gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float32, tune="fast")
+    untuned = gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float32, tune=True)
+    assert not untuned.tune  # nothing to time without a CUDA device: the defaults
+    assert not untuned.configured(7)
+    assert untuned.config(7).layout == "perfect" and untuned.configured(7) and not untuned.configured(70)
+
+
+def test_forest_digest_follows_the_forest():
+    _, _, model = _models()[2]
+    f = trees.compile(model).forest
+    d = gpu.forest_digest(f)
+    assert d == gpu.forest_digest(trees.compile(model).forest)
+    f.value[f.value != 0] += 1e-9
+    assert gpu.forest_digest(f) != d
