@@ -6,6 +6,7 @@ Hummingbird (best of gemm / tree_trav / perf_tree_trav, torch backend), all on t
     python bench/bench_trees.py --grid full   # trees {10,100,500} x depth {4,8,12} x batch {1,100,10k,1M}
     python bench/bench_trees.py --trees 10 --depths 4 --batches 1,100 --train-rows 2000
     python bench/bench_trees.py --libs xgboost,lightgbm,sklearn,hummingbird,tl2cgen --threads 2
+    python bench/bench_trees.py --device cuda   # the GPU benchmark: bench_trees_gpu.py
 
 One binary classifier per library and (trees, depth), trained once on HIGGS-like synthetic rows (28
 features); the benchmark rows come from the same distribution (no NaN). Batch 1 is latency (us per call,
@@ -417,6 +418,16 @@ def bench_model(
 
 
 def main() -> None:
+    if "--device" in sys.argv:  # the GPU benchmark (bench_trees_gpu.py) takes its own arguments
+        i = sys.argv.index("--device")
+        device = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
+        if device == "cuda":
+            import bench_trees_gpu
+
+            raise SystemExit(bench_trees_gpu.main(sys.argv[1:i] + sys.argv[i + 2 :]))
+        if device != "cpu":
+            raise SystemExit(f"--device must be cpu or cuda, got {device!r}")
+        del sys.argv[i : i + 2]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--grid", default="default", choices=["default", "small", "full"])
     ap.add_argument("--trees", type=parse_ints, default=None, help="e.g. 10,100,500")

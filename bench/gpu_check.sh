@@ -2,8 +2,8 @@
 # GPU check, for a machine with a CUDA GPU (H100/H200, torch with CUDA, nvcc, ninja; no internet):
 # builds pyzero._C with its CUDA kernels in place, runs the cuda- and triton-marked tests, then the
 # GPU benchmarks, and prints a short table last. Logs and JSON go to $OUT (or bench/out).
-# Budget: under 8 minutes. GPU_CHECK_ONLY=trees: only the trees part (CPU-only build, the tree tests
-# with the torch strategies on the GPU, bench_trees_gpu.py), about 3 minutes. Wheels in .whl/ (e.g.
+# Budget: under 8 minutes. GPU_CHECK_ONLY=trees: only the trees part (the build, the CUDA and Triton
+# tree tests, bench_trees.py --device cuda), about 5 minutes. Wheels in .whl/ (e.g.
 # xgboost-cpu, lightgbm, hummingbird-ml for Python 3.12) are installed first when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,14 +20,17 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     || "$PY" -m pip install -q --no-deps --no-index --break-system-packages .whl/*.whl 2>&1 | tail -2
 fi
 if [ "${GPU_CHECK_ONLY:-}" = trees ]; then
-  export PYZERO_CUDA=0
-  echo "== build (CPU kernels only) =="
+  echo "== build =="
+  t0=$(date +%s)
   "$PY" setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-  echo "== tree tests, torch strategies on the GPU =="
-  PYZERO_TEST_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/trees 2>&1 | tee "$OUT/pytest_trees.log" | tail -6
+  echo "built in $(( $(date +%s) - t0 )) s"
+  echo "== tree tests on the GPU (CUDA kernel, Triton kernel, torch strategies) =="
+  PYZERO_TEST_DEVICE=cuda timeout "${GPU_CHECK_TEST_S:-300}" "$PY" -m pytest -q -p no:cacheprovider --maxfail=5 \
+    tests/trees/test_cuda_trees.py tests/trees/test_triton_trees.py 2>&1 | tee "$OUT/pytest_trees.log" | tail -25
   [ "${GPU_CHECK_SKIP_BENCH:-0}" = 1 ] && exit 0
   echo "== tree benchmark on the GPU =="
-  "$PY" bench/bench_trees_gpu.py --out "$OUT/bench_trees_gpu.json" 2>&1 | tee "$OUT/bench_trees_gpu.log" | tail -20
+  "$PY" bench/bench_trees.py --device cuda ${GPU_CHECK_TREE_ARGS:-} --out "$OUT/bench_trees_gpu.json" 2>&1 \
+    | tee "$OUT/bench_trees_gpu.log" | tail -30
   exit 0
 fi
 echo "== build =="
