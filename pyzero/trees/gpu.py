@@ -8,7 +8,9 @@ kernel] in csrc/cuda/tree_cuda.h), so the choice is about speed only. It is made
 backend, input dtype, batch-size bucket), where bucket k holds the batches of 4^(k-1) < rows <= 4^k.
 With tuning on (the default; PYZERO_TREES_TUNE=0 or compile(tune=False) turns it off), the first batch
 of a bucket times the candidates on that batch's own rows (tiled to the bucket's size, at most
-TUNE_MAX_ROWS), and the winner goes to a JSON cache on disk (PYZERO_CACHE_DIR, default
+TUNE_MAX_ROWS); a candidate whose outputs differ from the first candidate's is left out with a warning
+(the guarantee above is tested, and this keeps a broken configuration from ever winning on speed), and
+the winner goes to a JSON cache on disk (PYZERO_CACHE_DIR, default
 ~/.cache/pyzero) that later processes read instead of timing again. compile(tune={...}) fixes a
 configuration instead; CompiledForest.kernel_config(rows) says which one a batch gets.
 
@@ -28,6 +30,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -236,6 +239,7 @@ class GpuRunner:
         self._configs: dict[int, KernelConfig] = {}
         self._digest: str | None = None
         self.cache = TuneCache()
+        self.timer: Callable[[Callable[[], Any]], float] = _time  # seconds per call of a candidate
         self._sms = (
             torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         )
@@ -314,7 +318,7 @@ class GpuRunner:
     def _key(self, bucket: int) -> str:
         if self._digest is None:
             self._digest = forest_digest(self.forest)
-        name = torch.cuda.get_device_name(self.device)
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
         return f"{self._digest}|{name}|{self.backend}|{self.input_dtype}|{bucket}"
 
     def _tune(self, x: Tensor, rows: int) -> tuple[KernelConfig, float]:
@@ -324,11 +328,27 @@ class GpuRunner:
         base = torch.zeros(self.forest.n_outputs, dtype=torch.float64, device=self.device)
         f32 = self.forest.extra.get("accumulate") == "float32"
 
+        reference: list[tuple[KernelConfig, Tensor]] = []
+
         def timed(cfg: KernelConfig) -> float:
+            def call() -> Tensor:
+                return self.run(sample, base, f32, False, cfg)
+
             try:
-                return _time(lambda: self.run(sample, base, f32, False, cfg))
+                out = call()
             except (RuntimeError, ValueError):  # a configuration the kernel refuses
                 return math.inf
+            if not reference:
+                reference.append((cfg, out))
+            elif not torch.equal(out, reference[0][1]):  # Note [Tree autotuning]: never a faster wrong answer
+                warnings.warn(
+                    f"pyzero.trees: kernel configuration {cfg} gave outputs that differ from "
+                    f"{reference[0][0]} on the same rows; it is left out of tuning (please report this)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                return math.inf
+            return self.timer(call)
 
         first = {lay: timed(self._default_for(lay, rows)) for lay in self.eligible}
         best_layouts = sorted(first, key=first.get)[: 2 if self.backend == "cuda" else 1]

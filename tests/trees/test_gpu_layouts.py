@@ -263,3 +263,65 @@ def test_forest_digest_follows_the_forest():
     assert d == gpu.forest_digest(trees.compile(model).forest)
     f.value[f.value != 0] += 1e-9
     assert gpu.forest_digest(f) != d
+
+
+def _tuning_runner(tmp_path, model):
+    """A GpuRunner on the CPU (pyzero::tree_walk's host twin stands in for the kernel) with tuning forced
+    on, its cache in tmp_path, and a timer that charges each configuration a fixed, made-up time."""
+    f = trees.compile(model).forest
+    runner = gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float32, tune=True)
+    runner.tune = True  # on a CUDA device it is on by default; here the timings are made up
+    runner.cache = gpu.TuneCache(tmp_path / "tune.json")
+    timed: list[gpu.KernelConfig] = []
+    run = runner.run
+
+    def recording_run(x, base, f32, leaves, cfg):
+        timed.append(cfg)
+        return run(x, base, f32, leaves, cfg)
+
+    def fake_seconds(cfg: gpu.KernelConfig) -> float:  # compact-dfs, 4 lanes, 2 trees in flight wins
+        return (
+            1.0
+            + (cfg.layout != "compact-dfs")
+            + abs(cfg.lanes - 4) / 8
+            + abs(cfg.ilp - 2) / 16
+            + cfg.threads / 1e4
+        )
+
+    def timer(fn):
+        fn()
+        return fake_seconds(timed[-1])
+
+    runner.run, runner.timer = recording_run, timer
+    return runner, timed
+
+
+def test_the_tuner_picks_the_fastest_candidate_and_caches_it(tmp_path):
+    _, X, model = _models()[2]
+    runner, timed = _tuning_runner(tmp_path, model)
+    x = torch.as_tensor(X[:300])
+    cfg = runner.config(300, x)  # bucket 5: tuned at 1024 rows tiled from these 300
+    assert (cfg.layout, cfg.lanes, cfg.ilp, cfg.threads) == ("compact-dfs", 4, 2, 128)
+    assert {c.layout for c in timed} == set(runner.eligible)  # every layout, then mappings of the best two
+    assert runner.configured(1000) and not runner.configured(2000)
+    assert runner.cache.get(runner._key(5)) == cfg
+    again, timed_again = _tuning_runner(tmp_path, model)
+    assert again.config(300, x) == cfg and timed_again == []  # read from the disk cache
+    assert again.config(1, x[:1]).layout in again.eligible and timed_again  # bucket 0: timed anew
+    forced = runner.config(300, x, force=True)
+    assert forced == cfg
+
+
+def test_the_tuner_leaves_out_a_configuration_with_different_outputs(tmp_path):
+    _, X, model = _models()[2]
+    runner, _ = _tuning_runner(tmp_path, model)
+    run = runner.run
+
+    def corrupt(x, base, f32, leaves, cfg):
+        out = run(x, base, f32, leaves, cfg)
+        return out + 1e-12 if cfg.lanes == 4 and cfg.layout == "compact-dfs" else out
+
+    runner.run = corrupt
+    with pytest.warns(RuntimeWarning, match="gave outputs that differ"):
+        cfg = runner.config(300, torch.as_tensor(X[:300]))
+    assert not (cfg.lanes == 4 and cfg.layout == "compact-dfs")
