@@ -3,7 +3,8 @@
 # builds pyzero._C with its CUDA kernels in place, runs the cuda- and triton-marked tests, then the
 # GPU benchmarks, and prints a short table last. Logs and JSON go to $OUT (or bench/out).
 # Budget: under 8 minutes. GPU_CHECK_ONLY=trees: only the trees part (the build, the CUDA and Triton
-# tree tests, bench_trees.py --device cuda), about 5 minutes. Wheels in .whl/ (e.g.
+# tree tests, bench_trees.py --device cuda), about 5 minutes; GPU_CHECK_PROFILE=1 adds
+# bench/profile_trees_gpu.py (about a minute). Wheels in .whl/ (e.g.
 # xgboost-cpu, lightgbm, hummingbird-ml for Python 3.12) are installed first when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,9 @@ if [ "${GPU_CHECK_ONLY:-}" = trees ]; then
   PYZERO_TEST_DEVICE=cuda timeout "${GPU_CHECK_TEST_S:-300}" "$PY" -m pytest -q -p no:cacheprovider --maxfail=5 \
     tests/trees/test_cuda_trees.py tests/trees/test_triton_trees.py 2>&1 | tee "$OUT/pytest_trees.log" | tail -25
   [ "${GPU_CHECK_SKIP_BENCH:-0}" = 1 ] && exit 0
+  if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then  # where the time goes (kernel, graph, whole call)
+    "$PY" bench/profile_trees_gpu.py 2>&1 | tee "$OUT/profile_trees_gpu.log" | tail -40
+  fi
   echo "== tree benchmark on the GPU =="
   "$PY" bench/bench_trees.py --device cuda ${GPU_CHECK_TREE_ARGS:-} --out "$OUT/bench_trees_gpu.json" 2>&1 \
     | tee "$OUT/bench_trees_gpu.log" | tail -30

@@ -1,0 +1,110 @@
+"""Where a GPU tree prediction spends its time: the CUDA kernel alone (CUDA events) for every candidate
+configuration, the small-batch graph replay alone, and the whole predict_proba call (host and device
+input), at the batch sizes given. For the latency and throughput work of issue 7.
+
+    python bench/profile_trees_gpu.py [--case xgb1000] [--batches 1,16,1M] [--top 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common
+from bench_trees import higgs_like, parse_ints
+from bench_trees_gpu import CASES, TRAIN_ROWS, train
+
+from pyzero import trees
+from pyzero.trees import gpu
+
+REPS = 50  # timed calls per measurement (median), after WARMUP calls
+WARMUP = 5
+
+
+def events_median(fn, reps: int = REPS) -> float:
+    """Median GPU seconds of fn (CUDA events around each call)."""
+    for _ in range(WARMUP):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return float(np.median(times))
+
+
+def wall_median(fn, reps: int = REPS) -> float:
+    """Median wall seconds of fn, synchronised."""
+    for _ in range(WARMUP):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def profile_batch(cf, Xb: np.ndarray, base: torch.Tensor, f32: bool, top: int) -> None:
+    runner, batch = cf._gpu, Xb.shape[0]
+    xd = torch.as_tensor(Xb, device="cuda")
+    cf.predict_proba(Xb)  # tunes the bucket and captures its graphs
+    chosen = cf.kernel_config(batch)
+    rows = []
+    for lay in runner.eligible:
+        for cfg in gpu._cuda_candidates(lay, batch, cf.forest.n_outputs):
+            try:
+                rows.append((events_median(partial(runner.run, xd, base, f32, False, cfg), 10), cfg))
+            except RuntimeError as e:
+                print(f"  {cfg}: {e}")
+    rows.sort(key=lambda r: r[0])
+    print(f"\nbatch {batch:,}: chosen {chosen}")
+    for s, cfg in rows[:top]:
+        print(f"  kernel {s * 1e6:9.1f} us  {cfg}")
+    kernel = events_median(partial(runner.run, xd, base, f32, False, chosen))
+    print(f"  kernel (chosen)              {kernel * 1e6:9.1f} us (GPU)")
+    if batch <= gpu.GRAPH_MAX_ROWS:
+        for key, g in cf._graphs._graphs.items():
+            if key[1] == gpu.SmallBatchGraphs.size_for(batch):
+                print(f"  graph replay {key}   {events_median(g.graph.replay) * 1e6:9.1f} us (GPU)")
+    for name, X in (("device", xd), ("numpy", Xb)):
+        print(
+            f"  predict_proba, {name} input  {wall_median(partial(cf.predict_proba, X)) * 1e6:9.1f} us (wall)"
+        )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", default="xgb1000", choices=list(CASES))
+    p.add_argument("--batches", type=parse_ints, default=[1, 16, 1_000_000])
+    p.add_argument("--top", type=int, default=8, help="fastest kernel configurations listed per batch")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device")
+        return 1
+    lib, n_trees, depth = CASES[args.case]
+    X_all, y_all = higgs_like(np.random.default_rng(0), TRAIN_ROWS + max(args.batches))
+    model = train(lib, n_trees, depth, X_all[:TRAIN_ROWS], y_all[:TRAIN_ROWS])
+    cf = trees.compile(model, device="cuda")
+    f32 = cf.forest.extra.get("accumulate") == "float32"
+    base = torch.zeros(cf.forest.n_outputs, dtype=torch.float64, device="cuda")
+    print(f"{lib} {n_trees}x{depth} on {common.machine('cuda')}")
+    for batch in args.batches:
+        profile_batch(cf, X_all[TRAIN_ROWS : TRAIN_ROWS + batch], base, f32, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
