@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -49,13 +48,7 @@ def timed(fn) -> float:
 
 def worker(rank: int, world: int, port: int, args, root: str, queue) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=600),
-    )
+    common.init_gloo(rank, world, port, timeout_s=600)
     cfg = common.gpt_config(args)
     torch.manual_seed(0)
     tokens = torch.randint(0, cfg.vocab, (2, cfg.seq + 1))

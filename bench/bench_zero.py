@@ -15,7 +15,6 @@ import os
 import statistics
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -105,13 +104,7 @@ def build(method: str, base: torch.nn.Module):
 
 def worker(rank: int, world: int, port: int, args, queue) -> None:
     torch.set_num_threads(args.threads)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=300),
-    )
+    common.init_gloo(rank, world, port, timeout_s=300)
     torch.manual_seed(0)
     cfg = common.gpt_config(args)
     base = GPT(cfg)

@@ -29,18 +29,10 @@ WARMUP = 5
 
 
 def events_median(fn, reps: int = REPS) -> float:
-    """Median GPU seconds of fn (CUDA events around each call)."""
+    """Median GPU seconds of fn (the tuner's CUDA-event timer), after WARMUP calls."""
     for _ in range(WARMUP):
         fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return float(np.median(times))
+    return gpu._time(fn, reps)
 
 
 def wall_median(fn, reps: int = REPS) -> float:

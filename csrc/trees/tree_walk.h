@@ -186,51 +186,77 @@ PYZERO_HD void walk_nodes(const WalkForest& f, int64_t t0, int64_t count, int64_
   }
 }
 
-struct CompactWalker {
-  const WalkForest& f;
-  template <int N, typename Row>
-  PYZERO_HD void walk(int64_t t0, int64_t count, const Row& row, int64_t* out) const {
-    const Node8* nodes = reinterpret_cast<const Node8*>(f.nodes);
-    walk_nodes<N>(f, t0, count, out, [&](int32_t& pos, int64_t* res) {
-      const Node8 nd = nodes[pos];
-      const uint32_t off = nd.word0 >> kC8OffsetShift;
-      if (off == 0) {
-        *res = nd.word1;
-        return true;
-      }
-      const bool left =
-          node_left(f, (nd.word0 & kC8DefaultLeft) != 0, (nd.word0 & kC8CmpLt) != 0,
-                    static_cast<int>((nd.word0 >> kC8MissingShift) & 3), (nd.word0 & kC8Categorical) != 0,
-                    nd.word1, pos, row(static_cast<int64_t>(nd.word0 & kC8FeatureMask)));
-      pos += static_cast<int32_t>(off) + (left ? 0 : 1);
-      return false;
-    });
-  }
-  PYZERO_HD int32_t leaf_id(int64_t value_row) const { return static_cast<int32_t>(value_row); }
+// One decoded node of a node layout: a leaf (its value row), or a split's fields and children.
+struct NodeFields {
+  bool leaf;
+  int64_t leaf_row;
+  int32_t left, right;  // positions of the children
+  uint32_t feature, word;
+  bool default_left, cmp_lt, categorical;
+  int missing_kind;
 };
 
-struct WideWalker {
+struct CompactDecode {  // Note [GPU layouts]: kCompact
+  const WalkForest& f;
+  PYZERO_HD NodeFields operator()(int32_t pos) const {
+    const Node8 nd = reinterpret_cast<const Node8*>(f.nodes)[pos];
+    const int32_t left = pos + static_cast<int32_t>(nd.word0 >> kC8OffsetShift);
+    return NodeFields{left == pos,
+                      nd.word1,
+                      left,
+                      left + 1,
+                      nd.word0 & kC8FeatureMask,
+                      nd.word1,
+                      (nd.word0 & kC8DefaultLeft) != 0,
+                      (nd.word0 & kC8CmpLt) != 0,
+                      (nd.word0 & kC8Categorical) != 0,
+                      static_cast<int>((nd.word0 >> kC8MissingShift) & 3)};
+  }
+};
+
+struct WideDecode {  // Note [GPU layouts]: kWide, the C++ node kernel's Node
+  const WalkForest& f;
+  PYZERO_HD NodeFields operator()(int32_t pos) const {
+    const Node nd = reinterpret_cast<const Node*>(f.nodes)[pos];
+    uint32_t word;
+    memcpy(&word, &nd.threshold, sizeof word);
+    return NodeFields{nd.left == pos && nd.right == pos,
+                      pos,
+                      nd.left,
+                      nd.right,
+                      static_cast<uint32_t>(nd.meta & kFeatureMask),
+                      word,
+                      (nd.meta & kDefaultLeft) != 0,
+                      (nd.meta & kCmpLt) != 0,
+                      (nd.meta & kCategorical) != 0,
+                      (nd.meta >> kMissingShift) & 3};
+  }
+};
+
+// The walker of a node layout: decode, then tree_cpu.h's rule, until a leaf.
+template <typename Decode>
+struct NodeWalker {
   const WalkForest& f;
   template <int N, typename Row>
   PYZERO_HD void walk(int64_t t0, int64_t count, const Row& row, int64_t* out) const {
-    const Node* nodes = reinterpret_cast<const Node*>(f.nodes);
+    const Decode decode{f};
     walk_nodes<N>(f, t0, count, out, [&](int32_t& pos, int64_t* res) {
-      const Node nd = nodes[pos];
-      if (nd.left == pos && nd.right == pos) {
-        *res = pos;
+      const NodeFields nd = decode(pos);
+      if (nd.leaf) {
+        *res = nd.leaf_row;
         return true;
       }
-      uint32_t word;
-      memcpy(&word, &nd.threshold, sizeof word);
-      const bool left = node_left(f, (nd.meta & kDefaultLeft) != 0, (nd.meta & kCmpLt) != 0,
-                                  (nd.meta >> kMissingShift) & 3, (nd.meta & kCategorical) != 0, word, pos,
-                                  row(static_cast<int64_t>(nd.meta & kFeatureMask)));
+      const bool left = node_left(f, nd.default_left, nd.cmp_lt, nd.missing_kind, nd.categorical, nd.word,
+                                  pos, row(static_cast<int64_t>(nd.feature)));
       pos = left ? nd.left : nd.right;
       return false;
     });
   }
   PYZERO_HD int32_t leaf_id(int64_t value_row) const { return static_cast<int32_t>(value_row); }
 };
+
+using CompactWalker = NodeWalker<CompactDecode>;
+using WideWalker = NodeWalker<WideDecode>;
 
 // Host twin of the CUDA kernel: row by row, trees in order (the same sums, Note [Perfect trees]).
 // raw: [rows, n_outputs] or nullptr; leaves: [rows, n_trees] or nullptr.

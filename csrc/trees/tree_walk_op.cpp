@@ -147,12 +147,29 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
   return f;
 }
 
-at::Tensor output(const trees::WalkForest& f, const at::Tensor& x, const at::Tensor& base, bool leaves) {
-  if (leaves) return at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
+// The op's output (leaf ids int32 [rows, trees] or raw float64 [rows, outputs]) and the pointers a walk
+// writes and reads.
+struct Output {
+  at::Tensor out;
+  double* raw = nullptr;
+  int32_t* leaves = nullptr;
+  const double* base = nullptr;
+};
+
+Output output(const trees::WalkForest& f, const at::Tensor& x, const at::Tensor& base, bool leaves) {
+  Output o;
+  if (leaves) {
+    o.out = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
+    o.leaves = o.out.data_ptr<int32_t>();
+    return o;
+  }
   TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous() &&
                   base.device() == x.device(),
               "pyzero.tree_walk: base must hold one float64 per output, on x's device");
-  return at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
+  o.out = at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
+  o.raw = o.out.data_ptr<double>();
+  o.base = base.data_ptr<double>();
+  return o;
 }
 
 at::Tensor tree_walk_cpu(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
@@ -164,16 +181,13 @@ at::Tensor tree_walk_cpu(int64_t format, const at::Tensor& nodes, const at::Tens
   const trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
                                           cat_domain, column_kind, depth, x, n_features);
   (void)config;  // the host twin walks row by row
-  at::Tensor out = output(f, x, base, leaves);
-  double* raw = leaves ? nullptr : out.data_ptr<double>();
-  int32_t* lv = leaves ? out.data_ptr<int32_t>() : nullptr;
-  const double* b = leaves ? nullptr : base.data_ptr<double>();
+  const Output o = output(f, x, base, leaves);
   if (x.scalar_type() == at::kDouble) {
-    trees::walk_host(f, x.data_ptr<double>(), x.size(0), b, float32_accum, raw, lv);
+    trees::walk_host(f, x.data_ptr<double>(), x.size(0), o.base, float32_accum, o.raw, o.leaves);
   } else {
-    trees::walk_host(f, x.data_ptr<float>(), x.size(0), b, float32_accum, raw, lv);
+    trees::walk_host(f, x.data_ptr<float>(), x.size(0), o.base, float32_accum, o.raw, o.leaves);
   }
-  return out;
+  return o.out;
 }
 
 #ifdef PYZERO_WITH_CUDA
@@ -190,18 +204,16 @@ at::Tensor tree_walk_cuda(int64_t format, const at::Tensor& nodes, const at::Ten
               config.size(), " values");
   const cuda::WalkLaunch cfg{static_cast<int>(config[0]), static_cast<int>(config[1]),
                              static_cast<int>(config[2]), config[3] != 0};
-  at::Tensor out = output(f, x, base, leaves);
-  double* raw = leaves ? nullptr : out.data_ptr<double>();
-  int32_t* lv = leaves ? out.data_ptr<int32_t>() : nullptr;
-  const double* b = leaves ? nullptr : base.data_ptr<double>();
+  const Output o = output(f, x, base, leaves);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const cudaError_t err =
-      x.scalar_type() == at::kDouble
-          ? cuda::tree_walk(f, x.data_ptr<double>(), x.size(0), b, float32_accum, raw, lv, cfg, stream)
-          : cuda::tree_walk(f, x.data_ptr<float>(), x.size(0), b, float32_accum, raw, lv, cfg, stream);
+  const cudaError_t err = x.scalar_type() == at::kDouble
+                              ? cuda::tree_walk(f, x.data_ptr<double>(), x.size(0), o.base, float32_accum,
+                                                o.raw, o.leaves, cfg, stream)
+                              : cuda::tree_walk(f, x.data_ptr<float>(), x.size(0), o.base, float32_accum,
+                                                o.raw, o.leaves, cfg, stream);
   TORCH_CHECK(err == cudaSuccess, "pyzero.tree_walk (CUDA): ", cudaGetErrorString(err),
               " (config threads=", cfg.threads, " lanes=", cfg.lanes, " ilp=", cfg.ilp, ")");
-  return out;
+  return o.out;
 }
 #endif
 
