@@ -82,6 +82,8 @@ if C is not None:
             )
         return x.new_empty((x.shape[0], values.shape[1]), dtype=torch.float64)
 
+    torch.library.register_fake("pyzero::tree_walk_emulated")(_tree_walk_fake)
+
     @torch.library.register_fake("pyzero::tree_perfect_leaves")
     def _tree_perfect_leaves_fake(meta, threshold, leaf_nodes, column_kind, x):
         return x.new_empty((x.shape[0], meta.shape[0]), dtype=torch.int32)

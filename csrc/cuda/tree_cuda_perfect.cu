@@ -2,5 +2,5 @@
 #include "tree_kernel.cuh"
 
 namespace pyzero::cuda {
-PYZERO_INSTANTIATE_WALK(float, trees::PerfectWalker)
+PYZERO_WALK_TEMPLATE(, float, trees::PerfectWalker)
 }  // namespace pyzero::cuda

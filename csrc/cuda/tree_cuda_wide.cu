@@ -2,6 +2,6 @@
 #include "tree_kernel.cuh"
 
 namespace pyzero::cuda {
-PYZERO_INSTANTIATE_WALK(float, trees::WideWalker)
-PYZERO_INSTANTIATE_WALK(double, trees::WideWalker)
+PYZERO_WALK_TEMPLATE(, float, trees::WideWalker)
+PYZERO_WALK_TEMPLATE(, double, trees::WideWalker)
 }  // namespace pyzero::cuda

@@ -1,10 +1,23 @@
-// The CUDA tree kernel of Note [GPU tree kernel] (tree_cuda.h) as a template; tree_cuda_<layout>.cu
-// instantiate it, one translation unit per layout.
+// The CUDA tree kernel of Note [GPU tree kernel] (tree_launch.h) as templates over a launcher: nvcc
+// instantiates them with CudaLauncher, one translation unit per layout (tree_cuda_<layout>.cu), and the
+// host build runs the same code on the CPU with emu::Launcher (Note [Kernel emulation]).
 #pragma once
 
 #include <type_traits>
 
-#include "tree_cuda.h"
+#include "tree_launch.h"
+
+#if defined(__CUDACC__)
+#include <cuda_runtime.h>
+#define PYZERO_KERNEL __global__ void __launch_bounds__(kTreeMaxThreads)
+#define PYZERO_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#define PYZERO_SYNC() __syncthreads()
+#define PYZERO_THREAD_ID static_cast<int>(threadIdx.x)
+#define PYZERO_BLOCK_THREADS static_cast<int>(blockDim.x)
+#define PYZERO_BLOCK_ID static_cast<int64_t>(blockIdx.x)
+#else
+#include "../trees/kernel_emu.h"
+#endif
 
 namespace pyzero::cuda {
 
@@ -12,46 +25,24 @@ using trees::WalkForest;
 
 namespace detail {
 
-__host__ __device__ constexpr int64_t round_up(int64_t n, int64_t to) {
-  return (n + to - 1) / to * to;
-}
-
-// Shared memory carve-up of one block: accumulators [R * outputs] (double), the chunk buffer (lanes > 1:
-// double [R * chunk] leaf values for one output, else int32 [R * chunk] value rows), staged rows [R * nf].
-struct Carve {
-  int64_t acc, buf, rows, total;
-};
-
-__host__ __device__ inline Carve carve(const WalkForest& f, int64_t item, bool leaves, int r, int lanes,
-                                       int ilp, bool stage) {
-  Carve c{};
-  c.acc = leaves ? 0 : round_up(r * f.n_outputs * 8, 16);
-  const int64_t chunk = static_cast<int64_t>(lanes) * ilp;
-  c.buf = (leaves || lanes == 1) ? 0 : round_up(r * chunk * (f.n_outputs == 1 ? 8 : 4), 16);
-  c.rows = stage ? round_up(r * f.n_features * item, 16) : 0;
-  c.total = c.acc + c.buf + c.rows;
-  return c;
-}
-
 // NOUT: the output count when it is 1 or 2 (accumulators in registers), 0 for any other count.
 template <typename T, typename Walker, int ILP, int NOUT>
-__global__ void __launch_bounds__(kTreeMaxThreads)
-    walk_kernel(WalkForest f, const T* x, int64_t rows, const double* base, bool acc32, double* raw,
-                int32_t* leaves, int r_per_block, bool stage) {
-  extern __shared__ __align__(16) unsigned char smem[];
+PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* base, bool acc32, double* raw,
+                          int32_t* leaves, int r_per_block, bool stage) {
+  PYZERO_DYNAMIC_SHARED(smem);
   const Walker w{f};
-  const int tid = threadIdx.x;
-  const int nt = blockDim.x;
+  const int tid = PYZERO_THREAD_ID;
+  const int nt = PYZERO_BLOCK_THREADS;
   const int R = r_per_block;
   const int lanes = nt / R;
   const int rl = tid % R;
   const int lane = tid / R;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * R;
+  const int64_t r0 = PYZERO_BLOCK_ID * R;
   const int64_t r = r0 + rl;
   const bool active = r < rows;
   const int64_t nf = f.n_features, outs = f.n_outputs, n_trees = f.n_trees;
   const bool want_leaves = leaves != nullptr;
-  const Carve cv = carve(f, sizeof(T), want_leaves, R, lanes, ILP, stage);
+  const Carve cv = carve(f, sizeof(T), want_leaves, acc32, R, lanes, ILP, stage);
   double* acc_s = reinterpret_cast<double*>(smem);
   unsigned char* buf = smem + cv.acc;
   T* xs = reinterpret_cast<T*>(smem + cv.acc + cv.buf);
@@ -70,7 +61,7 @@ __global__ void __launch_bounds__(kTreeMaxThreads)
       acc_s[i] = acc32 ? static_cast<double>(static_cast<float>(b)) : b;
     }
   }
-  __syncthreads();
+  PYZERO_SYNC();
   const T* xrow = stage ? xs + rl * nf : x + (active ? r : r0) * nf;
   auto row = [&](int64_t c) -> T { return stage ? xrow[c] : trees::prepare_value(f, xrow[c], c); };
   int64_t vr[ILP];
@@ -125,52 +116,58 @@ __global__ void __launch_bounds__(kTreeMaxThreads)
   // lanes > 1: chunks of lanes * ILP trees, summed in tree order per (row, output)
   const int64_t chunk = static_cast<int64_t>(lanes) * ILP;
   double* vbuf = reinterpret_cast<double*>(buf);
+  float* fbuf = reinterpret_cast<float*>(buf);
   int32_t* ibuf = reinterpret_cast<int32_t*>(buf);
   for (int64_t c0 = 0; c0 < n_trees; c0 += chunk) {
     const int64_t t0 = c0 + static_cast<int64_t>(lane) * ILP;
     const int64_t count = n_trees - t0 < ILP ? n_trees - t0 : ILP;
     if (active && count > 0) {
       w.template walk<ILP>(t0, count, row, vr);
-#pragma unroll
+      PYZERO_UNROLL
       for (int k = 0; k < ILP; ++k) {
         if (k >= count) break;
+        const int64_t slot = rl * chunk + lane * ILP + k;
         if (want_leaves) {
           leaves[r * n_trees + t0 + k] = w.leaf_id(vr[k]);
-        } else if (outs == 1) {
-          vbuf[rl * chunk + lane * ILP + k] = f.values[vr[k]];
+        } else if (outs != 1) {
+          ibuf[slot] = static_cast<int32_t>(vr[k]);
+        } else if (acc32) {  // the float32 the sum adds, rounded here by the walking threads
+          fbuf[slot] = static_cast<float>(f.values[vr[k]]);
         } else {
-          ibuf[rl * chunk + lane * ILP + k] = static_cast<int32_t>(vr[k]);
+          vbuf[slot] = f.values[vr[k]];
         }
       }
     }
     if (want_leaves) continue;
-    __syncthreads();
+    PYZERO_SYNC();
     const int64_t in_chunk = n_trees - c0 < chunk ? n_trees - c0 : chunk;
     for (int64_t i = tid; i < R * outs; i += nt) {
       const int64_t rr = i / outs;
       if (r0 + rr >= rows) continue;
       const int64_t o = i % outs;
       double s = acc_s[i];
-      if (acc32) {
+      if (outs == 1 && acc32) {
         float s32 = static_cast<float>(s);
-        if (outs == 1) {
-          PYZERO_UNROLL8
-          for (int64_t j = 0; j < in_chunk; ++j) s32 += static_cast<float>(vbuf[rr * chunk + j]);
-        } else {
-          for (int64_t j = 0; j < in_chunk; ++j)
-            s32 += static_cast<float>(f.values[static_cast<int64_t>(ibuf[rr * chunk + j]) * outs + o]);
-        }
+        const float* vals = fbuf + rr * chunk;
+        PYZERO_UNROLL8
+        for (int64_t j = 0; j < in_chunk; ++j) s32 += vals[j];
         s = s32;
       } else if (outs == 1) {
+        const double* vals = vbuf + rr * chunk;
         PYZERO_UNROLL8
-        for (int64_t j = 0; j < in_chunk; ++j) s += vbuf[rr * chunk + j];
+        for (int64_t j = 0; j < in_chunk; ++j) s += vals[j];
+      } else if (acc32) {
+        float s32 = static_cast<float>(s);
+        for (int64_t j = 0; j < in_chunk; ++j)
+          s32 += static_cast<float>(f.values[static_cast<int64_t>(ibuf[rr * chunk + j]) * outs + o]);
+        s = s32;
       } else {
         for (int64_t j = 0; j < in_chunk; ++j)
           s += f.values[static_cast<int64_t>(ibuf[rr * chunk + j]) * outs + o];
       }
       acc_s[i] = s;
     }
-    __syncthreads();
+    PYZERO_SYNC();
   }
   if (want_leaves) return;
   for (int64_t i = tid; i < R * outs; i += nt) {
@@ -178,43 +175,78 @@ __global__ void __launch_bounds__(kTreeMaxThreads)
   }
 }
 
-template <typename T, typename Walker, int NOUT>
-void launch_ilp(const WalkForest& f, const T* x, int64_t rows, const double* base, bool acc32, double* raw,
-                int32_t* leaves, WalkLaunch cfg, bool stage, int64_t smem, cudaStream_t stream) {
-  const int R = cfg.threads / cfg.lanes;
-  const auto blocks = static_cast<unsigned int>((rows + R - 1) / R);
-  if (cfg.ilp == 1) {
-    walk_kernel<T, Walker, 1, NOUT>
-        <<<blocks, cfg.threads, smem, stream>>>(f, x, rows, base, acc32, raw, leaves, R, stage);
-  } else if (cfg.ilp == 2) {
-    walk_kernel<T, Walker, 2, NOUT>
-        <<<blocks, cfg.threads, smem, stream>>>(f, x, rows, base, acc32, raw, leaves, R, stage);
-  } else {
-    walk_kernel<T, Walker, 4, NOUT>
-        <<<blocks, cfg.threads, smem, stream>>>(f, x, rows, base, acc32, raw, leaves, R, stage);
-  }
-}
-
 }  // namespace detail
 
-// One layout's launches (a translation unit per layout, so they compile in parallel).
-template <typename T, typename Walker>
-cudaError_t launch_walk(const WalkForest& f, const T* x, int64_t rows, const double* base, bool acc32,
-                        double* raw, int32_t* leaves, WalkLaunch cfg, bool stage, int64_t smem,
-                        cudaStream_t stream) {
+// One layout's launches with launcher L (L.launch(kernel, blocks, threads, shared bytes, args...)).
+template <typename Launcher, typename T, typename Walker>
+void launch_walk(const Launcher& L, const WalkForest& f, const T* x, int64_t rows, const double* base,
+                 bool acc32, double* raw, int32_t* leaves, WalkLaunch cfg, bool stage, int64_t smem) {
+  const int R = cfg.threads / cfg.lanes;
+  const int64_t blocks = (rows + R - 1) / R;
+  auto go = [&](auto kernel) {
+    L.launch(kernel, blocks, cfg.threads, smem, f, x, rows, base, acc32, raw, leaves, R, stage);
+  };
+  auto by_ilp = [&](auto nout) {
+    constexpr int N = decltype(nout)::value;
+    if (cfg.ilp == 1) {
+      go(detail::walk_kernel<T, Walker, 1, N>);
+    } else if (cfg.ilp == 2) {
+      go(detail::walk_kernel<T, Walker, 2, N>);
+    } else {
+      go(detail::walk_kernel<T, Walker, 4, N>);
+    }
+  };
   if (leaves != nullptr || f.n_outputs > 2) {
-    detail::launch_ilp<T, Walker, 0>(f, x, rows, base, acc32, raw, leaves, cfg, stage, smem, stream);
+    by_ilp(std::integral_constant<int, 0>{});
   } else if (f.n_outputs == 1) {
-    detail::launch_ilp<T, Walker, 1>(f, x, rows, base, acc32, raw, leaves, cfg, stage, smem, stream);
+    by_ilp(std::integral_constant<int, 1>{});
   } else {
-    detail::launch_ilp<T, Walker, 2>(f, x, rows, base, acc32, raw, leaves, cfg, stage, smem, stream);
+    by_ilp(std::integral_constant<int, 2>{});
   }
-  return cudaGetLastError();
 }
 
-#define PYZERO_INSTANTIATE_WALK(T, WALKER)                                                                \
-  template cudaError_t launch_walk<T, WALKER>(const trees::WalkForest&, const T*, int64_t, const double*, \
-                                              bool, double*, int32_t*, WalkLaunch, bool, int64_t,         \
-                                              cudaStream_t);
+// Checks the configuration and launches the forest's layout: false when the configuration or the
+// input type does not fit (nothing launched).
+template <typename Launcher, typename T>
+bool walk_layouts(const Launcher& L, const WalkForest& f, const T* x, int64_t rows, const double* base,
+                  bool acc32, double* raw, int32_t* leaves, WalkLaunch cfg) {
+  if (!valid_launch(cfg)) return false;
+  if (rows == 0 || (leaves != nullptr && f.n_trees == 0)) return true;
+  bool stage = false;
+  const int64_t smem = tree_walk_shared_bytes(f, sizeof(T), leaves != nullptr, acc32, cfg, &stage);
+  if (smem < 0) return false;
+  switch (f.format) {
+    case trees::kPerfect:
+      if constexpr (std::is_same_v<T, float>) {
+        launch_walk<Launcher, T, trees::PerfectWalker>(L, f, x, rows, base, acc32, raw, leaves, cfg, stage,
+                                                       smem);
+        return true;
+      }
+      return false;  // the perfect layout compares float32 inputs only
+    case trees::kCompact:
+      launch_walk<Launcher, T, trees::CompactWalker>(L, f, x, rows, base, acc32, raw, leaves, cfg, stage,
+                                                     smem);
+      return true;
+    case trees::kWide:
+      launch_walk<Launcher, T, trees::WideWalker>(L, f, x, rows, base, acc32, raw, leaves, cfg, stage, smem);
+      return true;
+    default: return false;
+  }
+}
+
+#if defined(__CUDACC__)
+struct CudaLauncher {
+  cudaStream_t stream;
+  template <typename... P, typename... A>
+  void launch(void (*kernel)(P...), int64_t blocks, int threads, int64_t smem, A... args) const {
+    kernel<<<static_cast<unsigned int>(blocks), threads, static_cast<size_t>(smem), stream>>>(args...);
+  }
+};
+
+#define PYZERO_WALK_TEMPLATE(PREFIX, T, WALKER)                                                              \
+  PREFIX template void launch_walk<CudaLauncher, T, WALKER>(const CudaLauncher&, const WalkForest&,          \
+                                                            const T*, int64_t, const double*, bool, double*, \
+                                                            int32_t*, WalkLaunch, bool, int64_t);
+#endif
 
 }  // namespace pyzero::cuda

@@ -6,9 +6,11 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <string>
 #include <type_traits>
 #include <vector>
 
+#include "../cuda/tree_launch.h"
 #include "tree_walk.h"
 
 #ifdef PYZERO_WITH_CUDA
@@ -172,6 +174,19 @@ Output output(const trees::WalkForest& f, const at::Tensor& x, const at::Tensor&
   return o;
 }
 
+// The kernel configuration [threads, lanes, ilp, stage] (Note [GPU tree kernel]).
+cuda::WalkLaunch walk_launch(at::IntArrayRef config) {
+  TORCH_CHECK(config.size() == 4, "pyzero.tree_walk: config must be [threads, lanes, ilp, stage], got ",
+              config.size(), " values");
+  return cuda::WalkLaunch{static_cast<int>(config[0]), static_cast<int>(config[1]),
+                          static_cast<int>(config[2]), config[3] != 0};
+}
+
+std::string describe(const cuda::WalkLaunch& cfg) {
+  return "config threads=" + std::to_string(cfg.threads) + " lanes=" + std::to_string(cfg.lanes) +
+         " ilp=" + std::to_string(cfg.ilp);
+}
+
 at::Tensor tree_walk_cpu(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
                          const at::Tensor& leaf_nodes, const at::Tensor& values,
                          const at::Tensor& threshold64, const at::Tensor& cat_bits,
@@ -190,6 +205,26 @@ at::Tensor tree_walk_cpu(int64_t format, const at::Tensor& nodes, const at::Tens
   return o.out;
 }
 
+// The CUDA kernel's own code on the CPU (Note [Kernel emulation]): for tests without a GPU.
+at::Tensor tree_walk_emulated(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
+                              const at::Tensor& leaf_nodes, const at::Tensor& values,
+                              const at::Tensor& threshold64, const at::Tensor& cat_bits,
+                              at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
+                              int64_t n_features, const at::Tensor& x, const at::Tensor& base,
+                              bool float32_accum, bool leaves, at::IntArrayRef config) {
+  const trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
+                                          cat_domain, column_kind, depth, x, n_features);
+  const cuda::WalkLaunch cfg = walk_launch(config);
+  const Output o = output(f, x, base, leaves);
+  const bool ok = x.scalar_type() == at::kDouble
+                      ? cuda::tree_walk_emulated(f, x.data_ptr<double>(), x.size(0), o.base, float32_accum,
+                                                 o.raw, o.leaves, cfg)
+                      : cuda::tree_walk_emulated(f, x.data_ptr<float>(), x.size(0), o.base, float32_accum,
+                                                 o.raw, o.leaves, cfg);
+  TORCH_CHECK(ok, "pyzero.tree_walk_emulated: the kernel refuses this configuration (", describe(cfg), ")");
+  return o.out;
+}
+
 #ifdef PYZERO_WITH_CUDA
 at::Tensor tree_walk_cuda(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
                           const at::Tensor& leaf_nodes, const at::Tensor& values,
@@ -200,10 +235,7 @@ at::Tensor tree_walk_cuda(int64_t format, const at::Tensor& nodes, const at::Ten
   const c10::cuda::CUDAGuard guard(x.device());
   const trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
                                           cat_domain, column_kind, depth, x, n_features);
-  TORCH_CHECK(config.size() == 4, "pyzero.tree_walk: config must be [threads, lanes, ilp, stage], got ",
-              config.size(), " values");
-  const cuda::WalkLaunch cfg{static_cast<int>(config[0]), static_cast<int>(config[1]),
-                             static_cast<int>(config[2]), config[3] != 0};
+  const cuda::WalkLaunch cfg = walk_launch(config);
   const Output o = output(f, x, base, leaves);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   const cudaError_t err = x.scalar_type() == at::kDouble
@@ -211,8 +243,8 @@ at::Tensor tree_walk_cuda(int64_t format, const at::Tensor& nodes, const at::Ten
                                                 o.raw, o.leaves, cfg, stream)
                               : cuda::tree_walk(f, x.data_ptr<float>(), x.size(0), o.base, float32_accum,
                                                 o.raw, o.leaves, cfg, stream);
-  TORCH_CHECK(err == cudaSuccess, "pyzero.tree_walk (CUDA): ", cudaGetErrorString(err),
-              " (config threads=", cfg.threads, " lanes=", cfg.lanes, " ilp=", cfg.ilp, ")");
+  TORCH_CHECK(err == cudaSuccess, "pyzero.tree_walk (CUDA): ", cudaGetErrorString(err), " (", describe(cfg),
+              ")");
   return o.out;
 }
 #endif
@@ -226,10 +258,15 @@ TORCH_LIBRARY_FRAGMENT(pyzero, m) {
       "Tensor threshold64, Tensor cat_bits, float[] cat_domain, Tensor column_kind, int depth, int "
       "n_features, "
       "Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config) -> Tensor");
+  m.def(
+      "tree_walk_emulated(int format, Tensor nodes, Tensor roots, Tensor leaf_nodes, Tensor values, "
+      "Tensor threshold64, Tensor cat_bits, float[] cat_domain, Tensor column_kind, int depth, int "
+      "n_features, Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
   m.impl("tree_walk", &pyzero::tree_walk_cpu);
+  m.impl("tree_walk_emulated", &pyzero::tree_walk_emulated);
 }
 
 #ifdef PYZERO_WITH_CUDA

@@ -86,15 +86,14 @@ def bucket_of(rows: int) -> int:
     return 0 if rows <= 1 else math.ceil(math.log(rows, 4) - 1e-12)
 
 
-def cuda_shared_bytes(cfg: KernelConfig, n_outputs: int, leaves: bool = False) -> int:
-    """Shared memory of a CUDA launch without row staging (carve() in tree_cuda.cu)."""
+def cuda_shared_bytes(
+    cfg: KernelConfig, n_outputs: int, leaves: bool = False, float32_accum: bool = False
+) -> int:
+    """Shared memory of a CUDA launch without row staging (carve() in csrc/cuda/tree_launch.h)."""
     r = cfg.threads // cfg.lanes
     acc = 0 if leaves else -(-r * n_outputs * 8 // 16) * 16
-    buf = (
-        0
-        if leaves or cfg.lanes == 1
-        else -(-r * cfg.lanes * cfg.ilp * (8 if n_outputs == 1 else 4) // 16) * 16
-    )
+    item = (4 if float32_accum else 8) if n_outputs == 1 else 4
+    buf = 0 if leaves or cfg.lanes == 1 else -(-r * cfg.lanes * cfg.ilp * item // 16) * 16
     return acc + buf
 
 
@@ -104,7 +103,9 @@ CUDA_LARGE_ROWS = 1 << 16
 CUDA_LARGE_LANES = (1, 2, 4)
 
 
-def _cuda_candidates(layout: str, rows: int, n_outputs: int) -> list[KernelConfig]:
+def _cuda_candidates(
+    layout: str, rows: int, n_outputs: int, float32_accum: bool = False
+) -> list[KernelConfig]:
     out = []
     for threads in (128, 256, 512):
         lanes_set = CUDA_LARGE_LANES if rows >= CUDA_LARGE_ROWS else (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -113,12 +114,14 @@ def _cuda_candidates(layout: str, rows: int, n_outputs: int) -> list[KernelConfi
                 continue
             for ilp in (1, 2, 4):
                 cfg = KernelConfig(layout, threads, lanes, ilp)
-                if cuda_shared_bytes(cfg, n_outputs) <= CUDA_MAX_SHARED_BYTES:
+                if cuda_shared_bytes(cfg, n_outputs, False, float32_accum) <= CUDA_MAX_SHARED_BYTES:
                     out.append(cfg)
     return out
 
 
-def _triton_candidates(layout: str, rows: int, n_outputs: int) -> list[KernelConfig]:
+def _triton_candidates(
+    layout: str, rows: int, n_outputs: int, float32_accum: bool = False
+) -> list[KernelConfig]:
     # Each shape is a separate Triton compile (about a second): a few shapes only.
     shapes = ((16, 4), (64, 8), (128, 4), (32, 16))
     return [KernelConfig(layout, block_r=r, block_t=t) for r, t in shapes if r <= 4 * max(rows, 16)]
@@ -275,7 +278,11 @@ class GpuRunner:
             raise ValueError(
                 f"tune: block_r and block_t must be powers of two, got {cfg.block_r}, {cfg.block_t}"
             )
-        if self.backend == "cuda" and cuda_shared_bytes(cfg, self.forest.n_outputs) > CUDA_MAX_SHARED_BYTES:
+        f32 = self.forest.extra.get("accumulate") == "float32"
+        if (
+            self.backend == "cuda"
+            and cuda_shared_bytes(cfg, self.forest.n_outputs, False, f32) > CUDA_MAX_SHARED_BYTES
+        ):
             raise ValueError(f"tune: {cfg} needs more than {CUDA_MAX_SHARED_BYTES} bytes of shared memory")
         return cfg
 
@@ -356,7 +363,7 @@ class GpuRunner:
         candidates = _cuda_candidates if self.backend == "cuda" else _triton_candidates
         results = {self._default_for(lay, rows): first[lay] for lay in first}
         for lay in best_layouts:
-            for cfg in candidates(lay, rows, self.forest.n_outputs):
+            for cfg in candidates(lay, rows, self.forest.n_outputs, f32):
                 if cfg not in results:
                     results[cfg] = timed(cfg)
         best = min(results, key=results.get)

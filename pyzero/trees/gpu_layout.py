@@ -141,11 +141,22 @@ class GpuLayout:
             t.to(device) for t in (nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind)
         )
 
-    def walk(self, x: Tensor, base: Tensor, float32_accum: bool, leaves: bool, config: list[int]) -> Tensor:
+    def walk(
+        self,
+        x: Tensor,
+        base: Tensor,
+        float32_accum: bool,
+        leaves: bool,
+        config: list[int],
+        emulate: bool = False,
+    ) -> Tensor:
         """raw float64 [rows, outputs] (base + leaf values in tree order) or, with leaves=True, the IR
-        leaf node id of every tree, int32 [rows, trees]. config: [threads, lanes, ilp, stage]."""
+        leaf node id of every tree, int32 [rows, trees]. config: [threads, lanes, ilp, stage].
+        emulate=True runs the CUDA kernel's own code on CPU tensors (Note [Kernel emulation] in
+        csrc/trees/kernel_emu.h; slow, for tests)."""
         nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = self.tensors
-        return torch.ops.pyzero.tree_walk(
+        op = torch.ops.pyzero.tree_walk_emulated if emulate else torch.ops.pyzero.tree_walk
+        return op(
             self.format,
             nodes,
             roots,

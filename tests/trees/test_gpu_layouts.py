@@ -86,6 +86,72 @@ def test_every_layout_equals_the_node_kernel_bit_for_bit(case):
         assert torch.equal(g.walk(x, cpu._base, False, True, [256, 1, 1, 1]).long(), ref_leaves), (name, lay)
 
 
+# [threads, lanes, ilp, stage]: a thread per row (whole and partial blocks), lanes with 1, 2 and 4 trees in
+# flight, a block per row, staged and unstaged rows.
+EMULATED_CONFIGS = (
+    [32, 1, 1, 1],
+    [64, 1, 4, 0],
+    [64, 8, 2, 1],
+    [128, 32, 4, 1],
+    [64, 64, 1, 0],
+    [256, 16, 2, 1],
+)
+EMULATED_ROWS = 40
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_the_cuda_kernel_emulated_on_the_cpu_equals_the_host_twin(case):
+    """Note [Kernel emulation]: the CUDA kernel's own code on every layout and configuration gives the
+    host twin's raw scores and leaves bit for bit (summation order, chunking, row staging)."""
+    name, X, model = _models()[case]
+    cpu = trees.compile(model, backend="cpu", strategy="traverse")
+    f = cpu.forest
+    rows, _ = trees.compiled.verification_rows(model, cpu, X)
+    x, _ = cpu._input(rows)
+    x = x[:EMULATED_ROWS].contiguous()
+    f32 = f.extra.get("accumulate") == "float32"
+    for lay in gpu_layout.LAYOUTS:
+        if gpu_layout.why_not(f, lay, cpu._input_dtype) is not None:
+            continue
+        g = gpu_layout.GpuLayout(f, lay, cpu._input_dtype, torch.device("cpu"))
+        ref_raw = g.walk(x, cpu._base, f32, False, [32, 1, 1, 1])
+        ref_leaves = g.walk(x, cpu._base, False, True, [32, 1, 1, 1])
+        for cfg in EMULATED_CONFIGS:
+            raw = g.walk(x, cpu._base, f32, False, cfg, emulate=True)
+            assert torch.equal(raw, ref_raw), (name, lay, cfg)
+            assert torch.equal(g.walk(x, cpu._base, False, True, cfg, emulate=True), ref_leaves), (
+                name,
+                lay,
+                cfg,
+            )
+
+
+def test_the_emulated_kernel_refuses_what_the_tuner_leaves_out():
+    """cuda_shared_bytes (the tuner's filter) is the kernel's own shared-memory plan: configurations at
+    the 48 KB limit run, one output more is refused."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 4)).astype(np.float32)
+    for threads, lanes, ilp, fits in ((256, 1, 1, 24), (256, 2, 4, 44)):
+        for classes in (fits, fits + 1):
+            y = np.arange(400) % classes
+            model = RandomForestClassifier(n_estimators=2, max_depth=3, random_state=0).fit(X, y)
+            cf = trees.compile(model, backend="cpu")
+            g = gpu_layout.GpuLayout(cf.forest, "wide", torch.float32, torch.device("cpu"))
+            cfg = gpu.KernelConfig("wide", threads, lanes, ilp)
+            x = torch.as_tensor(X[:3])
+            base = torch.zeros(classes, dtype=torch.float64)
+            args = [threads, lanes, ilp, 0]
+            if classes == fits:
+                assert gpu.cuda_shared_bytes(cfg, classes) == gpu.CUDA_MAX_SHARED_BYTES
+                assert torch.equal(
+                    g.walk(x, base, False, False, args, emulate=True), g.walk(x, base, False, False, args)
+                )
+            else:
+                assert gpu.cuda_shared_bytes(cfg, classes) > gpu.CUDA_MAX_SHARED_BYTES
+                with pytest.raises(RuntimeError, match="refuses this configuration"):
+                    g.walk(x, base, False, False, args, emulate=True)
+
+
 def test_compact_layouts_keep_children_side_by_side_and_trees_in_their_ranges():
     _, _, model = _models()[0]
     f = trees.compile(model).forest
@@ -195,6 +261,7 @@ def test_buckets_shared_memory_and_default_configs():
     r = 256 // 8
     assert gpu.cuda_shared_bytes(cfg, 1) == r * 8 + r * 8 * 4 * 8
     assert gpu.cuda_shared_bytes(cfg, 3) == -(-r * 3 * 8 // 16) * 16 + r * 8 * 4 * 4
+    assert gpu.cuda_shared_bytes(cfg, 1, float32_accum=True) == r * 8 + r * 8 * 4 * 4
     assert gpu.cuda_shared_bytes(cfg, 3, leaves=True) == 0
     for rows in (1, 100, 10_000, 1 << 20):
         for outs in (1, 4, 32):

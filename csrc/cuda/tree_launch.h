@@ -1,0 +1,99 @@
+// The CUDA tree kernel's launch parameters and shared-memory plan, without the CUDA runtime: used by the
+// kernel (tree_kernel.cuh), its host entry point (tree_cuda.h) and its CPU emulation (Note [Kernel
+// emulation], csrc/trees/kernel_emu.h).
+//
+// Note [GPU tree kernel]
+// A block of `threads` threads takes R = threads / lanes rows; thread i walks row i % R with tree lane
+// i / R. Rows are staged in shared memory (prepared for the perfect layout) when they fit. A lane walks
+// `ilp` trees at once in lockstep (independent loads in flight):
+//   lanes == 1: a thread walks every tree of its row in order and adds each leaf value as it goes;
+//   lanes > 1: the trees go in chunks of lanes * ilp; each (row, tree) pair of a chunk leaves its leaf
+//     value (one output: float32 when float32_accum, else double) or value row (several) in shared
+//     memory, then one thread per (row, output) adds the chunk's values in tree order to its
+//     accumulator (shared memory, double, or float32 rounding after every add when float32_accum).
+// Either way every output is base + tree 0 + tree 1 + ... in tree order, as the CPU kernels add: the
+// result is the same bit for bit whatever the batch size, rows per block, lanes or ilp, so the
+// autotuner (pyzero/trees/gpu.py) may pick any configuration without changing a single output.
+#pragma once
+
+#include <cstdint>
+
+#include "../trees/tree_walk.h"
+
+namespace pyzero::cuda {
+
+// Largest block, and the shared memory a launch may use without opting in to more.
+constexpr int kTreeMaxThreads = 512;
+constexpr int64_t kTreeMaxSharedBytes = 48 * 1024;
+
+struct WalkLaunch {
+  int threads;  // a multiple of 32, <= kTreeMaxThreads
+  int lanes;    // divides threads
+  int ilp;      // 1, 2 or 4
+  bool stage;   // stage rows in shared memory (ignored when they do not fit)
+};
+
+inline bool valid_launch(const WalkLaunch& cfg) {
+  return cfg.threads >= 32 && cfg.threads <= kTreeMaxThreads && cfg.threads % 32 == 0 && cfg.lanes >= 1 &&
+         cfg.threads % cfg.lanes == 0 && (cfg.ilp == 1 || cfg.ilp == 2 || cfg.ilp == 4);
+}
+
+namespace detail {
+
+PYZERO_HD constexpr int64_t round_up(int64_t n, int64_t to) {
+  return (n + to - 1) / to * to;
+}
+
+// Bytes of one chunk-buffer entry (lanes > 1): a float32 or double leaf value (one output) or an int32
+// value row (several).
+PYZERO_HD int64_t chunk_item_bytes(int64_t n_outputs, bool acc32) {
+  return n_outputs == 1 ? (acc32 ? 4 : 8) : 4;
+}
+
+// Shared memory carve-up of one block: accumulators [R * outputs] (double), the chunk buffer [R * chunk]
+// (lanes > 1), staged rows [R * nf].
+struct Carve {
+  int64_t acc, buf, rows, total;
+};
+
+PYZERO_HD Carve carve(const trees::WalkForest& f, int64_t item, bool leaves, bool acc32, int r, int lanes,
+                      int ilp, bool stage) {
+  Carve c{};
+  c.acc = leaves ? 0 : round_up(r * f.n_outputs * 8, 16);
+  const int64_t chunk = static_cast<int64_t>(lanes) * ilp;
+  c.buf = (leaves || lanes == 1) ? 0 : round_up(r * chunk * chunk_item_bytes(f.n_outputs, acc32), 16);
+  c.rows = stage ? round_up(r * f.n_features * item, 16) : 0;
+  c.total = c.acc + c.buf + c.rows;
+  return c;
+}
+
+}  // namespace detail
+
+// Shared memory bytes a launch needs, or -1 when it cannot fit kTreeMaxSharedBytes (even unstaged);
+// *staged says whether the rows are staged.
+inline int64_t tree_walk_shared_bytes(const trees::WalkForest& f, int64_t x_item_bytes, bool leaves,
+                                      bool acc32, WalkLaunch cfg, bool* staged) {
+  const int r = cfg.threads / cfg.lanes;
+  if (cfg.stage) {
+    const detail::Carve c = detail::carve(f, x_item_bytes, leaves, acc32, r, cfg.lanes, cfg.ilp, true);
+    if (c.total <= kTreeMaxSharedBytes) {
+      *staged = true;
+      return c.total;
+    }
+  }
+  *staged = false;
+  const detail::Carve c = detail::carve(f, x_item_bytes, leaves, acc32, r, cfg.lanes, cfg.ilp, false);
+  return c.total <= kTreeMaxSharedBytes ? c.total : -1;
+}
+
+}  // namespace pyzero::cuda
+
+namespace pyzero::cuda {
+
+// The kernel's own code run on the CPU (Note [Kernel emulation], csrc/trees/tree_walk_emu.cpp): the
+// same outputs as tree_walk on a GPU; false when the configuration or input type does not fit.
+template <typename T>
+bool tree_walk_emulated(const trees::WalkForest& f, const T* x, int64_t rows, const double* base,
+                        bool float32_accum, double* raw, int32_t* leaves, WalkLaunch cfg);
+
+}  // namespace pyzero::cuda
