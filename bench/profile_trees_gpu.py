@@ -1,6 +1,7 @@
 """Where a GPU tree prediction spends its time: the CUDA kernel alone (CUDA events) for every candidate
-configuration, the small-batch graph replay alone, and the whole predict_proba call (host and device
-input), at the batch sizes given. For the latency and throughput work of issue 7.
+configuration, the small-batch graph replay alone, the whole predict_proba call (host and device
+input), and the same call without a graph, at the batch sizes given. For the latency and throughput
+work of issue 7.
 
     python bench/profile_trees_gpu.py [--case xgb1000] [--batches 1,16,1M] [--top 8]
 """
@@ -56,7 +57,8 @@ def profile_batch(cf, Xb: np.ndarray, base: torch.Tensor, f32: bool, top: int) -
     chosen = cf.kernel_config(batch)
     rows = []
     for lay in runner.eligible:
-        for cfg in gpu._cuda_candidates(lay, batch, cf.forest.n_outputs):
+        shape, n_trees = runner._tree_shape(lay), cf.forest.n_trees
+        for cfg in gpu._cuda_candidates(lay, batch, cf.forest.n_outputs, f32, shape, n_trees):
             try:
                 rows.append((events_median(partial(runner.run, xd, base, f32, False, cfg), 10), cfg))
             except RuntimeError as e:
@@ -75,6 +77,10 @@ def profile_batch(cf, Xb: np.ndarray, base: torch.Tensor, f32: bool, top: int) -
         print(
             f"  predict_proba, {name} input  {wall_median(partial(cf.predict_proba, X)) * 1e6:9.1f} us (wall)"
         )
+    # the same probabilities without the graph: one kernel launch (fused finish), no copies in or out
+    print(f"  no graph, device input       {wall_median(partial(cf._proba_direct, xd)) * 1e6:9.1f} us (wall)")
+    launch = wall_median(partial(runner.run, xd, base, f32, False, chosen))
+    print(f"  kernel launch alone          {launch * 1e6:9.1f} us (wall)")
 
 
 def main() -> int:

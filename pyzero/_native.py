@@ -74,13 +74,14 @@ if C is not None:
     @torch.library.register_fake("pyzero::tree_walk")
     def _tree_walk_fake(
         format, nodes, roots, leaf_nodes, values, threshold64, cat_bits, cat_domain, column_kind,
-        depth, n_features, x, base, float32_accum, leaves, config,
+        depth, n_features, x, base, float32_accum, leaves, config, finish,
     ):  # fmt: skip
         if leaves:
             return x.new_empty(
                 (x.shape[0], nodes.shape[0] if format == 0 else roots.shape[0]), dtype=torch.int32
             )
-        return x.new_empty((x.shape[0], values.shape[1]), dtype=torch.float64)
+        pair = len(finish) == 4 and finish[3] != 0
+        return x.new_empty((x.shape[0], 2 if pair else values.shape[1]), dtype=torch.float64)
 
     torch.library.register_fake("pyzero::tree_walk_emulated")(_tree_walk_fake)
 

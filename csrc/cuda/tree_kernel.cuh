@@ -28,7 +28,7 @@ namespace detail {
 // NOUT: the output count when it is 1 or 2 (accumulators in registers), 0 for any other count.
 template <typename T, typename Walker, int ILP, int NOUT>
 PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* base, bool acc32, double* raw,
-                          int32_t* leaves, int r_per_block, bool stage) {
+                          int32_t* leaves, int r_per_block, bool stage, int tree_chunk) {
   PYZERO_DYNAMIC_SHARED(smem);
   const Walker w{f};
   const int tid = PYZERO_THREAD_ID;
@@ -42,7 +42,7 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
   const bool active = r < rows;
   const int64_t nf = f.n_features, outs = f.n_outputs, n_trees = f.n_trees;
   const bool want_leaves = leaves != nullptr;
-  const Carve cv = carve(f, sizeof(T), want_leaves, acc32, R, lanes, ILP, stage);
+  const Carve cv = carve(f, sizeof(T), want_leaves, acc32, R, lanes, ILP, stage, tree_chunk);
   double* acc_s = reinterpret_cast<double*>(smem);
   unsigned char* buf = smem + cv.acc;
   T* xs = reinterpret_cast<T*>(smem + cv.acc + cv.buf);
@@ -57,8 +57,7 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
   }
   if (!want_leaves) {
     for (int64_t i = tid; i < R * outs; i += nt) {
-      const double b = base[i % outs];
-      acc_s[i] = acc32 ? static_cast<double>(static_cast<float>(b)) : b;
+      acc_s[i] = trees::sum_start(f, acc32, base[i % outs]);
     }
   }
   PYZERO_SYNC();
@@ -67,48 +66,87 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
   int64_t vr[ILP];
 
   if (lanes == 1) {  // a thread per row, every tree in order
-    if (!active) return;
     constexpr int kRegs = NOUT > 0 ? NOUT : 1;
     double a[kRegs];
     float a32[kRegs];
     PYZERO_UNROLL
     for (int o = 0; o < kRegs; ++o) {
-      a[o] = (!want_leaves && NOUT > 0) ? acc_s[rl * NOUT + o] : 0.0;
+      a[o] = (!want_leaves && NOUT > 0 && active) ? acc_s[rl * NOUT + o] : 0.0;
       a32[o] = static_cast<float>(a[o]);
     }
-    for (int64_t t0 = 0; t0 < n_trees; t0 += ILP) {
-      const int64_t count = n_trees - t0 < ILP ? n_trees - t0 : ILP;
-      w.template walk<ILP>(t0, count, row, vr);
-      PYZERO_UNROLL
-      for (int k = 0; k < ILP; ++k) {
-        if (k >= count) break;
-        if (want_leaves) {
-          leaves[r * n_trees + t0 + k] = w.leaf_id(vr[k]);
-        } else if constexpr (NOUT > 0) {
-          PYZERO_UNROLL
-          for (int o = 0; o < NOUT; ++o) {
-            const double v = f.values[vr[k] * NOUT + o];
-            if (acc32) {
-              a32[o] += static_cast<float>(v);
-            } else {
-              a[o] += v;
+    // Trees first .. first + n - 1, which `walker` knows as its trees 0 .. n - 1: value rows local to
+    // `vals` (global value row = local + shift), added in order.
+    auto walk_trees = [&](const auto& walker, int64_t first, int64_t n, int64_t shift, const auto* vals) {
+      for (int64_t t0 = 0; t0 < n; t0 += ILP) {
+        const int64_t count = n - t0 < ILP ? n - t0 : ILP;
+        walker.template walk<ILP>(t0, count, row, vr);
+        PYZERO_UNROLL
+        for (int k = 0; k < ILP; ++k) {
+          if (k >= count) break;
+          if (want_leaves) {
+            leaves[r * n_trees + first + t0 + k] = w.leaf_id(vr[k] + shift);
+          } else if constexpr (NOUT > 0) {
+            PYZERO_UNROLL
+            for (int o = 0; o < NOUT; ++o) {
+              const auto v = vals[vr[k] * NOUT + o];
+              if (acc32) {
+                a32[o] += static_cast<float>(v);
+              } else {
+                a[o] += v;
+              }
             }
-          }
-        } else {
-          for (int64_t o = 0; o < outs; ++o) {
-            const double v = f.values[vr[k] * outs + o];
-            double& s = acc_s[rl * outs + o];
-            s = acc32 ? static_cast<double>(static_cast<float>(s) + static_cast<float>(v)) : s + v;
+          } else {
+            for (int64_t o = 0; o < outs; ++o) {
+              const auto v = vals[vr[k] * outs + o];
+              double& s = acc_s[rl * outs + o];
+              s = acc32 ? static_cast<double>(static_cast<float>(s) + static_cast<float>(v)) : s + v;
+            }
           }
         }
       }
+    };
+    bool staged_trees = false;
+    if constexpr (std::is_same_v<Walker, trees::PerfectWalker>) {
+      if (tree_chunk > 0) {  // chunks of trees in shared memory, copied by the whole block
+        staged_trees = true;
+        const int64_t stride = f.node_stride, per_tree = (int64_t{1} << f.depth) * outs;
+        auto* tn = reinterpret_cast<trees::Node8*>(smem + cv.acc + cv.buf + cv.rows);
+        unsigned char* tv = smem + cv.acc + cv.buf + cv.rows + cv.tree_nodes;
+        WalkForest local = f;
+        local.nodes = reinterpret_cast<const uint32_t*>(tn);
+        const trees::PerfectWalker lw{local};
+        const auto* src = reinterpret_cast<const trees::Node8*>(f.nodes);
+        for (int64_t c0 = 0; c0 < n_trees; c0 += tree_chunk) {
+          const int64_t n = n_trees - c0 < tree_chunk ? n_trees - c0 : tree_chunk;
+          for (int64_t i = tid; i < n * stride; i += nt) tn[i] = src[c0 * stride + i];
+          const double* gv = f.values + c0 * per_tree;
+          for (int64_t i = tid; !want_leaves && i < n * per_tree; i += nt) {
+            if (acc32) {
+              reinterpret_cast<float*>(tv)[i] = static_cast<float>(gv[i]);
+            } else {
+              reinterpret_cast<double*>(tv)[i] = gv[i];
+            }
+          }
+          PYZERO_SYNC();
+          if (active && acc32 && !want_leaves) {
+            walk_trees(lw, c0, n, c0 << f.depth, reinterpret_cast<const float*>(tv));
+          } else if (active) {
+            walk_trees(lw, c0, n, c0 << f.depth, reinterpret_cast<const double*>(tv));
+          }
+          PYZERO_SYNC();
+        }
+      }
     }
+    if (!active) return;
+    if (!staged_trees) walk_trees(w, 0, n_trees, 0, f.values);
     if (want_leaves) return;
     if constexpr (NOUT > 0) {
       PYZERO_UNROLL
-      for (int o = 0; o < NOUT; ++o) raw[r * NOUT + o] = acc32 ? static_cast<double>(a32[o]) : a[o];
+      for (int o = 0; o < NOUT; ++o) {
+        trees::store_output(f, acc32, base, raw, r, o, acc32 ? static_cast<double>(a32[o]) : a[o]);
+      }
     } else {
-      for (int64_t o = 0; o < outs; ++o) raw[r * outs + o] = acc_s[rl * outs + o];
+      for (int64_t o = 0; o < outs; ++o) trees::store_output(f, acc32, base, raw, r, o, acc_s[rl * outs + o]);
     }
     return;
   }
@@ -171,7 +209,7 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
   }
   if (want_leaves) return;
   for (int64_t i = tid; i < R * outs; i += nt) {
-    if (r0 + i / outs < rows) raw[r0 * outs + i] = acc_s[i];
+    if (r0 + i / outs < rows) trees::store_output(f, acc32, base, raw, r0 + i / outs, i % outs, acc_s[i]);
   }
 }
 
@@ -184,7 +222,8 @@ void launch_walk(const Launcher& L, const WalkForest& f, const T* x, int64_t row
   const int R = cfg.threads / cfg.lanes;
   const int64_t blocks = (rows + R - 1) / R;
   auto go = [&](auto kernel) {
-    L.launch(kernel, blocks, cfg.threads, smem, f, x, rows, base, acc32, raw, leaves, R, stage);
+    L.launch(kernel, blocks, cfg.threads, smem, f, x, rows, base, acc32, raw, leaves, R, stage,
+             cfg.tree_chunk);
   };
   auto by_ilp = [&](auto nout) {
     constexpr int N = decltype(nout)::value;
@@ -210,7 +249,8 @@ void launch_walk(const Launcher& L, const WalkForest& f, const T* x, int64_t row
 template <typename Launcher, typename T>
 bool walk_layouts(const Launcher& L, const WalkForest& f, const T* x, int64_t rows, const double* base,
                   bool acc32, double* raw, int32_t* leaves, WalkLaunch cfg) {
-  if (!valid_launch(cfg)) return false;
+  if (!valid_launch(cfg) || (cfg.tree_chunk > 0 && f.format != trees::kPerfect)) return false;
+  if (cfg.tree_chunk > f.n_trees) cfg.tree_chunk = static_cast<int>(f.n_trees);  // no room for absent trees
   if (rows == 0 || (leaves != nullptr && f.n_trees == 0)) return true;
   bool stage = false;
   const int64_t smem = tree_walk_shared_bytes(f, sizeof(T), leaves != nullptr, acc32, cfg, &stage);

@@ -7,6 +7,8 @@
 // i / R. Rows are staged in shared memory (prepared for the perfect layout) when they fit. A lane walks
 // `ilp` trees at once in lockstep (independent loads in flight):
 //   lanes == 1: a thread walks every tree of its row in order and adds each leaf value as it goes;
+//   lanes == 1 with tree_chunk > 0 (perfect layout): the block copies tree_chunk trees at a time (nodes,
+//     and leaf values in the type the sum adds) into shared memory, then every thread walks them there;
 //   lanes > 1: the trees go in chunks of lanes * ilp; each (row, tree) pair of a chunk leaves its leaf
 //     value (one output: float32 when float32_accum, else double) or value row (several) in shared
 //     memory, then one thread per (row, output) adds the chunk's values in tree order to its
@@ -27,15 +29,17 @@ constexpr int kTreeMaxThreads = 512;
 constexpr int64_t kTreeMaxSharedBytes = 48 * 1024;
 
 struct WalkLaunch {
-  int threads;  // a multiple of 32, <= kTreeMaxThreads
-  int lanes;    // divides threads
-  int ilp;      // 1, 2 or 4
-  bool stage;   // stage rows in shared memory (ignored when they do not fit)
+  int threads;         // a multiple of 32, <= kTreeMaxThreads
+  int lanes;           // divides threads
+  int ilp;             // 1, 2 or 4
+  bool stage;          // stage rows in shared memory (ignored when they do not fit)
+  int tree_chunk = 0;  // > 0: trees staged in shared memory this many at a time (perfect layout, lanes 1)
 };
 
 inline bool valid_launch(const WalkLaunch& cfg) {
   return cfg.threads >= 32 && cfg.threads <= kTreeMaxThreads && cfg.threads % 32 == 0 && cfg.lanes >= 1 &&
-         cfg.threads % cfg.lanes == 0 && (cfg.ilp == 1 || cfg.ilp == 2 || cfg.ilp == 4);
+         cfg.threads % cfg.lanes == 0 && (cfg.ilp == 1 || cfg.ilp == 2 || cfg.ilp == 4) &&
+         cfg.tree_chunk >= 0 && (cfg.tree_chunk == 0 || cfg.lanes == 1);
 }
 
 namespace detail {
@@ -51,19 +55,23 @@ PYZERO_HD int64_t chunk_item_bytes(int64_t n_outputs, bool acc32) {
 }
 
 // Shared memory carve-up of one block: accumulators [R * outputs] (double), the chunk buffer [R * chunk]
-// (lanes > 1), staged rows [R * nf].
+// (lanes > 1), staged rows [R * nf], staged trees' nodes [tree_chunk * node_stride] and leaf values
+// [tree_chunk * 2^depth * outputs] (float32 when acc32, else double; none for leaves).
 struct Carve {
-  int64_t acc, buf, rows, total;
+  int64_t acc, buf, rows, tree_nodes, tree_values, total;
 };
 
 PYZERO_HD Carve carve(const trees::WalkForest& f, int64_t item, bool leaves, bool acc32, int r, int lanes,
-                      int ilp, bool stage) {
+                      int ilp, bool stage, int64_t tree_chunk) {
   Carve c{};
   c.acc = leaves ? 0 : round_up(r * f.n_outputs * 8, 16);
   const int64_t chunk = static_cast<int64_t>(lanes) * ilp;
   c.buf = (leaves || lanes == 1) ? 0 : round_up(r * chunk * chunk_item_bytes(f.n_outputs, acc32), 16);
   c.rows = stage ? round_up(r * f.n_features * item, 16) : 0;
-  c.total = c.acc + c.buf + c.rows;
+  c.tree_nodes = tree_chunk > 0 ? round_up(tree_chunk * f.node_stride * 8, 16) : 0;
+  c.tree_values =
+      (tree_chunk > 0 && !leaves) ? round_up((tree_chunk << f.depth) * f.n_outputs * (acc32 ? 4 : 8), 16) : 0;
+  c.total = c.acc + c.buf + c.rows + c.tree_nodes + c.tree_values;
   return c;
 }
 
@@ -75,14 +83,16 @@ inline int64_t tree_walk_shared_bytes(const trees::WalkForest& f, int64_t x_item
                                       bool acc32, WalkLaunch cfg, bool* staged) {
   const int r = cfg.threads / cfg.lanes;
   if (cfg.stage) {
-    const detail::Carve c = detail::carve(f, x_item_bytes, leaves, acc32, r, cfg.lanes, cfg.ilp, true);
+    const detail::Carve c =
+        detail::carve(f, x_item_bytes, leaves, acc32, r, cfg.lanes, cfg.ilp, true, cfg.tree_chunk);
     if (c.total <= kTreeMaxSharedBytes) {
       *staged = true;
       return c.total;
     }
   }
   *staged = false;
-  const detail::Carve c = detail::carve(f, x_item_bytes, leaves, acc32, r, cfg.lanes, cfg.ilp, false);
+  const detail::Carve c =
+      detail::carve(f, x_item_bytes, leaves, acc32, r, cfg.lanes, cfg.ilp, false, cfg.tree_chunk);
   return c.total <= kTreeMaxSharedBytes ? c.total : -1;
 }
 

@@ -47,6 +47,22 @@ constexpr int kC8MissingShift = 15;
 constexpr uint32_t kC8Categorical = 1u << 17;
 constexpr int kC8OffsetShift = 18;
 
+// Note [Fused finish]
+// What a walk may do to a row's sums before it writes them, so small GPU batches need no further
+// launches: the same steps, precision and order as the torch post-transforms in
+// pyzero/trees/compiled.py. First the mean of the trees when divisor > 0 (the sums start from 0, then
+// s / divisor + base), then sigmoid(scale * s) = 1 / (1 + exp(-scale * s)) or exp(s), in float32 when
+// the forest sums in float32 (its library transforms in float32 too) else in double; `pair` writes a
+// single output as the binary class probabilities [1 - p, p].
+enum FinishKind : int32_t { kFinishRaw = 0, kFinishSigmoid = 1, kFinishExp = 2 };
+
+struct Finish {
+  int32_t kind = kFinishRaw;
+  double scale = 1.0;    // sigmoid: multiplies the score first (LightGBM's sigmoid:k)
+  double divisor = 0.0;  // > 0: the mean of the trees
+  bool pair = false;
+};
+
 struct WalkForest {
   int32_t format;
   const uint32_t* nodes;      // perfect: [trees, stride, 2]; compact: [n, 2]; wide: Node [n]
@@ -62,6 +78,7 @@ struct WalkForest {
   int64_t n_trees, n_outputs, n_features;
   int64_t node_stride;  // perfect
   int32_t depth;        // perfect: D
+  Finish finish;        // of this call (Note [Fused finish])
 };
 
 // Two words of a compact node (8-byte aligned: one load on the GPU).
@@ -126,6 +143,37 @@ PYZERO_HD bool node_left(const WalkForest& f, bool default_left, bool cmp_lt, in
   }
   const T t = sizeof(T) == 8 ? static_cast<T>(f.threshold64[pos]) : static_cast<T>(bits_to_float(word));
   return cmp_lt ? v < t : v <= t;
+}
+
+// Note [Fused finish]: the starting value of a sum, and the value written for output o (sum s).
+PYZERO_HD double sum_start(const WalkForest& f, bool acc32, double base) {
+  if (f.finish.divisor > 0) return 0.0;
+  return acc32 ? static_cast<double>(static_cast<float>(base)) : base;
+}
+
+PYZERO_HD double finish_value(const WalkForest& f, bool acc32, double s, double base) {
+  const Finish& fin = f.finish;
+  if (fin.divisor > 0) s = s / fin.divisor + base;
+  if (fin.kind == kFinishRaw) return s;
+  if (acc32) {
+    float v = static_cast<float>(s);
+    if (fin.scale != 1.0) v = v * static_cast<float>(fin.scale);
+    return static_cast<double>(fin.kind == kFinishSigmoid ? 1.0f / (1.0f + expf(-v)) : expf(v));
+  }
+  const double v = fin.scale != 1.0 ? s * fin.scale : s;
+  return fin.kind == kFinishSigmoid ? 1.0 / (1.0 + exp(-v)) : exp(v);
+}
+
+// Writes output o of row r: out is [rows, 2] when the finish writes pairs, else [rows, n_outputs].
+PYZERO_HD void store_output(const WalkForest& f, bool acc32, const double* base, double* out, int64_t r,
+                            int64_t o, double s) {
+  const double v = finish_value(f, acc32, s, base[o]);
+  if (f.finish.pair) {
+    out[r * 2] = 1.0 - v;
+    out[r * 2 + 1] = v;
+  } else {
+    out[r * f.n_outputs + o] = v;
+  }
 }
 
 // The walker of one layout. walk<N>(t0, count, row, out) walks trees t0 .. t0 + count - 1 (count <= N)

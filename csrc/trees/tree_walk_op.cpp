@@ -37,7 +37,7 @@ void walk_host(const WalkForest& f, const T* x, int64_t rows, const double* base
       const T* row_ptr = buf.data();
       auto row = [row_ptr](int64_t c) { return row_ptr[c]; };
       for (int64_t o = 0; o < f.n_outputs && base != nullptr; ++o)
-        acc[o] = float32_accum ? static_cast<double>(static_cast<float>(base[o])) : base[o];
+        acc[o] = sum_start(f, float32_accum, base[o]);
       for (int64_t t = 0; t < f.n_trees; ++t) {
         int64_t vr = 0;
         int32_t id = 0;
@@ -65,7 +65,7 @@ void walk_host(const WalkForest& f, const T* x, int64_t rows, const double* base
         }
       }
       if (raw != nullptr)
-        for (int64_t o = 0; o < f.n_outputs; ++o) raw[r * f.n_outputs + o] = acc[o];
+        for (int64_t o = 0; o < f.n_outputs; ++o) store_output(f, float32_accum, base, raw, r, o, acc[o]);
     }
   });
 }
@@ -158,6 +158,26 @@ struct Output {
   const double* base = nullptr;
 };
 
+// Note [Fused finish] from the op's `finish`: empty (raw sums) or [kind, scale, divisor, pair].
+trees::Finish finish_of(at::ArrayRef<double> finish, const trees::WalkForest& f, bool leaves) {
+  trees::Finish fin;
+  if (finish.empty()) return fin;
+  TORCH_CHECK(finish.size() == 4, "pyzero.tree_walk: finish must be [] or [kind, scale, divisor, pair], got ",
+              finish.size(), " values");
+  TORCH_CHECK(!leaves, "pyzero.tree_walk: finish applies to sums, not to leaves");
+  const double kind = finish[0];
+  TORCH_CHECK(kind == 0 || kind == 1 || kind == 2,
+              "pyzero.tree_walk: finish kind must be 0 (raw), 1 (sigmoid) or 2 (exp), got ", kind);
+  TORCH_CHECK(finish[2] >= 0, "pyzero.tree_walk: finish divisor must be >= 0 (0: a sum), got ", finish[2]);
+  TORCH_CHECK(finish[3] == 0 || f.n_outputs == 1,
+              "pyzero.tree_walk: finish pair needs one output, the forest has ", f.n_outputs);
+  fin.kind = static_cast<int32_t>(finish[0]);
+  fin.scale = finish[1];
+  fin.divisor = finish[2];
+  fin.pair = finish[3] != 0;
+  return fin;
+}
+
 Output output(const trees::WalkForest& f, const at::Tensor& x, const at::Tensor& base, bool leaves) {
   Output o;
   if (leaves) {
@@ -168,23 +188,26 @@ Output output(const trees::WalkForest& f, const at::Tensor& x, const at::Tensor&
   TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous() &&
                   base.device() == x.device(),
               "pyzero.tree_walk: base must hold one float64 per output, on x's device");
-  o.out = at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
+  o.out = at::empty({x.size(0), f.finish.pair ? 2 : f.n_outputs}, x.options().dtype(at::kDouble));
   o.raw = o.out.data_ptr<double>();
   o.base = base.data_ptr<double>();
   return o;
 }
 
-// The kernel configuration [threads, lanes, ilp, stage] (Note [GPU tree kernel]).
+// The kernel configuration [threads, lanes, ilp, stage rows, tree chunk] (Note [GPU tree kernel]; the
+// tree chunk may be left out: 0).
 cuda::WalkLaunch walk_launch(at::IntArrayRef config) {
-  TORCH_CHECK(config.size() == 4, "pyzero.tree_walk: config must be [threads, lanes, ilp, stage], got ",
+  TORCH_CHECK(config.size() == 4 || config.size() == 5,
+              "pyzero.tree_walk: config must be [threads, lanes, ilp, stage, tree_chunk], got ",
               config.size(), " values");
   return cuda::WalkLaunch{static_cast<int>(config[0]), static_cast<int>(config[1]),
-                          static_cast<int>(config[2]), config[3] != 0};
+                          static_cast<int>(config[2]), config[3] != 0,
+                          config.size() == 5 ? static_cast<int>(config[4]) : 0};
 }
 
 std::string describe(const cuda::WalkLaunch& cfg) {
   return "config threads=" + std::to_string(cfg.threads) + " lanes=" + std::to_string(cfg.lanes) +
-         " ilp=" + std::to_string(cfg.ilp);
+         " ilp=" + std::to_string(cfg.ilp) + " tree_chunk=" + std::to_string(cfg.tree_chunk);
 }
 
 at::Tensor tree_walk_cpu(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
@@ -192,9 +215,10 @@ at::Tensor tree_walk_cpu(int64_t format, const at::Tensor& nodes, const at::Tens
                          const at::Tensor& threshold64, const at::Tensor& cat_bits,
                          at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
                          int64_t n_features, const at::Tensor& x, const at::Tensor& base, bool float32_accum,
-                         bool leaves, at::IntArrayRef config) {
-  const trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
-                                          cat_domain, column_kind, depth, x, n_features);
+                         bool leaves, at::IntArrayRef config, at::ArrayRef<double> finish) {
+  trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
+                                    cat_domain, column_kind, depth, x, n_features);
+  f.finish = finish_of(finish, f, leaves);
   (void)config;  // the host twin walks row by row
   const Output o = output(f, x, base, leaves);
   if (x.scalar_type() == at::kDouble) {
@@ -211,9 +235,11 @@ at::Tensor tree_walk_emulated(int64_t format, const at::Tensor& nodes, const at:
                               const at::Tensor& threshold64, const at::Tensor& cat_bits,
                               at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
                               int64_t n_features, const at::Tensor& x, const at::Tensor& base,
-                              bool float32_accum, bool leaves, at::IntArrayRef config) {
-  const trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
-                                          cat_domain, column_kind, depth, x, n_features);
+                              bool float32_accum, bool leaves, at::IntArrayRef config,
+                              at::ArrayRef<double> finish) {
+  trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
+                                    cat_domain, column_kind, depth, x, n_features);
+  f.finish = finish_of(finish, f, leaves);
   const cuda::WalkLaunch cfg = walk_launch(config);
   const Output o = output(f, x, base, leaves);
   const bool ok = x.scalar_type() == at::kDouble
@@ -231,10 +257,11 @@ at::Tensor tree_walk_cuda(int64_t format, const at::Tensor& nodes, const at::Ten
                           const at::Tensor& threshold64, const at::Tensor& cat_bits,
                           at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
                           int64_t n_features, const at::Tensor& x, const at::Tensor& base, bool float32_accum,
-                          bool leaves, at::IntArrayRef config) {
+                          bool leaves, at::IntArrayRef config, at::ArrayRef<double> finish) {
   const c10::cuda::CUDAGuard guard(x.device());
-  const trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
-                                          cat_domain, column_kind, depth, x, n_features);
+  trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
+                                    cat_domain, column_kind, depth, x, n_features);
+  f.finish = finish_of(finish, f, leaves);
   const cuda::WalkLaunch cfg = walk_launch(config);
   const Output o = output(f, x, base, leaves);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
@@ -257,11 +284,12 @@ TORCH_LIBRARY_FRAGMENT(pyzero, m) {
       "tree_walk(int format, Tensor nodes, Tensor roots, Tensor leaf_nodes, Tensor values, "
       "Tensor threshold64, Tensor cat_bits, float[] cat_domain, Tensor column_kind, int depth, int "
       "n_features, "
-      "Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config) -> Tensor");
+      "Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config, float[] finish) -> Tensor");
   m.def(
       "tree_walk_emulated(int format, Tensor nodes, Tensor roots, Tensor leaf_nodes, Tensor values, "
       "Tensor threshold64, Tensor cat_bits, float[] cat_domain, Tensor column_kind, int depth, int "
-      "n_features, Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config) -> Tensor");
+      "n_features, Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config, float[] finish) -> "
+      "Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {

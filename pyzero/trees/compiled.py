@@ -190,11 +190,24 @@ class CompiledForest:
             return self._on_device("raw", self._raw_direct, x)
         return self._raw_direct(x)
 
+    def _fused(self, x: Tensor, post: bool, pair: bool = False) -> Tensor | None:
+        """The CUDA kernel's sums through its own finish (fused_finish), or None."""
+        finish = fused_finish(self.forest, post, pair) if self.backend == "cuda" else None
+        if finish is None:
+            return None
+        f = self.forest
+        f32 = f.extra.get("accumulate") == "float32" and f.aggregation != "mean"
+        return self._kernel.raw(x, self._base, f32, finish)
+
     def _raw_direct(self, x: Tensor) -> Tensor:
         f = self.forest
         f32 = f.extra.get("accumulate") == "float32"
         if self._kernel is not None:
-            if f.aggregation == "mean":  # a tensor divisor: CUDA divides by a host scalar via its reciprocal
+            if f.aggregation == "mean":
+                fused = self._fused(x, post=False)
+                if fused is not None:
+                    return fused
+                # a tensor divisor: CUDA divides by a host scalar via its reciprocal
                 return self._kernel.raw(x, torch.zeros_like(self._base), False) / self._n_trees + self._base
             return self._kernel.raw(x, self._base, f32)
         return self._torch_for(x.shape[0]).raw_scores(x, f.n_trees, f.aggregation, self._base, f32)
@@ -222,6 +235,9 @@ class CompiledForest:
         return self._transformed_direct(x)
 
     def _transformed_direct(self, x: Tensor) -> Tensor:
+        fused = self._fused(x, post=True)
+        if fused is not None:
+            return fused
         raw = self._raw_direct(x)
         post = self.forest.post_transform
         if self.forest.extra.get("accumulate") == "float32":  # the library transforms in float32 too
@@ -245,8 +261,12 @@ class CompiledForest:
         return self._proba_direct(x)
 
     def _proba_direct(self, x: Tensor) -> Tensor:
+        binary = self.forest.classes is not None and self.forest.n_outputs == 1
+        fused = self._fused(x, post=True, pair=binary)
+        if fused is not None:
+            return fused
         p = self._transformed_direct(x)
-        if self.forest.classes is not None and p.shape[1] == 1:  # binary: P(class 1) -> [P(0), P(1)]
+        if binary:  # P(class 1) -> [P(0), P(1)]
             return torch.cat([1 - p, p], dim=1)
         return p
 
@@ -286,6 +306,24 @@ class CompiledForest:
         kernel = self._kernel if self._kernel is not None else self._torch_for(x.shape[0])
         leaf_id = torch.as_tensor(self.forest.leaf_id, dtype=torch.int64, device=self.device)
         return self._output(leaf_id[kernel.leaves(x)], as_torch)
+
+
+# Post-transforms the CUDA kernel applies itself, by its finish kind (kFinish* in tree_walk.h).
+_FUSED_POST = {"identity": 0, "sigmoid": 1, "exp": 2}
+
+
+def fused_finish(forest: Forest, post: bool, pair: bool = False) -> tuple[float, ...] | None:
+    """The tree kernel's finish (Note [Fused finish] in csrc/trees/tree_walk.h) that gives what the torch
+    ops of CompiledForest give: the mean of the trees, then the post-transform when `post`, written as
+    [1 - p, p] when `pair`; None where the kernel cannot (softmax, isolation, a mean summed in float32
+    then transformed)."""
+    kind = _FUSED_POST.get(forest.post_transform) if post else _FUSED_POST["identity"]
+    mean = forest.aggregation == "mean"
+    if kind is None or (mean and post and forest.extra.get("accumulate") == "float32"):
+        return None
+    sigmoid = post and forest.post_transform == "sigmoid"
+    scale = float(forest.extra.get("sigmoid_scale", 1.0)) if sigmoid else 1.0
+    return (kind, scale, float(max(forest.n_trees, 1)) if mean else 0.0, float(pair))
 
 
 def compile(

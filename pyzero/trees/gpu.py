@@ -4,7 +4,7 @@ and CUDA graphs for small batches.
 Note [Tree autotuning]
 Every configuration of a GPU tree kernel (layout, threads per block, tree lanes, trees per lane in
 flight; for Triton rows and trees per program) gives the same outputs bit for bit (Note [GPU tree
-kernel] in csrc/cuda/tree_cuda.h), so the choice is about speed only. It is made per (forest, device,
+kernel] in csrc/cuda/tree_launch.h), so the choice is about speed only. It is made per (forest, device,
 backend, input dtype, batch-size bucket), where bucket k holds the batches of 4^(k-1) < rows <= 4^k.
 With tuning on (the default; PYZERO_TREES_TUNE=0 or compile(tune=False) turns it off), the first batch
 of a bucket times the candidates on that batch's own rows (tiled to the bucket's size, at most
@@ -15,11 +15,13 @@ the winner goes to a JSON cache on disk (PYZERO_CACHE_DIR, default
 configuration instead; CompiledForest.kernel_config(rows) says which one a batch gets.
 
 Note [Small-batch graphs]
-Batches of at most GRAPH_MAX_ROWS rows replay a CUDA graph captured per (output kind, bucket of a power
-of two rows): kernel and post-transform in one launch, reading a static input buffer and writing a
-static output. Host inputs are written into a pinned staging buffer (a user's pinned tensor is copied
-from directly), copied to the device in one asynchronous copy, and the outputs come back into pinned
-memory; device inputs are copied into the static buffer on the device. Padding rows are never read
+Batches of at most GRAPH_MAX_ROWS rows replay a CUDA graph captured per (output kind: raw, transformed
+or class probabilities; bucket of a power of two rows): on the cuda backend the kernel alone, which
+finishes its sums itself (Note [Fused finish] in csrc/trees/tree_walk.h), else the kernel and the torch
+post-transform, in one launch, reading a static input buffer and writing a static output. Host
+inputs are written into a pinned staging buffer (a user's pinned tensor is copied from directly),
+copied to the device in one asynchronous copy, and the outputs come back into pinned memory; device
+inputs are copied into the static buffer on the device. Padding rows are never read
 back; each row's outputs do not depend on the others.
 """
 
@@ -47,7 +49,7 @@ TUNE_ENV = "PYZERO_TREES_TUNE"
 CACHE_ENV = "PYZERO_CACHE_DIR"
 CACHE_FILE = "trees_tune.json"
 # Bump when kernels change enough that cached choices should be measured again.
-TUNE_FORMAT = 1
+TUNE_FORMAT = 2
 # Largest batch the tuner times (bigger buckets reuse its choice); timed calls per candidate. On the H100
 # tuning at 2^20 rows made the first 1M-row call take 7-8 s; 2^18 rows already fill the GPU with
 # thousands of blocks (a quarter of that time; the choice at 2^18 vs 2^20 rows is not yet compared).
@@ -56,7 +58,7 @@ TUNE_REPS = 3
 # Batches of at most this many rows replay CUDA graphs (Note [Small-batch graphs]).
 GRAPH_MAX_ROWS = 128
 # Shared memory one CUDA launch may use and its largest block (kTreeMaxSharedBytes, kTreeMaxThreads in
-# tree_cuda.h).
+# csrc/cuda/tree_launch.h).
 CUDA_MAX_SHARED_BYTES = 48 * 1024
 CUDA_MAX_THREADS = 512
 # Perfect layouts deeper than this are tried only by the tuner, not picked by default: every row walks
@@ -67,8 +69,9 @@ DEFAULT_PERFECT_MAX_DEPTH = 10
 @dataclass(frozen=True)
 class KernelConfig:
     """One configuration of a GPU tree kernel. CUDA: threads per block, lanes (threads per row: the
-    row's trees are spread over them), ilp (trees a thread walks at once). Triton: block_r rows and
-    block_t trees per program step."""
+    row's trees are spread over them), ilp (trees a thread walks at once), tree_chunk (> 0: the block
+    stages that many trees at a time in shared memory; perfect layout, lanes 1). Triton: block_r rows
+    and block_t trees per program step."""
 
     layout: str
     threads: int = 256
@@ -76,9 +79,10 @@ class KernelConfig:
     ilp: int = 1
     block_r: int = 64
     block_t: int = 8
+    tree_chunk: int = 0
 
     def cuda_args(self) -> list[int]:
-        return [self.threads, self.lanes, self.ilp, 1]
+        return [self.threads, self.lanes, self.ilp, 1, self.tree_chunk]
 
 
 def bucket_of(rows: int) -> int:
@@ -86,15 +90,33 @@ def bucket_of(rows: int) -> int:
     return 0 if rows <= 1 else math.ceil(math.log(rows, 4) - 1e-12)
 
 
+def _round16(n: int) -> int:
+    return -(-n // 16) * 16
+
+
 def cuda_shared_bytes(
-    cfg: KernelConfig, n_outputs: int, leaves: bool = False, float32_accum: bool = False
+    cfg: KernelConfig,
+    n_outputs: int,
+    leaves: bool = False,
+    float32_accum: bool = False,
+    tree_shape: tuple[int, int] | None = None,
+    n_trees: int | None = None,
 ) -> int:
-    """Shared memory of a CUDA launch without row staging (carve() in csrc/cuda/tree_launch.h)."""
+    """Shared memory of a CUDA launch without row staging (carve() in csrc/cuda/tree_launch.h).
+    tree_shape: (node stride, leaf slots) of a perfect-layout tree, needed when cfg.tree_chunk > 0;
+    n_trees caps the chunk as the kernel does."""
     r = cfg.threads // cfg.lanes
-    acc = 0 if leaves else -(-r * n_outputs * 8 // 16) * 16
+    acc = 0 if leaves else _round16(r * n_outputs * 8)
     item = (4 if float32_accum else 8) if n_outputs == 1 else 4
-    buf = 0 if leaves or cfg.lanes == 1 else -(-r * cfg.lanes * cfg.ilp * item // 16) * 16
-    return acc + buf
+    buf = 0 if leaves or cfg.lanes == 1 else _round16(r * cfg.lanes * cfg.ilp * item)
+    chunk = min(cfg.tree_chunk, n_trees) if n_trees is not None else cfg.tree_chunk
+    if chunk <= 0:
+        return acc + buf
+    if tree_shape is None:
+        raise ValueError("cuda_shared_bytes: tree_chunk > 0 needs the perfect layout's tree_shape")
+    stride, slots = tree_shape
+    values = 0 if leaves else _round16(chunk * slots * n_outputs * (4 if float32_accum else 8))
+    return acc + buf + _round16(chunk * stride * 8) + values
 
 
 # Batches of at least this many rows fill the GPU with a thread (or a few) per row: the tuner tries only
@@ -103,24 +125,43 @@ CUDA_LARGE_ROWS = 1 << 16
 CUDA_LARGE_LANES = (1, 2, 4)
 
 
+# Trees per shared-memory chunk the tuner tries (perfect layout, a thread per row).
+CUDA_TREE_CHUNKS = (2, 4, 8, 16)
+
+
 def _cuda_candidates(
-    layout: str, rows: int, n_outputs: int, float32_accum: bool = False
+    layout: str,
+    rows: int,
+    n_outputs: int,
+    float32_accum: bool = False,
+    tree_shape: tuple[int, int] | None = None,
+    n_trees: int | None = None,
 ) -> list[KernelConfig]:
     out = []
+    chunks = (0, *CUDA_TREE_CHUNKS) if tree_shape is not None else (0,)
     for threads in (128, 256, 512):
         lanes_set = CUDA_LARGE_LANES if rows >= CUDA_LARGE_ROWS else (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         for lanes in lanes_set:
             if lanes > threads or threads // lanes > 4 * max(rows, 1):
                 continue
             for ilp in (1, 2, 4):
-                cfg = KernelConfig(layout, threads, lanes, ilp)
-                if cuda_shared_bytes(cfg, n_outputs, False, float32_accum) <= CUDA_MAX_SHARED_BYTES:
-                    out.append(cfg)
+                for chunk in chunks if lanes == 1 else (0,):
+                    if n_trees is not None and chunk > 2 and chunk // 2 >= n_trees:
+                        continue  # the kernel caps a chunk at the forest: the same launch as chunk / 2
+                    cfg = KernelConfig(layout, threads, lanes, ilp, tree_chunk=chunk)
+                    need = cuda_shared_bytes(cfg, n_outputs, False, float32_accum, tree_shape, n_trees)
+                    if need <= CUDA_MAX_SHARED_BYTES:
+                        out.append(cfg)
     return out
 
 
 def _triton_candidates(
-    layout: str, rows: int, n_outputs: int, float32_accum: bool = False
+    layout: str,
+    rows: int,
+    n_outputs: int,
+    float32_accum: bool = False,
+    tree_shape: tuple[int, int] | None = None,
+    n_trees: int | None = None,
 ) -> list[KernelConfig]:
     # Each shape is a separate Triton compile (about a second): a few shapes only.
     shapes = ((16, 4), (64, 8), (128, 4), (32, 16))
@@ -274,6 +315,11 @@ class GpuRunner:
             raise ValueError(f"tune: lanes must divide threads ({cfg.threads}), got {cfg.lanes}")
         if cfg.ilp not in (1, 2, 4):
             raise ValueError(f"tune: ilp must be 1, 2 or 4, got {cfg.ilp}")
+        if cfg.tree_chunk < 0 or (cfg.tree_chunk > 0 and (cfg.layout != "perfect" or cfg.lanes != 1)):
+            raise ValueError(
+                f"tune: tree_chunk must be 0, or > 0 with layout 'perfect' and lanes 1, got {cfg.tree_chunk} "
+                f"with layout {cfg.layout!r} and lanes {cfg.lanes}"
+            )
         if any(v < 1 or v & (v - 1) for v in (cfg.block_r, cfg.block_t)):
             raise ValueError(
                 f"tune: block_r and block_t must be powers of two, got {cfg.block_r}, {cfg.block_t}"
@@ -281,10 +327,16 @@ class GpuRunner:
         f32 = self.forest.extra.get("accumulate") == "float32"
         if (
             self.backend == "cuda"
-            and cuda_shared_bytes(cfg, self.forest.n_outputs, False, f32) > CUDA_MAX_SHARED_BYTES
+            and cuda_shared_bytes(
+                cfg, self.forest.n_outputs, False, f32, self._tree_shape(cfg.layout), self.forest.n_trees
+            )
+            > CUDA_MAX_SHARED_BYTES
         ):
             raise ValueError(f"tune: {cfg} needs more than {CUDA_MAX_SHARED_BYTES} bytes of shared memory")
         return cfg
+
+    def _tree_shape(self, layout: str) -> tuple[int, int] | None:
+        return self.layout(layout).tree_shape if layout == "perfect" else None
 
     def layout(self, name: str) -> gpu_layout.GpuLayout:
         if name not in self._layouts:
@@ -363,7 +415,8 @@ class GpuRunner:
         candidates = _cuda_candidates if self.backend == "cuda" else _triton_candidates
         results = {self._default_for(lay, rows): first[lay] for lay in first}
         for lay in best_layouts:
-            for cfg in candidates(lay, rows, self.forest.n_outputs, f32):
+            shape = self._tree_shape(lay)
+            for cfg in candidates(lay, rows, self.forest.n_outputs, f32, shape, self.forest.n_trees):
                 if cfg not in results:
                     results[cfg] = timed(cfg)
         best = min(results, key=results.get)
@@ -374,17 +427,28 @@ class GpuRunner:
         return KernelConfig(layout, cfg.threads, cfg.lanes, cfg.ilp, cfg.block_r, cfg.block_t)
 
     # ------------------------------------------------------------------ running
-    def run(self, x: Tensor, base: Tensor, float32_accum: bool, leaves: bool, cfg: KernelConfig) -> Tensor:
+    def run(
+        self,
+        x: Tensor,
+        base: Tensor,
+        float32_accum: bool,
+        leaves: bool,
+        cfg: KernelConfig,
+        finish: tuple[float, ...] = (),
+    ) -> Tensor:
         lay = self.layout(cfg.layout)
         if self.backend == "cuda":
-            return lay.walk(x, base, float32_accum, leaves, cfg.cuda_args())
+            return lay.walk(x, base, float32_accum, leaves, cfg.cuda_args(), finish=finish)
+        if finish:
+            raise ValueError("the Triton tree kernel has no fused finish (Note [Fused finish])")
         from pyzero.kernels import tree_triton
 
         return tree_triton.walk(lay, x, base, float32_accum, leaves, cfg.block_r, cfg.block_t)
 
-    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
-        """base + leaf values in tree order: float64 [rows, outputs]."""
-        return self.run(x, base, float32_accum, False, self.config(x.shape[0], x))
+    def raw(self, x: Tensor, base: Tensor, float32_accum: bool, finish: tuple[float, ...] = ()) -> Tensor:
+        """base + leaf values in tree order: float64 [rows, outputs]; through `finish` (Note [Fused
+        finish] in csrc/trees/tree_walk.h) when given, the CUDA backend only."""
+        return self.run(x, base, float32_accum, False, self.config(x.shape[0], x), finish)
 
     def leaves(self, x: Tensor) -> Tensor:
         """IR leaf node id per (row, tree): int64 [rows, trees]."""

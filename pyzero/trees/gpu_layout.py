@@ -137,6 +137,8 @@ class GpuLayout:
         if layout != "perfect" and fast_cpu.reads_like_lightgbm(forest):  # prepare_value in tree_walk.h
             column_kind = torch.full((forest.n_features,), fast_cpu.COLUMN_LIGHTGBM_READING, dtype=torch.int8)
         self.node_bytes = {"perfect": 8, "wide": 16}.get(layout, 8)
+        # perfect: (node stride, leaf slots) of one tree, what a staged tree takes in shared memory
+        self.tree_shape = (int(nodes.shape[1]), 1 << self.depth) if layout == "perfect" else None
         self.tensors = tuple(
             t.to(device) for t in (nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind)
         )
@@ -149,9 +151,12 @@ class GpuLayout:
         leaves: bool,
         config: list[int],
         emulate: bool = False,
+        finish: tuple[float, ...] = (),
     ) -> Tensor:
         """raw float64 [rows, outputs] (base + leaf values in tree order) or, with leaves=True, the IR
-        leaf node id of every tree, int32 [rows, trees]. config: [threads, lanes, ilp, stage].
+        leaf node id of every tree, int32 [rows, trees]. config: [threads, lanes, ilp, stage, tree_chunk]
+        (Note [GPU tree kernel] in csrc/cuda/tree_launch.h); finish: () or (kind, scale, divisor, pair)
+        of Note [Fused finish] in csrc/trees/tree_walk.h ([rows, 2] when pair).
         emulate=True runs the CUDA kernel's own code on CPU tensors (Note [Kernel emulation] in
         csrc/trees/kernel_emu.h; slow, for tests)."""
         nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = self.tensors
@@ -173,6 +178,7 @@ class GpuLayout:
             float32_accum,
             leaves,
             config,
+            list(finish),
         )
 
 

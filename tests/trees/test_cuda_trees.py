@@ -86,6 +86,11 @@ CONFIGS = (
     {"threads": 256, "lanes": 256, "ilp": 4},
     {"threads": 512, "lanes": 32, "ilp": 1},
 )
+# The perfect layout also runs with its trees staged in shared memory, one and three at a time.
+TREE_CHUNK_CONFIGS = (
+    {"threads": 256, "lanes": 1, "ilp": 4, "tree_chunk": 1},
+    {"threads": 128, "lanes": 1, "ilp": 2, "tree_chunk": 3},
+)
 
 
 def more_models():
@@ -122,7 +127,7 @@ def test_cuda_kernel_every_layout_and_config_equals_the_cpu_kernel_bit_for_bit()
         layouts = trees.compile(model, backend="cuda", device="cuda", tune=False)._gpu.eligible
         assert "wide" in layouts
         for layout in layouts:
-            for cfg in CONFIGS:
+            for cfg in CONFIGS + (TREE_CHUNK_CONFIGS if layout == "perfect" else ()):
                 gpu = trees.compile(model, backend="cuda", device="cuda", tune={"layout": layout, **cfg})
                 for n in CUDA_BATCHES:  # each row gets the same bits at every batch size
                     x = torch.as_tensor(big[:n], dtype=dtype, device="cuda")

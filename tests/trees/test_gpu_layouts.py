@@ -18,11 +18,12 @@ from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     IsolationForest,
     RandomForestClassifier,
+    RandomForestRegressor,
 )
 from sklearn.tree import DecisionTreeRegressor
 
 from pyzero import trees
-from pyzero.trees import gpu, gpu_layout
+from pyzero.trees import compiled, gpu, gpu_layout
 from tests.trees.helpers import mixed_data
 
 
@@ -86,16 +87,18 @@ def test_every_layout_equals_the_node_kernel_bit_for_bit(case):
         assert torch.equal(g.walk(x, cpu._base, False, True, [256, 1, 1, 1]).long(), ref_leaves), (name, lay)
 
 
-# [threads, lanes, ilp, stage]: a thread per row (whole and partial blocks), lanes with 1, 2 and 4 trees in
-# flight, a block per row, staged and unstaged rows.
+# [threads, lanes, ilp, stage, tree_chunk]: a thread per row (whole and partial blocks), lanes with 1, 2
+# and 4 trees in flight, a block per row, staged and unstaged rows; perfect layout: trees staged in
+# chunks of 1, 3 (the last chunk partial) and more than the forest holds.
 EMULATED_CONFIGS = (
-    [32, 1, 1, 1],
-    [64, 1, 4, 0],
-    [64, 8, 2, 1],
-    [128, 32, 4, 1],
-    [64, 64, 1, 0],
-    [256, 16, 2, 1],
+    [32, 1, 1, 1, 0],
+    [64, 1, 4, 0, 0],
+    [64, 8, 2, 1, 0],
+    [128, 32, 4, 1, 0],
+    [64, 64, 1, 0, 0],
+    [256, 16, 2, 1, 0],
 )
+EMULATED_TREE_CHUNKS = ([32, 1, 1, 1, 1], [64, 1, 2, 0, 3], [32, 1, 4, 1, 1000])
 EMULATED_ROWS = 40
 
 
@@ -116,7 +119,17 @@ def test_the_cuda_kernel_emulated_on_the_cpu_equals_the_host_twin(case):
         g = gpu_layout.GpuLayout(f, lay, cpu._input_dtype, torch.device("cpu"))
         ref_raw = g.walk(x, cpu._base, f32, False, [32, 1, 1, 1])
         ref_leaves = g.walk(x, cpu._base, False, True, [32, 1, 1, 1])
-        for cfg in EMULATED_CONFIGS:
+        for cfg in EMULATED_CONFIGS + (EMULATED_TREE_CHUNKS if lay == "perfect" else ()):
+            need = gpu.cuda_shared_bytes(
+                gpu.KernelConfig(lay, *cfg[:3], tree_chunk=cfg[4]),
+                f.n_outputs,
+                False,
+                f32,
+                g.tree_shape,
+                f.n_trees,
+            )
+            if need > gpu.CUDA_MAX_SHARED_BYTES:  # a deep tree's chunk of 1000
+                continue
             raw = g.walk(x, cpu._base, f32, False, cfg, emulate=True)
             assert torch.equal(raw, ref_raw), (name, lay, cfg)
             assert torch.equal(g.walk(x, cpu._base, False, True, cfg, emulate=True), ref_leaves), (
@@ -150,6 +163,100 @@ def test_the_emulated_kernel_refuses_what_the_tuner_leaves_out():
                 assert gpu.cuda_shared_bytes(cfg, classes) > gpu.CUDA_MAX_SHARED_BYTES
                 with pytest.raises(RuntimeError, match="refuses this configuration"):
                     g.walk(x, base, False, False, args, emulate=True)
+
+
+def test_tree_chunks_fill_shared_memory_exactly_as_the_tuner_counts():
+    """A chunk of staged trees (perfect layout) that cuda_shared_bytes puts over 48 KB is refused by the
+    kernel, the largest that fits runs, and the tuner's candidates all fit."""
+    X, y = mixed_data(n=400)
+    X = np.nan_to_num(X)
+    model = RandomForestRegressor(n_estimators=30, max_depth=8, random_state=0).fit(X, y["reg"])
+    cf = trees.compile(model, backend="cpu")
+    f = cf.forest
+    g = gpu_layout.GpuLayout(f, "perfect", torch.float32, torch.device("cpu"))
+    x, _ = cf._input(X[:5])
+
+    def need(chunk):
+        cfg = gpu.KernelConfig("perfect", 32, 1, 1, tree_chunk=chunk)
+        return gpu.cuda_shared_bytes(cfg, f.n_outputs, False, False, g.tree_shape, f.n_trees)
+
+    fits = max(c for c in range(1, f.n_trees + 1) if need(c) <= gpu.CUDA_MAX_SHARED_BYTES)
+    assert fits < f.n_trees, "a forest whose chunks can overflow shared memory"
+    ref = g.walk(x, cf._base, False, False, [32, 1, 1, 0, 0])
+    assert torch.equal(g.walk(x, cf._base, False, False, [32, 1, 1, 0, fits], emulate=True), ref)
+    with pytest.raises(RuntimeError, match="refuses this configuration"):
+        g.walk(x, cf._base, False, False, [32, 1, 1, 0, fits + 1], emulate=True)
+    with pytest.raises(RuntimeError, match="refuses this configuration"):
+        gpu_layout.GpuLayout(f, "wide", torch.float32, torch.device("cpu")).walk(
+            x, cf._base, False, False, [32, 1, 1, 0, 1], emulate=True
+        )
+    cands = gpu._cuda_candidates("perfect", 1 << 20, f.n_outputs, False, g.tree_shape, f.n_trees)
+    assert {c.tree_chunk for c in cands} >= {0, 2}
+    assert all(c.lanes == 1 for c in cands if c.tree_chunk)
+    assert all(need(c.tree_chunk) <= gpu.CUDA_MAX_SHARED_BYTES for c in cands if c.threads == 32)
+    for c in cands:
+        shape_bytes = gpu.cuda_shared_bytes(c, f.n_outputs, False, False, g.tree_shape, f.n_trees)
+        assert shape_bytes <= gpu.CUDA_MAX_SHARED_BYTES
+
+
+def _finish_models():
+    X, y = mixed_data(n=400)
+    Xf = np.nan_to_num(X)
+    counts = np.abs(y["reg"])
+    return [
+        ("xgb binary: float32 sigmoid", X, xgb.XGBClassifier(n_estimators=6, max_depth=4).fit(X, y["bin"])),
+        (
+            "lgb sigmoid:0.7: double, scaled",
+            X,
+            lgb.LGBMClassifier(n_estimators=6, num_leaves=8, sigmoid=0.7, verbose=-1).fit(X, y["bin"]),
+        ),
+        (
+            "xgb poisson: float32 exp",
+            Xf,
+            xgb.XGBRegressor(objective="count:poisson", n_estimators=5, max_depth=3).fit(Xf, counts),
+        ),
+        (
+            "rf 3 classes: mean",
+            X,
+            RandomForestClassifier(n_estimators=5, max_depth=5, random_state=0).fit(X, y["multi"]),
+        ),
+        (
+            "rf regressor: mean, one output",
+            Xf,
+            RandomForestRegressor(n_estimators=4, max_depth=5, random_state=0).fit(Xf, y["reg"]),
+        ),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_the_fused_finish_gives_the_torch_post_transforms(case):
+    """Note [Fused finish]: the host twin and the emulated kernel (sums in registers and in shared
+    memory) write the mean of the trees bit for bit as the torch ops do, sigmoid and exp to within
+    float32 rounding of torch's (another math library), and the binary pair [1 - p, p]."""
+    name, X, model = _finish_models()[case]
+    cpu = trees.compile(model, backend="cpu", strategy="traverse")
+    f = cpu.forest
+    x, _ = cpu._input(X[:EMULATED_ROWS])
+    f32 = f.extra.get("accumulate") == "float32" and f.aggregation != "mean"
+    g = gpu_layout.GpuLayout(f, "compact-bfs", cpu._input_dtype, torch.device("cpu"))
+    binary = f.classes is not None and f.n_outputs == 1
+    cases = [
+        (compiled.fused_finish(f, post=False), cpu._raw(x), True),
+        (compiled.fused_finish(f, post=True), cpu._transformed(x), f.post_transform == "identity"),
+    ]
+    if binary:
+        cases.append((compiled.fused_finish(f, post=True, pair=True), cpu._proba(x), False))
+    for finish, ref, exact in cases:
+        assert finish is not None, name
+        out = g.walk(x, cpu._base, f32, False, [32, 1, 1, 1, 0], finish=finish)
+        for cfg in ([64, 1, 2, 1, 0], [64, 8, 2, 1, 0]):
+            emulated = g.walk(x, cpu._base, f32, False, cfg, emulate=True, finish=finish)
+            assert torch.equal(emulated, out), (name, finish, cfg)
+        if exact:
+            assert torch.equal(out, ref), (name, finish)
+        else:
+            torch.testing.assert_close(out, ref, rtol=1e-6, atol=0, msg=f"{name} {finish}")
+    assert compiled.fused_finish(trees.compile(_models()[4][2]).forest, post=True) is None  # isolation
 
 
 def test_compact_layouts_keep_children_side_by_side_and_trees_in_their_ranges():
@@ -227,6 +334,7 @@ def test_tree_walk_op_errors():
         False,
         False,
         [256, 1, 1, 1],
+        [],
     )
     with pytest.raises(
         RuntimeError, match=r"format must be 0 \(perfect\), 1 \(compact\) or 2 \(wide\), got 7"
@@ -237,7 +345,19 @@ def test_tree_walk_op_errors():
     p = gpu_layout.GpuLayout(cpu.forest, "perfect", torch.float32, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="the perfect layout compares float32 inputs"):
         p.walk(x.double(), cpu._base, False, False, [256, 1, 1, 1])
+    for finish, leaves, what in (
+        ([1, 1, 0], False, r"finish must be \[\] or \[kind, scale, divisor, pair\], got 3 values"),
+        ([3, 1, 0, 0], False, r"finish kind must be 0 \(raw\), 1 \(sigmoid\) or 2 \(exp\), got 3"),
+        ([1, 1, -2, 0], False, "finish divisor must be >= 0"),
+        ([1, 1, 0, 1], False, "finish pair needs one output, the forest has 3"),
+        ([1, 1, 0, 0], True, "finish applies to sums, not to leaves"),
+    ):
+        with pytest.raises(RuntimeError, match=what):
+            g.walk(x, cpu._base, False, leaves, [256, 1, 1, 1], finish=finish)
+    with pytest.raises(RuntimeError, match=r"config must be \[threads, lanes, ilp, stage, tree_chunk\]"):
+        g.walk(x, cpu._base, False, False, [256, 1, 1], emulate=True)
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args))
+    torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args[:-1], [1.0, 1.0, 0.0, 0.0]))
     pargs = list(args)
     pargs[:6] = p.tensors[:6]
     pargs[7] = p.tensors[6]
@@ -312,6 +432,7 @@ def test_fixed_configurations_and_their_errors():
         ({"lanes": 3}, "lanes must divide threads"),
         ({"ilp": 3}, "ilp must be 1, 2 or 4"),
         ({"block_t": 6}, "block_r and block_t must be powers of two"),
+        ({"tree_chunk": 4}, "tree_chunk must be 0, or > 0 with layout 'perfect' and lanes 1"),
     ):
         with pytest.raises(ValueError, match=what):
             gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float32, tune={"layout": "wide", **bad})
