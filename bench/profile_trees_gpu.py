@@ -77,6 +77,8 @@ def profile_batch(cf, Xb: np.ndarray, base: torch.Tensor, f32: bool, top: int) -
         print(
             f"  predict_proba, {name} input  {wall_median(partial(cf.predict_proba, X)) * 1e6:9.1f} us (wall)"
         )
+    paths = {k: "direct" if v else "graph" for k, v in cf._graphs._direct.items()}
+    print(f"  device-input path chosen per (kind, bucket): {paths}")
     # the same probabilities without the graph: one kernel launch (fused finish), no copies in or out
     print(f"  no graph, device input       {wall_median(partial(cf._proba_direct, xd)) * 1e6:9.1f} us (wall)")
     launch = wall_median(partial(runner.run, xd, base, f32, False, chosen))

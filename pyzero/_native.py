@@ -78,7 +78,7 @@ if C is not None:
     ):  # fmt: skip
         if leaves:
             return x.new_empty(
-                (x.shape[0], nodes.shape[0] if format == 0 else roots.shape[0]), dtype=torch.int32
+                (x.shape[0], nodes.shape[0] if format in (0, 3) else roots.shape[0]), dtype=torch.int32
             )
         pair = len(finish) == 4 and finish[3] != 0
         return x.new_empty((x.shape[0], 2 if pair else values.shape[1]), dtype=torch.float64)

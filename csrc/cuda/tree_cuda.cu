@@ -7,6 +7,7 @@ namespace pyzero::cuda {
 
 // Compiled in tree_cuda_{perfect,compact,wide}.cu.
 PYZERO_WALK_TEMPLATE(extern, float, trees::PerfectWalker)
+PYZERO_WALK_TEMPLATE(extern, float, trees::PerfectBlockedWalker)
 PYZERO_WALK_TEMPLATE(extern, float, trees::CompactWalker)
 PYZERO_WALK_TEMPLATE(extern, double, trees::CompactWalker)
 PYZERO_WALK_TEMPLATE(extern, float, trees::WideWalker)

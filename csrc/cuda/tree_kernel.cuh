@@ -47,12 +47,13 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
   unsigned char* buf = smem + cv.acc;
   T* xs = reinterpret_cast<T*>(smem + cv.acc + cv.buf);
 
+  const int64_t xstride = row_stride(nf);
   if (stage) {
     const int64_t n = static_cast<int64_t>(R) * nf;
-    for (int64_t i = tid; i < n; i += nt) {
-      const int64_t rr = r0 + i / nf;
-      T v = rr < rows ? x[rr * nf + i % nf] : T(0);
-      xs[i] = trees::prepare_value(f, v, i % nf);
+    for (int64_t i = tid; i < n; i += nt) {  // coalesced reads of the block's rows
+      const int64_t rr = i / nf, c = i % nf;
+      T v = r0 + rr < rows ? x[(r0 + rr) * nf + c] : T(0);
+      xs[rr * xstride + c] = trees::prepare_value(f, v, c);
     }
   }
   if (!want_leaves) {
@@ -61,7 +62,7 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
     }
   }
   PYZERO_SYNC();
-  const T* xrow = stage ? xs + rl * nf : x + (active ? r : r0) * nf;
+  const T* xrow = stage ? xs + rl * xstride : x + (active ? r : r0) * nf;
   auto row = [&](int64_t c) -> T { return stage ? xrow[c] : trees::prepare_value(f, xrow[c], c); };
   int64_t vr[ILP];
 
@@ -106,7 +107,8 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
       }
     };
     bool staged_trees = false;
-    if constexpr (std::is_same_v<Walker, trees::PerfectWalker>) {
+    if constexpr (std::is_same_v<Walker, trees::PerfectWalker> ||
+                  std::is_same_v<Walker, trees::PerfectBlockedWalker>) {
       if (tree_chunk > 0) {  // chunks of trees in shared memory, copied by the whole block
         staged_trees = true;
         const int64_t stride = f.node_stride, per_tree = (int64_t{1} << f.depth) * outs;
@@ -114,17 +116,17 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
         unsigned char* tv = smem + cv.acc + cv.buf + cv.rows + cv.tree_nodes;
         WalkForest local = f;
         local.nodes = reinterpret_cast<const uint32_t*>(tn);
-        const trees::PerfectWalker lw{local};
+        const Walker lw{local};
         const auto* src = reinterpret_cast<const trees::Node8*>(f.nodes);
         for (int64_t c0 = 0; c0 < n_trees; c0 += tree_chunk) {
           const int64_t n = n_trees - c0 < tree_chunk ? n_trees - c0 : tree_chunk;
           for (int64_t i = tid; i < n * stride; i += nt) tn[i] = src[c0 * stride + i];
-          const double* gv = f.values + c0 * per_tree;
           for (int64_t i = tid; !want_leaves && i < n * per_tree; i += nt) {
+            const double v = trees::leaf_value(f, c0 * per_tree + i);
             if (acc32) {
-              reinterpret_cast<float*>(tv)[i] = static_cast<float>(gv[i]);
+              reinterpret_cast<float*>(tv)[i] = static_cast<float>(v);
             } else {
-              reinterpret_cast<double*>(tv)[i] = gv[i];
+              reinterpret_cast<double*>(tv)[i] = v;
             }
           }
           PYZERO_SYNC();
@@ -138,7 +140,11 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
       }
     }
     if (!active) return;
-    if (!staged_trees) walk_trees(w, 0, n_trees, 0, f.values);
+    if (!staged_trees && f.values32 != nullptr) {
+      walk_trees(w, 0, n_trees, 0, f.values32);
+    } else if (!staged_trees) {
+      walk_trees(w, 0, n_trees, 0, f.values);
+    }
     if (want_leaves) return;
     if constexpr (NOUT > 0) {
       PYZERO_UNROLL
@@ -170,9 +176,9 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
         } else if (outs != 1) {
           ibuf[slot] = static_cast<int32_t>(vr[k]);
         } else if (acc32) {  // the float32 the sum adds, rounded here by the walking threads
-          fbuf[slot] = static_cast<float>(f.values[vr[k]]);
+          fbuf[slot] = static_cast<float>(trees::leaf_value(f, vr[k]));
         } else {
-          vbuf[slot] = f.values[vr[k]];
+          vbuf[slot] = trees::leaf_value(f, vr[k]);
         }
       }
     }
@@ -197,11 +203,12 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
       } else if (acc32) {
         float s32 = static_cast<float>(s);
         for (int64_t j = 0; j < in_chunk; ++j)
-          s32 += static_cast<float>(f.values[static_cast<int64_t>(ibuf[rr * chunk + j]) * outs + o]);
+          s32 +=
+              static_cast<float>(trees::leaf_value(f, static_cast<int64_t>(ibuf[rr * chunk + j]) * outs + o));
         s = s32;
       } else {
         for (int64_t j = 0; j < in_chunk; ++j)
-          s += f.values[static_cast<int64_t>(ibuf[rr * chunk + j]) * outs + o];
+          s += trees::leaf_value(f, static_cast<int64_t>(ibuf[rr * chunk + j]) * outs + o);
       }
       acc_s[i] = s;
     }
@@ -249,7 +256,7 @@ void launch_walk(const Launcher& L, const WalkForest& f, const T* x, int64_t row
 template <typename Launcher, typename T>
 bool walk_layouts(const Launcher& L, const WalkForest& f, const T* x, int64_t rows, const double* base,
                   bool acc32, double* raw, int32_t* leaves, WalkLaunch cfg) {
-  if (!valid_launch(cfg) || (cfg.tree_chunk > 0 && f.format != trees::kPerfect)) return false;
+  if (!valid_launch(cfg) || (cfg.tree_chunk > 0 && !trees::is_perfect_format(f.format))) return false;
   if (cfg.tree_chunk > f.n_trees) cfg.tree_chunk = static_cast<int>(f.n_trees);  // no room for absent trees
   if (rows == 0 || (leaves != nullptr && f.n_trees == 0)) return true;
   bool stage = false;
@@ -262,7 +269,14 @@ bool walk_layouts(const Launcher& L, const WalkForest& f, const T* x, int64_t ro
                                                        smem);
         return true;
       }
-      return false;  // the perfect layout compares float32 inputs only
+      return false;  // the perfect layouts compare float32 inputs only
+    case trees::kPerfectBlocked:
+      if constexpr (std::is_same_v<T, float>) {
+        launch_walk<Launcher, T, trees::PerfectBlockedWalker>(L, f, x, rows, base, acc32, raw, leaves, cfg,
+                                                              stage, smem);
+        return true;
+      }
+      return false;
     case trees::kCompact:
       launch_walk<Launcher, T, trees::CompactWalker>(L, f, x, rows, base, acc32, raw, leaves, cfg, stage,
                                                      smem);

@@ -54,8 +54,14 @@ PYZERO_HD int64_t chunk_item_bytes(int64_t n_outputs, bool acc32) {
   return n_outputs == 1 ? (acc32 ? 4 : 8) : 4;
 }
 
+// Staged rows are row_stride(nf) values apart: an odd count, so the threads of a warp reading the same
+// feature of their own rows (every thread at a tree's top levels) hit distinct banks.
+PYZERO_HD int64_t row_stride(int64_t n_features) {
+  return n_features | 1;
+}
+
 // Shared memory carve-up of one block: accumulators [R * outputs] (double), the chunk buffer [R * chunk]
-// (lanes > 1), staged rows [R * nf], staged trees' nodes [tree_chunk * node_stride] and leaf values
+// (lanes > 1), staged rows [R * row_stride], staged trees' nodes [tree_chunk * node_stride] and leaf values
 // [tree_chunk * 2^depth * outputs] (float32 when acc32, else double; none for leaves).
 struct Carve {
   int64_t acc, buf, rows, tree_nodes, tree_values, total;
@@ -67,7 +73,7 @@ PYZERO_HD Carve carve(const trees::WalkForest& f, int64_t item, bool leaves, boo
   c.acc = leaves ? 0 : round_up(r * f.n_outputs * 8, 16);
   const int64_t chunk = static_cast<int64_t>(lanes) * ilp;
   c.buf = (leaves || lanes == 1) ? 0 : round_up(r * chunk * chunk_item_bytes(f.n_outputs, acc32), 16);
-  c.rows = stage ? round_up(r * f.n_features * item, 16) : 0;
+  c.rows = stage ? round_up(r * row_stride(f.n_features) * item, 16) : 0;
   c.tree_nodes = tree_chunk > 0 ? round_up(tree_chunk * f.node_stride * 8, 16) : 0;
   c.tree_values =
       (tree_chunk > 0 && !leaves) ? round_up((tree_chunk << f.depth) * f.n_outputs * (acc32 ? 4 : 8), 16) : 0;

@@ -3,11 +3,15 @@
 // without a GPU). Torch-free; every function compiles for host and device.
 //
 // Note [GPU layouts]
-// Three layouts (pyzero/trees/gpu_layout.py builds them; `format` below):
+// Four layouts (pyzero/trees/gpu_layout.py builds them; `format` below):
 //   kPerfect: Note [Perfect trees] (tree_fast.h) in 8-byte nodes: [trees, stride] of (meta, float32
 //     threshold bits) in heap order, a fixed D steps, every node `isnan(x) ? default_left : x <= t` on
 //     columns prepared by column_kind. A walk ends at a leaf slot j; its value row is t * 2^D + j and
 //     its IR id leaf_nodes[t * 2^D + j].
+//   kPerfectBlocked: the same nodes in blocks of two levels: a node and its two children in one 32-byte
+//     block (the 4th slot unused), so every second step of a walk reads the sector the step before
+//     brought in. Levels 2g and 2g + 1 form group g: 4^g blocks, the block of in-level index b at
+//     4 * (4^g - 1) / 3 + 4 * b (blocked_slot).
 //   kCompact: 8-byte nodes, each tree laid out breadth-first or depth-first with the two children of a
 //     node side by side: word0 = feature (bits 0..12) | default_left (13) | cmp_lt (14) | missing kind
 //     (15..16) | categorical (17) | child offset (18..31; 0 at a leaf), children at pos + offset and
@@ -38,7 +42,25 @@
 
 namespace pyzero::trees {
 
-enum WalkFormat : int32_t { kPerfect = 0, kCompact = 1, kWide = 2 };
+enum WalkFormat : int32_t { kPerfect = 0, kCompact = 1, kWide = 2, kPerfectBlocked = 3 };
+
+PYZERO_HD constexpr bool is_perfect_format(int32_t format) {
+  return format == kPerfect || format == kPerfectBlocked;
+}
+
+// kPerfectBlocked: the slot of heap node h (at level d) in its tree (Note [GPU layouts]).
+PYZERO_HD int32_t blocked_slot(int32_t d, int32_t h) {
+  const int32_t j = h - ((int32_t{1} << d) - 1);  // index within the level
+  const int32_t g = d >> 1, ld = d & 1;           // group, level within the block
+  const int32_t group_start = ((int32_t{1} << (2 * g)) - 1) / 3 * 4;
+  return group_start + ((j >> ld) << 2) + ((int32_t{1} << ld) - 1) + (j & ((int32_t{1} << ld) - 1));
+}
+
+// Slots of a blocked perfect tree of depth D (the node stride it needs).
+PYZERO_HD int64_t blocked_slots(int32_t depth) {
+  const int32_t groups = (depth + 1) / 2;
+  return ((int64_t{1} << (2 * groups)) - 1) / 3 * 4;
+}
 
 constexpr uint32_t kC8FeatureMask = (1u << 13) - 1;
 constexpr uint32_t kC8DefaultLeft = 1u << 13;
@@ -68,7 +90,8 @@ struct WalkForest {
   const uint32_t* nodes;      // perfect: [trees, stride, 2]; compact: [n, 2]; wide: Node [n]
   const int32_t* roots;       // compact / wide: root position of each tree
   const int32_t* leaf_nodes;  // perfect: [trees * 2^D] IR ids of the leaf slots
-  const double* values;       // [value rows, n_outputs]
+  const double* values;       // [value rows, n_outputs], or nullptr when values32 holds them
+  const float* values32;      // the same as float32 (forests that sum in float32: half the bytes)
   const double* threshold64;  // compact / wide: per node position, compared with float64 inputs
   const uint32_t* cat_bits;   // [sets, cat_words]
   const int8_t* column_kind;  // [n_features] or nullptr (prepare_value)
@@ -84,6 +107,11 @@ struct WalkForest {
 // Two words of a compact node (8-byte aligned: one load on the GPU).
 struct alignas(8) Node8 {
   uint32_t word0, word1;
+};
+
+// Two nodes in one 16-byte load (a kPerfectBlocked block is two of them).
+struct alignas(16) NodePair {
+  Node8 first, second;
 };
 
 template <typename T>
@@ -113,7 +141,7 @@ PYZERO_HD T prepare_value(const WalkForest& f, T v, int64_t c) {
     v = abs_of(v) <= static_cast<T>(kFastZeroThreshold) ? T(0) : v;
     v = v > kMax ? kMax : (v < -kMax ? -kMax : v);
   }
-  if (f.format != kPerfect) return v;
+  if (!is_perfect_format(f.format)) return v;
   const int8_t missing = kind & kColumnMissingMask;
   if (missing == kColumnNanToZero && is_nan(v)) return T(0);
   if (missing == kColumnZeroToNan && (is_nan(v) || abs_of(v) <= static_cast<T>(kFastZeroThreshold)))
@@ -143,6 +171,11 @@ PYZERO_HD bool node_left(const WalkForest& f, bool default_left, bool cmp_lt, in
   }
   const T t = sizeof(T) == 8 ? static_cast<T>(f.threshold64[pos]) : static_cast<T>(bits_to_float(word));
   return cmp_lt ? v < t : v <= t;
+}
+
+// Leaf value i (float32 values come back exactly as the float32 the sum would round the double to).
+PYZERO_HD double leaf_value(const WalkForest& f, int64_t i) {
+  return f.values32 != nullptr ? static_cast<double>(f.values32[i]) : f.values[i];
 }
 
 // Note [Fused finish]: the starting value of a sum, and the value written for output o (sum s).
@@ -180,12 +213,14 @@ PYZERO_HD void store_output(const WalkForest& f, bool acc32, const double* base,
 // in lockstep, so one thread has N independent node loads in flight, and writes each tree's leaf value
 // row to out[k]; leaf_id(value row) is the leaf's IR node id. `row(c)` reads feature c of the row
 // (already prepared for the perfect layout).
-struct PerfectWalker {
+template <bool kBlocked>
+struct PerfectWalkerT {
   const WalkForest& f;
   template <int N, typename Row>
   PYZERO_HD void walk(int64_t t0, int64_t count, const Row& row, int64_t* out) const {
     const Node8* tree[N];
     int32_t i[N];
+    NodePair block[kBlocked ? N : 1][2];
     PYZERO_UNROLL
     for (int k = 0; k < N; ++k) {
       i[k] = 0;
@@ -195,7 +230,19 @@ struct PerfectWalker {
     for (int32_t d = 0; d < f.depth; ++d) {
       PYZERO_UNROLL
       for (int k = 0; k < N; ++k) {
-        const Node8 nd = tree[k][i[k]];
+        Node8 nd;
+        if constexpr (kBlocked) {  // a block's three nodes in one 32-byte read every second level
+          if ((d & 1) == 0) {
+            const auto* half = reinterpret_cast<const NodePair*>(tree[k] + blocked_slot(d, i[k]));
+            block[k][0] = half[0];
+            block[k][1] = half[1];
+            nd = block[k][0].first;
+          } else {
+            nd = (i[k] & 1) ? block[k][0].second : block[k][1].first;  // left child 2p + 1 is odd
+          }
+        } else {
+          nd = tree[k][i[k]];
+        }
         int32_t c = static_cast<int32_t>(nd.word0 & kMetaFeatureMask);
         c = c < last ? c : last;
         const float v = row(c);
@@ -209,6 +256,8 @@ struct PerfectWalker {
   }
   PYZERO_HD int32_t leaf_id(int64_t value_row) const { return f.leaf_nodes[value_row]; }
 };
+using PerfectWalker = PerfectWalkerT<false>;
+using PerfectBlockedWalker = PerfectWalkerT<true>;
 
 // Shared lockstep loop of the node layouts: step(pos) returns true at a leaf (its value row in *res).
 // Positions fit 32 bits (tree_walk_op.cpp checks the node count).

@@ -47,6 +47,12 @@ void walk_host(const WalkForest& f, const T* x, int64_t rows, const double* base
             w.walk<1>(t, 1, row, &vr);
             id = w.leaf_id(vr);
           }
+        } else if (f.format == kPerfectBlocked) {
+          if constexpr (std::is_same_v<T, float>) {
+            const PerfectBlockedWalker w{f};
+            w.walk<1>(t, 1, row, &vr);
+            id = w.leaf_id(vr);
+          }
         } else if (f.format == kCompact) {
           CompactWalker{f}.walk<1>(t, 1, row, &vr);
           id = static_cast<int32_t>(vr);
@@ -59,7 +65,7 @@ void walk_host(const WalkForest& f, const T* x, int64_t rows, const double* base
           continue;
         }
         for (int64_t o = 0; o < f.n_outputs; ++o) {
-          const double v = f.values[vr * f.n_outputs + o];
+          const double v = leaf_value(f, vr * f.n_outputs + o);
           acc[o] = float32_accum ? static_cast<double>(static_cast<float>(acc[o]) + static_cast<float>(v))
                                  : acc[o] + v;
         }
@@ -88,7 +94,11 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
                   x.is_contiguous() && x.size(1) >= n_features && n_features >= 1,
               "pyzero.tree_walk: x must be a contiguous float32 or float64 tensor of shape (rows, ",
               n_features, "), got ", x.scalar_type(), " ", x.sizes());
-  check(values, at::kDouble, 2, "values must be a contiguous float64 tensor of shape (value rows, outputs)");
+  TORCH_CHECK(
+      (values.scalar_type() == at::kDouble || values.scalar_type() == at::kFloat) && values.dim() == 2 &&
+          values.is_contiguous(),
+      "pyzero.tree_walk: values must be a contiguous float64 (or float32) tensor of shape (value rows, "
+      "outputs)");
   TORCH_CHECK(values.size(1) >= 1, "pyzero.tree_walk: values needs at least one output column");
   TORCH_CHECK(values.numel() < (int64_t{1} << 31), "pyzero.tree_walk: forest too large for 32-bit indices");
   TORCH_CHECK(cat_domain.size() == 3, "pyzero.tree_walk: cat_domain must hold (lo, hi, invalid)");
@@ -99,7 +109,11 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
   }
   trees::WalkForest f{};
   f.format = static_cast<int32_t>(format);
-  f.values = values.data_ptr<double>();
+  if (values.scalar_type() == at::kFloat) {
+    f.values32 = values.data_ptr<float>();
+  } else {
+    f.values = values.data_ptr<double>();
+  }
   f.n_outputs = values.size(1);
   f.n_features = x.size(1);
   f.cat_lo = cat_domain[0];
@@ -109,12 +123,21 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
                                            column_kind.size(0) == x.size(1) && column_kind.is_contiguous()),
               "pyzero.tree_walk: column_kind must be empty or an int8 vector with one entry per feature");
   f.column_kind = column_kind.numel() ? column_kind.data_ptr<int8_t>() : nullptr;
-  if (format == trees::kPerfect) {
+  if (trees::is_perfect_format(static_cast<int32_t>(format))) {
     check(nodes, at::kInt, 3, "perfect layout: nodes must be a contiguous int32 tensor [trees, stride, 2]");
     TORCH_CHECK(nodes.size(2) == 2,
                 "pyzero.tree_walk: perfect layout: nodes must hold (meta, threshold) pairs");
-    TORCH_CHECK(depth >= 0 && depth <= 24 && nodes.size(1) >= (int64_t{1} << depth),
-                "pyzero.tree_walk: perfect layout: depth must be in [0, 24] with 2^depth <= nodes.size(1)");
+    TORCH_CHECK(depth >= 0 && depth <= 24, "pyzero.tree_walk: perfect layout: depth must be in [0, 24], got ",
+                depth);
+    const int64_t slots =
+        format == trees::kPerfect ? int64_t{1} << depth : trees::blocked_slots(static_cast<int32_t>(depth));
+    TORCH_CHECK(nodes.size(1) >= slots, "pyzero.tree_walk: perfect layout: depth ", depth, " needs ", slots,
+                " node slots per tree, nodes has ", nodes.size(1));
+    TORCH_CHECK(
+        format == trees::kPerfect ||
+            (reinterpret_cast<uintptr_t>(nodes.data_ptr()) % 16 == 0 && nodes.size(1) % 2 == 0),
+        "pyzero.tree_walk: blocked perfect layout: nodes must start 16-byte aligned with an even stride "
+        "(16-byte loads)");
     check(leaf_nodes, at::kInt, 1, "perfect layout: leaf_nodes must be a contiguous int32 vector");
     TORCH_CHECK(leaf_nodes.numel() == (nodes.size(0) << depth) && values.size(0) == leaf_nodes.numel(),
                 "pyzero.tree_walk: perfect layout: leaf_nodes and values need trees * 2^depth rows");
@@ -127,8 +150,10 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
     f.depth = static_cast<int32_t>(depth);
     return f;
   }
-  TORCH_CHECK(format == trees::kCompact || format == trees::kWide,
-              "pyzero.tree_walk: format must be 0 (perfect), 1 (compact) or 2 (wide), got ", format);
+  TORCH_CHECK(
+      format == trees::kCompact || format == trees::kWide,
+      "pyzero.tree_walk: format must be 0 (perfect), 1 (compact), 2 (wide) or 3 (perfect blocked), got ",
+      format);
   check(nodes, at::kInt, 2, "nodes must be a contiguous int32 tensor [n, 2] (compact) or [n, 4] (wide)");
   TORCH_CHECK(nodes.size(1) == (format == trees::kCompact ? 2 : 4),
               "pyzero.tree_walk: nodes must have 2 columns (compact) or 4 (wide), got ", nodes.size(1));
@@ -219,6 +244,8 @@ at::Tensor tree_walk_cpu(int64_t format, const at::Tensor& nodes, const at::Tens
   trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
                                     cat_domain, column_kind, depth, x, n_features);
   f.finish = finish_of(finish, f, leaves);
+  TORCH_CHECK(f.values32 == nullptr || leaves || float32_accum,
+              "pyzero.tree_walk: float32 values need float32_accum (the sums round to float32)");
   (void)config;  // the host twin walks row by row
   const Output o = output(f, x, base, leaves);
   if (x.scalar_type() == at::kDouble) {
@@ -240,6 +267,8 @@ at::Tensor tree_walk_emulated(int64_t format, const at::Tensor& nodes, const at:
   trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
                                     cat_domain, column_kind, depth, x, n_features);
   f.finish = finish_of(finish, f, leaves);
+  TORCH_CHECK(f.values32 == nullptr || leaves || float32_accum,
+              "pyzero.tree_walk: float32 values need float32_accum (the sums round to float32)");
   const cuda::WalkLaunch cfg = walk_launch(config);
   const Output o = output(f, x, base, leaves);
   const bool ok = x.scalar_type() == at::kDouble
@@ -262,6 +291,8 @@ at::Tensor tree_walk_cuda(int64_t format, const at::Tensor& nodes, const at::Ten
   trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
                                     cat_domain, column_kind, depth, x, n_features);
   f.finish = finish_of(finish, f, leaves);
+  TORCH_CHECK(f.values32 == nullptr || leaves || float32_accum,
+              "pyzero.tree_walk: float32 values need float32_accum (the sums round to float32)");
   const cuda::WalkLaunch cfg = walk_launch(config);
   const Output o = output(f, x, base, leaves);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();

@@ -109,12 +109,23 @@ def _walk_kernel(
         t = c0 + tt
         tmask = t < N_TREES
         m2 = rmask[:, None] & tmask[None, :]
-        if FORMAT == 0:  # perfect trees, heap order, STEPS = depth
+        if FORMAT == 0 or FORMAT == 3:  # perfect trees: heap order or blocked, STEPS = depth
             tree_base = (t.to(tl.int64) * node_stride * 2)[None, :]
             i = tl.zeros((BLOCK_R, BLOCK_T), tl.int64)
-            for _ in range(STEPS):
-                meta = tl.load(nodes_ptr + tree_base + 2 * i, mask=m2, other=0)
-                thr = tl.load(nodes_ptr + tree_base + 2 * i + 1, mask=m2, other=0).to(
+            for d in range(STEPS):
+                slot = i
+                if FORMAT == 3:  # blocked_slot in tree_walk.h
+                    j = i - ((1 << d) - 1)
+                    g = d // 2
+                    ld = d % 2
+                    slot = (
+                        ((1 << (2 * g)) - 1) // 3 * 4
+                        + ((j >> ld) << 2)
+                        + ((1 << ld) - 1)
+                        + (j & ((1 << ld) - 1))
+                    )
+                meta = tl.load(nodes_ptr + tree_base + 2 * slot, mask=m2, other=0)
+                thr = tl.load(nodes_ptr + tree_base + 2 * slot + 1, mask=m2, other=0).to(
                     tl.float32, bitcast=True
                 )
                 c = tl.minimum(meta & 2147483647, n_features - 1)
@@ -210,7 +221,7 @@ def walk(
     for name, v in (("block_r", block_r), ("block_t", block_t)):
         if v < 1 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two, got {v}")
-    if layout.format == 0 and x.dtype != torch.float32:
+    if layout.format in (0, 3) and x.dtype != torch.float32:
         raise ValueError("the perfect layout compares float32 inputs only")
     nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = layout.tensors
     x = x.contiguous()
@@ -240,14 +251,14 @@ def walk(
         rows,
         x.shape[1],
         n_outputs,
-        nodes.shape[1] if layout.format == 0 else 0,
+        nodes.shape[1] if layout.format in (0, 3) else 0,
         cat_bits.shape[1],
         lo,
         hi,
         int(invalid),
         FORMAT=layout.format,
         N_TREES=layout.n_trees,
-        STEPS=layout.depth if layout.format == 0 else layout.max_depth,
+        STEPS=layout.depth if layout.format in (0, 3) else layout.max_depth,
         HAS_KINDS=bool(column_kind.numel()),
         X_F64=x.dtype == torch.float64,
         ACC_F32=float32_accum,

@@ -89,6 +89,7 @@ class CompiledForest:
         self._kernel: Any = None
         self._gpu: gpu.GpuRunner | None = None
         self._graphs: gpu.SmallBatchGraphs | None = None
+        self._stream: gpu.HostStream | None = None
         self._tune = tune
         if self.backend == "cpu":
             self._kernel = self._cpu_kernel()
@@ -102,6 +103,7 @@ class CompiledForest:
             self._kernel = self._gpu
             if device.type == "cuda":
                 self._graphs = gpu.SmallBatchGraphs(device, forest.n_features, self._input_dtype)
+                self._stream = gpu.HostStream(device, forest.n_features, self._input_dtype)
 
     def _torch_strategy(self, name: str):
         if name not in self._torch:
@@ -157,9 +159,10 @@ class CompiledForest:
 
     # ------------------------------------------------------------------------------- inputs
     def _input(self, X: Any) -> tuple[Tensor, bool]:
-        if self._graphs is not None and _rows(X) <= gpu.GRAPH_MAX_ROWS:
+        rows = _rows(X) if self._graphs is not None else 0
+        if self._graphs is not None and (rows <= gpu.GRAPH_MAX_ROWS or rows >= gpu.STREAM_MIN_ROWS):
             on_host = not isinstance(X, Tensor) or X.device.type == "cpu"
-            if on_host:  # host rows for the small-batch graphs (Note [Small-batch graphs])
+            if on_host:  # host rows: Note [Small-batch graphs] and Note [Streamed host batches]
                 reads = fast_cpu.reads_like_lightgbm(self.forest)  # then the kernel reads like LightGBM
                 return inputs.to_tensor(
                     X, self.forest, torch.device("cpu"), self._input_dtype, lightgbm_reading=not reads
@@ -185,9 +188,15 @@ class CompiledForest:
     def _small(self, x: Tensor) -> bool:
         return self._graphs is not None and x.shape[0] <= gpu.GRAPH_MAX_ROWS and not _capturing()
 
+    def _streamed(self, x: Tensor) -> bool:
+        """Host rows of a large batch for a forest on the GPU (Note [Streamed host batches])."""
+        return self._stream is not None and x.device.type == "cpu" and x.shape[0] > gpu.GRAPH_MAX_ROWS
+
     def _raw(self, x: Tensor) -> Tensor:
         if self._small(x):
             return self._on_device("raw", self._raw_direct, x)
+        if self._streamed(x):
+            return self._stream.run(self._raw_direct, x)
         return self._raw_direct(x)
 
     def _fused(self, x: Tensor, post: bool, pair: bool = False) -> Tensor | None:
@@ -232,6 +241,8 @@ class CompiledForest:
         """Raw scores through the forest's post-transform, one column per output."""
         if self._small(x):
             return self._on_device("transformed", self._transformed_direct, x)
+        if self._streamed(x):
+            return self._stream.run(self._transformed_direct, x)
         return self._transformed_direct(x)
 
     def _transformed_direct(self, x: Tensor) -> Tensor:
@@ -258,6 +269,8 @@ class CompiledForest:
         included (two fewer launches per call)."""
         if self._small(x):
             return self._on_device("proba", self._proba_direct, x)
+        if self._streamed(x):
+            return self._stream.run(self._proba_direct, x)
         return self._proba_direct(x)
 
     def _proba_direct(self, x: Tensor) -> Tensor:
@@ -275,7 +288,7 @@ class CompiledForest:
         if self.forest.classes is None:
             raise AttributeError(f"{self.forest.source} is a regressor: it has no predict_proba")
         x, as_torch = self._input(X)
-        if as_torch or self._small(x):
+        if as_torch or self._small(x) or self._streamed(x):
             return self._output(self._proba(x), as_torch)
         p = self._transformed(x)
         if p.shape[1] != 1:
@@ -302,7 +315,7 @@ class CompiledForest:
     def apply(self, X: Any):
         """Leaf index reached in every tree, local to the tree as the native apply() numbers it."""
         x, as_torch = self._input(X)
-        x = x.to(self.device)  # host rows of a small batch (see _input)
+        x = x.to(self.device)  # host rows of a small or streamed batch (see _input)
         kernel = self._kernel if self._kernel is not None else self._torch_for(x.shape[0])
         leaf_id = torch.as_tensor(self.forest.leaf_id, dtype=torch.int64, device=self.device)
         return self._output(leaf_id[kernel.leaves(x)], as_torch)

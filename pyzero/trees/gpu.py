@@ -21,17 +21,30 @@ finishes its sums itself (Note [Fused finish] in csrc/trees/tree_walk.h), else t
 post-transform, in one launch, reading a static input buffer and writing a static output. Host
 inputs are written into a pinned staging buffer (a user's pinned tensor is copied from directly),
 copied to the device in one asynchronous copy, and the outputs come back into pinned memory; device
-inputs are copied into the static buffer on the device. Padding rows are never read
+inputs are copied into the static buffer on the device, and the output out of the graph's; as that
+is two more copies, the first call of a bucket times the replay against calling the function
+directly (one launch on the cuda backend) and keeps the faster. Padding rows are never read
 back; each row's outputs do not depend on the others.
+
+Note [Streamed host batches]
+Host batches of at least STREAM_MIN_ROWS rows go to the GPU in chunks of about STREAM_CHUNK_BYTES through
+two pinned staging buffers, so the CPU's copy of chunk k + 1 into pinned memory, the DMA of chunk k, the
+kernel on chunk k - 1 and the copy of its outputs back overlap, where one pageable copy of the whole
+batch would run before the first kernel. Chunk k waits for: the DMA out of its staging buffer two
+chunks back (before the CPU overwrites it), the kernel that read its device buffer two chunks back
+(before the DMA overwrites it), and the CPU's copy-out of the pinned output buffer two chunks back. Each
+chunk's rows are independent of the others, so the outputs are the ones of a single call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -55,8 +68,15 @@ TUNE_FORMAT = 2
 # thousands of blocks (a quarter of that time; the choice at 2^18 vs 2^20 rows is not yet compared).
 TUNE_MAX_ROWS = 1 << 18
 TUNE_REPS = 3
-# Batches of at most this many rows replay CUDA graphs (Note [Small-batch graphs]).
+# Batches of at most this many rows replay CUDA graphs (Note [Small-batch graphs]); calls each path of
+# a device-input bucket is timed for (graph replay with its copies, or fn launched directly).
 GRAPH_MAX_ROWS = 128
+DIRECT_TIMING_CALLS = 20
+# Host batches of at least this many rows stream in chunks of about this many input bytes (Note
+# [Streamed host batches]): 16 MB is about 1 ms of PCIe transfer, and a kernel on 150k rows fills the GPU.
+STREAM_MIN_ROWS = 1 << 17
+STREAM_CHUNK_BYTES = 1 << 24
+STREAM_MIN_CHUNK_ROWS = 1024
 # Shared memory one CUDA launch may use and its largest block (kTreeMaxSharedBytes, kTreeMaxThreads in
 # csrc/cuda/tree_launch.h).
 CUDA_MAX_SHARED_BYTES = 48 * 1024
@@ -174,7 +194,12 @@ def default_config(
     """The configuration used without tuning: perfect trees when shallow enough, then compact nodes;
     trees spread over more lanes the fewer rows there are to fill the GPU's `sms` multiprocessors."""
     layout = next(
-        (lay for lay in layouts if lay != "perfect" or depth <= DEFAULT_PERFECT_MAX_DEPTH), layouts[-1]
+        (
+            lay
+            for lay in layouts
+            if lay not in gpu_layout.PERFECT_LAYOUTS or depth <= DEFAULT_PERFECT_MAX_DEPTH
+        ),
+        layouts[-1],
     )
     if backend == "triton":
         return KernelConfig(layout, block_r=64 if rows > 4096 else 16, block_t=8)
@@ -264,8 +289,8 @@ class GpuRunner:
         strategy: str = "auto",
     ) -> None:
         self.forest, self.device, self.backend, self.input_dtype = forest, device, backend, input_dtype
-        allowed = {"auto": gpu_layout.LAYOUTS, "perfect": ("perfect",)}.get(
-            strategy, tuple(lay for lay in gpu_layout.LAYOUTS if lay != "perfect")
+        allowed = {"auto": gpu_layout.LAYOUTS, "perfect": gpu_layout.PERFECT_LAYOUTS}.get(
+            strategy, tuple(lay for lay in gpu_layout.LAYOUTS if lay not in gpu_layout.PERFECT_LAYOUTS)
         )
         self.eligible = [lay for lay in allowed if gpu_layout.why_not(forest, lay, input_dtype) is None]
         if not self.eligible:
@@ -315,9 +340,10 @@ class GpuRunner:
             raise ValueError(f"tune: lanes must divide threads ({cfg.threads}), got {cfg.lanes}")
         if cfg.ilp not in (1, 2, 4):
             raise ValueError(f"tune: ilp must be 1, 2 or 4, got {cfg.ilp}")
-        if cfg.tree_chunk < 0 or (cfg.tree_chunk > 0 and (cfg.layout != "perfect" or cfg.lanes != 1)):
+        perfect = cfg.layout in gpu_layout.PERFECT_LAYOUTS
+        if cfg.tree_chunk < 0 or (cfg.tree_chunk > 0 and (not perfect or cfg.lanes != 1)):
             raise ValueError(
-                f"tune: tree_chunk must be 0, or > 0 with layout 'perfect' and lanes 1, got {cfg.tree_chunk} "
+                f"tune: tree_chunk must be 0, or > 0 with a perfect layout and lanes 1, got {cfg.tree_chunk} "
                 f"with layout {cfg.layout!r} and lanes {cfg.lanes}"
             )
         if any(v < 1 or v & (v - 1) for v in (cfg.block_r, cfg.block_t)):
@@ -336,7 +362,7 @@ class GpuRunner:
         return cfg
 
     def _tree_shape(self, layout: str) -> tuple[int, int] | None:
-        return self.layout(layout).tree_shape if layout == "perfect" else None
+        return self.layout(layout).tree_shape if layout in gpu_layout.PERFECT_LAYOUTS else None
 
     def layout(self, name: str) -> gpu_layout.GpuLayout:
         if name not in self._layouts:
@@ -462,6 +488,7 @@ class SmallBatchGraphs:
         self.device, self.n_features, self.dtype = device, n_features, dtype
         self._graphs: dict[tuple[str, int, str], _Graph] = {}
         self._pool = None
+        self._direct: dict[tuple[str, int, str], bool] = {}  # device rows: launch fn directly instead
 
     @staticmethod
     def size_for(rows: int) -> int:
@@ -479,9 +506,11 @@ class SmallBatchGraphs:
         if g is None:
             g = self._graphs[key] = self._capture(fn, key[1], copies=where == "host")
         if where == "dev":
-            g.x_dev[:rows].copy_(x)
-            g.graph.replay()
-            return g.out_dev[:rows].clone()
+            if key not in self._direct:
+                self._direct[key] = self._direct_is_faster(g, fn, x)
+            if self._direct[key]:
+                return fn(x)
+            return self._replay_dev(g, x)
         if where == "pinned" or not g.copies:
             src = x if where == "pinned" else g.x_host[:rows].copy_(x)
             g.x_dev[:rows].copy_(src, non_blocking=True)
@@ -492,6 +521,30 @@ class SmallBatchGraphs:
             g.graph.replay()
         torch.cuda.current_stream(self.device).synchronize()
         return g.out_host[:rows].clone()
+
+    @staticmethod
+    def _replay_dev(g: _Graph, x: Tensor) -> Tensor:
+        rows = x.shape[0]
+        g.x_dev[:rows].copy_(x)
+        g.graph.replay()
+        return g.out_dev[:rows].clone()
+
+    def _direct_is_faster(self, g: _Graph, fn: Callable[[Tensor], Tensor], x: Tensor) -> bool:
+        """Device rows need a copy into the graph's buffer and one out of it; when fn is a single
+        launch (the CUDA kernel with its fused finish) calling it directly may be faster: the median
+        wall time of DIRECT_TIMING_CALLS calls each decides, once per (kind, bucket)."""
+
+        def wall(call: Callable[[], Tensor]) -> float:
+            times = []
+            for _ in range(DIRECT_TIMING_CALLS):
+                t0 = time.perf_counter()
+                call()
+                torch.cuda.current_stream(self.device).synchronize()
+                times.append(time.perf_counter() - t0)
+            return float(np.median(times))
+
+        fn(x)  # warm (first-call setup)
+        return wall(lambda: fn(x)) < wall(lambda: self._replay_dev(g, x))
 
     def _capture(self, fn: Callable[[Tensor], Tensor], size: int, copies: bool) -> _Graph:
         x_dev = torch.zeros((size, self.n_features), dtype=self.dtype, device=self.device)
@@ -530,3 +583,83 @@ class _Graph:
     x_host: Tensor
     out_host: Tensor
     copies: bool
+
+
+class HostStream:
+    """Chunked, overlapped host-to-GPU prediction of large host batches (Note [Streamed host batches]).
+    On a CPU device (tests) the same chunking runs without streams, events or pinned memory."""
+
+    def __init__(self, device: torch.device, n_features: int, dtype: torch.dtype) -> None:
+        self.device, self.n_features, self.dtype = device, n_features, dtype
+        item = torch.empty(0, dtype=dtype).element_size()
+        self.chunk = max(STREAM_CHUNK_BYTES // (max(n_features, 1) * item), STREAM_MIN_CHUNK_ROWS)
+        self.cuda = device.type == "cuda"
+        self._copy = torch.cuda.Stream(device) if self.cuda else None
+        self._in_host: list[Tensor] = []
+        self._in_dev: list[Tensor] = []
+        self._out_host: list[Tensor] = []
+
+    def _host(self, shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
+        t = torch.empty(shape, dtype=dtype)
+        return t.pin_memory() if self.cuda else t
+
+    def _inputs(self) -> None:
+        if not self._in_host:
+            shape = (self.chunk, self.n_features)
+            self._in_host = [self._host(shape, self.dtype) for _ in range(2)]
+            self._in_dev = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(2)]
+
+    def _outputs(self, cols: int) -> None:
+        if not self._out_host or self._out_host[0].shape[1] != cols:
+            self._out_host = [self._host((self.chunk, cols), torch.float64) for _ in range(2)]
+
+    def _mark(self, stream: torch.cuda.Stream | None) -> Any:
+        """An event recorded on `stream` (None on a CPU device: everything is already done)."""
+        if not self.cuda:
+            return None
+        event = torch.cuda.Event()
+        event.record(stream)
+        return event
+
+    def run(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """fn(x) for host rows x [rows, n_features] (contiguous, `dtype`): a float64 host tensor holding
+        fn's outputs row for row."""
+        rows, chunk = x.shape[0], self.chunk
+        compute = torch.cuda.current_stream(self.device) if self.cuda else None
+        starts = list(range(0, rows, chunk))
+        dma_done: list[Any] = []  # chunk k's rows are on the device
+        read_done: list[Any] = []  # chunk k's kernel has read its device buffer
+        back_done: list[Any] = []  # chunk k's outputs are in pinned memory
+        result = torch.empty((rows, 0), dtype=torch.float64)
+        self._inputs()
+
+        def copy_out(k: int) -> None:
+            if back_done[k] is not None:
+                back_done[k].synchronize()
+            n = min(chunk, rows - starts[k])
+            result[starts[k] : starts[k] + n].copy_(self._out_host[k % 2][:n])
+
+        for k, start in enumerate(starts):
+            b, n = k % 2, min(chunk, rows - start)
+            if k >= 2 and dma_done[k - 2] is not None:
+                dma_done[k - 2].synchronize()  # the staging buffer's DMA two chunks back is done
+            self._in_host[b][:n].copy_(x[start : start + n])
+            with torch.cuda.stream(self._copy) if self.cuda else contextlib.nullcontext():
+                if k >= 2 and read_done[k - 2] is not None:
+                    self._copy.wait_event(read_done[k - 2])  # the kernel two chunks back has read it
+                self._in_dev[b][:n].copy_(self._in_host[b][:n], non_blocking=True)
+                dma_done.append(self._mark(self._copy))
+            if dma_done[k] is not None:
+                compute.wait_event(dma_done[k])
+            y = fn(self._in_dev[b][:n])
+            read_done.append(self._mark(compute))
+            if k == 0:
+                result = torch.empty((rows, y.shape[1]), dtype=torch.float64)
+                self._outputs(y.shape[1])
+            if k >= 2:
+                copy_out(k - 2)  # before this chunk's outputs reuse its pinned buffer
+            self._out_host[b][:n].copy_(y, non_blocking=True)
+            back_done.append(self._mark(compute))
+        for k in range(max(len(starts) - 2, 0), len(starts)):
+            copy_out(k)
+        return result

@@ -1,5 +1,6 @@
-"""The forest in the GPU layouts of Note [GPU layouts] (csrc/trees/tree_walk.h): perfect trees, compact
-8-byte nodes (breadth- or depth-first, children side by side) and the 16-byte nodes in IR order.
+"""The forest in the GPU layouts of Note [GPU layouts] (csrc/trees/tree_walk.h): perfect trees (heap
+order, or blocks of two levels), compact 8-byte nodes (breadth- or depth-first, children side by side)
+and the 16-byte nodes in IR order.
 
 `build(forest, layout)` converts (or says why the forest does not fit); `GpuLayout.walk` runs
 pyzero::tree_walk, the CUDA kernel on CUDA tensors and its host twin on CPU tensors.
@@ -14,8 +15,9 @@ from torch import Tensor
 from pyzero.trees import fast_cpu, strategies
 from pyzero.trees.forest import CMP_CAT_IN_RIGHT, CMP_LT, Forest
 
-LAYOUTS = ("perfect", "compact-bfs", "compact-dfs", "wide")
-FORMAT = {"perfect": 0, "compact-bfs": 1, "compact-dfs": 1, "wide": 2}
+LAYOUTS = ("perfect", "perfect-blocked", "compact-bfs", "compact-dfs", "wide")
+FORMAT = {"perfect": 0, "compact-bfs": 1, "compact-dfs": 1, "wide": 2, "perfect-blocked": 3}
+PERFECT_LAYOUTS = ("perfect", "perfect-blocked")
 # Compact node fields (kC8* in tree_walk.h).
 C8_FEATURE_BITS = 13
 C8_DEFAULT_LEFT_BIT = 13
@@ -32,7 +34,7 @@ def why_not(forest: Forest, layout: str, input_dtype: torch.dtype) -> str | None
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if forest.n_trees == 0 and layout != "wide":
         return "no trees"
-    if layout == "perfect":
+    if layout in PERFECT_LAYOUTS:
         if input_dtype != torch.float32:
             return "the perfect layout compares float32 inputs only"
         return fast_cpu.why_ineligible(forest)
@@ -117,9 +119,11 @@ class GpuLayout:
         cat_bits = torch.zeros((1, 1), dtype=torch.int32)
         column_kind = torch.zeros(0, dtype=torch.int8)
         self.depth = 0
-        if layout == "perfect":
+        if layout in PERFECT_LAYOUTS:
             p = fast_cpu.PerfectForest(forest)
             nodes = torch.stack([p.meta, p.threshold.view(torch.int32)], dim=2)
+            if layout == "perfect-blocked":
+                nodes = _blocked(nodes, p.depth)
             roots, leaf_nodes = empty_i, p.leaf_nodes.reshape(-1)
             values, threshold64 = p.values.reshape(-1, forest.n_outputs), empty_d
             if bool((p.column_kind != 0).any()):
@@ -134,11 +138,15 @@ class GpuLayout:
             leaf_nodes = empty_i
             values = torch.as_tensor(np.ascontiguousarray(forest.value, dtype=np.float64))
             cat_bits = strategies.PackedForest(forest).cat_bits
-        if layout != "perfect" and fast_cpu.reads_like_lightgbm(forest):  # prepare_value in tree_walk.h
+        if forest.extra.get("accumulate") == "float32" and forest.aggregation != "mean":
+            values = values.to(torch.float32)  # the float32 each sum adds: half the bytes (leaf_value)
+        if layout not in PERFECT_LAYOUTS and fast_cpu.reads_like_lightgbm(
+            forest
+        ):  # prepare_value in tree_walk.h
             column_kind = torch.full((forest.n_features,), fast_cpu.COLUMN_LIGHTGBM_READING, dtype=torch.int8)
-        self.node_bytes = {"perfect": 8, "wide": 16}.get(layout, 8)
-        # perfect: (node stride, leaf slots) of one tree, what a staged tree takes in shared memory
-        self.tree_shape = (int(nodes.shape[1]), 1 << self.depth) if layout == "perfect" else None
+        self.node_bytes = 16 if layout == "wide" else 8
+        # perfect layouts: (node stride, leaf slots) of one tree, what a staged tree takes in shared memory
+        self.tree_shape = (int(nodes.shape[1]), 1 << self.depth) if layout in PERFECT_LAYOUTS else None
         self.tensors = tuple(
             t.to(device) for t in (nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind)
         )
@@ -180,6 +188,31 @@ class GpuLayout:
             config,
             list(finish),
         )
+
+
+def blocked_slots(depth: int) -> int:
+    """Node slots of a blocked perfect tree of `depth` (blocked_slots in tree_walk.h)."""
+    groups = (depth + 1) // 2
+    return (4**groups - 1) // 3 * 4
+
+
+def blocked_slot(level: np.ndarray, heap: np.ndarray) -> np.ndarray:
+    """Slot of heap node `heap` at `level` in its blocked tree (blocked_slot in tree_walk.h)."""
+    j = heap - ((1 << level) - 1)
+    g, ld = level >> 1, level & 1
+    return (4**g - 1) // 3 * 4 + ((j >> ld) << 2) + ((1 << ld) - 1) + (j & ((1 << ld) - 1))
+
+
+def _blocked(nodes: Tensor, depth: int) -> Tensor:
+    """Heap-order perfect nodes [trees, stride, 2] in blocks of two levels (Note [GPU layouts]:
+    kPerfectBlocked); unused slots are zero."""
+    level = np.concatenate(
+        [np.full(1 << d, d, dtype=np.int64) for d in range(depth)] or [np.zeros(0, np.int64)]
+    )
+    heap = np.arange(level.size, dtype=np.int64)
+    out = torch.zeros((nodes.shape[0], max(blocked_slots(depth), 1), 2), dtype=nodes.dtype)
+    out[:, torch.as_tensor(blocked_slot(level, heap))] = nodes[:, : heap.size]
+    return out
 
 
 def _compact(forest: Forest, layout: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -127,7 +127,7 @@ def test_cuda_kernel_every_layout_and_config_equals_the_cpu_kernel_bit_for_bit()
         layouts = trees.compile(model, backend="cuda", device="cuda", tune=False)._gpu.eligible
         assert "wide" in layouts
         for layout in layouts:
-            for cfg in CONFIGS + (TREE_CHUNK_CONFIGS if layout == "perfect" else ()):
+            for cfg in CONFIGS + (TREE_CHUNK_CONFIGS if layout.startswith("perfect") else ()):
                 gpu = trees.compile(model, backend="cuda", device="cuda", tune={"layout": layout, **cfg})
                 for n in CUDA_BATCHES:  # each row gets the same bits at every batch size
                     x = torch.as_tensor(big[:n], dtype=dtype, device="cuda")
@@ -187,6 +187,36 @@ def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
             assert dev.device.type == "cuda" and np.array_equal(dev.cpu().numpy(), ref_raw)
             assert np.array_equal(gpu.apply(rows), cpu.apply(rows))
         assert len(gpu._graphs._graphs) >= 4
+        direct = gpu._graphs._direct
+        for key in direct:  # device rows through the path the timing did not choose
+            direct[key] = not direct[key]
+        for n in (1, 3, 16, 100, 128):
+            rows = X[rng.integers(0, len(X), n)]
+            dev = gpu.decision_function(torch.as_tensor(rows, dtype=dtype, device="cuda"))
+            assert np.array_equal(dev.cpu().numpy(), cpu.decision_function(rows)), n
+
+
+def test_large_host_batches_stream_through_pinned_chunks(monkeypatch):
+    """Note [Streamed host batches]: numpy and pinned inputs of many chunks (the last one partial) give
+    the CPU kernel's raw scores bit for bit, its probabilities, labels and leaves."""
+    from pyzero.trees import gpu as gpu_mod
+
+    X, models = fitted_models()
+    rng = np.random.default_rng(9)
+    rows = X[rng.integers(0, len(X), gpu_mod.STREAM_MIN_ROWS + 12_345)]
+    monkeypatch.setattr(gpu_mod, "STREAM_CHUNK_BYTES", 1 << 16)  # chunks of 2730 rows: 53 of them
+    for model in models[:4]:
+        cpu = trees.compile(model, backend="cpu", strategy="traverse")
+        gpu = trees.compile(model, device="cuda")
+        assert gpu._streamed(gpu._input(rows)[0])
+        ref_raw = cpu.decision_function(rows)
+        for _ in range(2):  # the second call reuses the staging buffers
+            assert np.array_equal(gpu.decision_function(rows), ref_raw), type(model).__name__
+        np.testing.assert_allclose(gpu.predict_proba(rows), cpu.predict_proba(rows), atol=1e-6, rtol=0)
+        assert np.array_equal(gpu.predict(rows), cpu.predict(rows))
+        pinned = torch.as_tensor(rows, dtype=cpu._input_dtype).pin_memory()
+        assert np.array_equal(gpu.decision_function(pinned).numpy(), ref_raw)
+        assert np.array_equal(gpu.apply(rows[:1000]), cpu.apply(rows[:1000]))
 
 
 def test_autotuning_caches_its_choice_on_disk(tmp_path, monkeypatch):

@@ -119,7 +119,7 @@ def test_the_cuda_kernel_emulated_on_the_cpu_equals_the_host_twin(case):
         g = gpu_layout.GpuLayout(f, lay, cpu._input_dtype, torch.device("cpu"))
         ref_raw = g.walk(x, cpu._base, f32, False, [32, 1, 1, 1])
         ref_leaves = g.walk(x, cpu._base, False, True, [32, 1, 1, 1])
-        for cfg in EMULATED_CONFIGS + (EMULATED_TREE_CHUNKS if lay == "perfect" else ()):
+        for cfg in EMULATED_CONFIGS + (EMULATED_TREE_CHUNKS if lay in gpu_layout.PERFECT_LAYOUTS else ()):
             need = gpu.cuda_shared_bytes(
                 gpu.KernelConfig(lay, *cfg[:3], tree_chunk=cfg[4]),
                 f.n_outputs,
@@ -259,6 +259,37 @@ def test_the_fused_finish_gives_the_torch_post_transforms(case):
     assert compiled.fused_finish(trees.compile(_models()[4][2]).forest, post=True) is None  # isolation
 
 
+def test_blocked_perfect_trees_keep_a_node_and_its_children_in_one_sector():
+    for depth in (1, 2, 5, 8):
+        levels = np.concatenate([np.full(1 << d, d) for d in range(depth)])
+        heap = np.arange(levels.size)
+        slots = gpu_layout.blocked_slot(levels, heap)
+        assert len(set(slots.tolist())) == slots.size and slots.max() < gpu_layout.blocked_slots(depth)
+        inner = heap[(levels % 2 == 0) & (levels < depth - 1)]
+        assert np.array_equal(slots[2 * inner + 1], slots[inner] + 1)  # children right after their parent
+        assert np.array_equal(slots[2 * inner + 2], slots[inner] + 2)
+        assert np.all(slots[levels % 2 == 0] % 4 == 0)  # a block starts a 32-byte sector
+    assert gpu_layout.blocked_slots(8) == 340
+    _, X, model = _models()[0]
+    cpu = trees.compile(model, backend="cpu")
+    g = gpu_layout.GpuLayout(cpu.forest, "perfect-blocked", torch.float32, torch.device("cpu"))
+    x = torch.as_tensor(np.nan_to_num(X[:3]))
+    nodes, roots, leaf_nodes, values, t64, cat_bits, kinds = g.tensors
+    args = (
+        nodes[:, :-4].contiguous(),
+        roots,
+        leaf_nodes,
+        values,
+        t64,
+        cat_bits,
+        g.cat_domain,
+        kinds,
+        g.depth,
+    )
+    with pytest.raises(RuntimeError, match=r"perfect layout: depth \d+ needs \d+ node slots per tree"):
+        torch.ops.pyzero.tree_walk(3, *args, x.shape[1], x, cpu._base, False, False, [32, 1, 1, 1], [])
+
+
 def test_compact_layouts_keep_children_side_by_side_and_trees_in_their_ranges():
     _, _, model = _models()[0]
     f = trees.compile(model).forest
@@ -314,9 +345,12 @@ def test_tree_walk_op_errors():
     with pytest.raises(
         RuntimeError, match=r"x must be a contiguous float32 or float64 tensor of shape \(rows, 6\)"
     ):
-        g.walk(x[:, :3].contiguous(), cpu._base, False, False, [256, 1, 1, 1])
+        g.walk(x[:, :3].contiguous(), cpu._base, True, False, [256, 1, 1, 1])
     with pytest.raises(RuntimeError, match="base must hold one float64 per output"):
-        g.walk(x, cpu._base[:1], False, False, [256, 1, 1, 1])
+        g.walk(x, cpu._base[:1], True, False, [256, 1, 1, 1])
+    assert g.tensors[3].dtype == torch.float32  # XGBoost sums in float32: float32 leaf values
+    with pytest.raises(RuntimeError, match="float32 values need float32_accum"):
+        g.walk(x, cpu._base, False, False, [256, 1, 1, 1])
     nodes, roots, leaf_nodes, values, t64, cat_bits, kinds = g.tensors
     args = (
         nodes,
@@ -331,20 +365,21 @@ def test_tree_walk_op_errors():
         6,
         x,
         cpu._base,
-        False,
+        True,
         False,
         [256, 1, 1, 1],
         [],
     )
     with pytest.raises(
-        RuntimeError, match=r"format must be 0 \(perfect\), 1 \(compact\) or 2 \(wide\), got 7"
+        RuntimeError,
+        match=r"format must be 0 \(perfect\), 1 \(compact\), 2 \(wide\) or 3 \(perfect blocked\), got 7",
     ):
         torch.ops.pyzero.tree_walk(7, *args)
     with pytest.raises(RuntimeError, match="nodes must have 2 columns"):
         torch.ops.pyzero.tree_walk(2, *args)
     p = gpu_layout.GpuLayout(cpu.forest, "perfect", torch.float32, torch.device("cpu"))
     with pytest.raises(RuntimeError, match="the perfect layout compares float32 inputs"):
-        p.walk(x.double(), cpu._base, False, False, [256, 1, 1, 1])
+        p.walk(x.double(), cpu._base, True, False, [256, 1, 1, 1])
     for finish, leaves, what in (
         ([1, 1, 0], False, r"finish must be \[\] or \[kind, scale, divisor, pair\], got 3 values"),
         ([3, 1, 0, 0], False, r"finish kind must be 0 \(raw\), 1 \(sigmoid\) or 2 \(exp\), got 3"),
@@ -353,9 +388,9 @@ def test_tree_walk_op_errors():
         ([1, 1, 0, 0], True, "finish applies to sums, not to leaves"),
     ):
         with pytest.raises(RuntimeError, match=what):
-            g.walk(x, cpu._base, False, leaves, [256, 1, 1, 1], finish=finish)
+            g.walk(x, cpu._base, True, leaves, [256, 1, 1, 1], finish=finish)
     with pytest.raises(RuntimeError, match=r"config must be \[threads, lanes, ilp, stage, tree_chunk\]"):
-        g.walk(x, cpu._base, False, False, [256, 1, 1], emulate=True)
+        g.walk(x, cpu._base, True, False, [256, 1, 1], emulate=True)
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args))
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args[:-1], [1.0, 1.0, 0.0, 0.0]))
     pargs = list(args)
@@ -432,7 +467,7 @@ def test_fixed_configurations_and_their_errors():
         ({"lanes": 3}, "lanes must divide threads"),
         ({"ilp": 3}, "ilp must be 1, 2 or 4"),
         ({"block_t": 6}, "block_r and block_t must be powers of two"),
-        ({"tree_chunk": 4}, "tree_chunk must be 0, or > 0 with layout 'perfect' and lanes 1"),
+        ({"tree_chunk": 4}, "tree_chunk must be 0, or > 0 with a perfect layout and lanes 1"),
     ):
         with pytest.raises(ValueError, match=what):
             gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float32, tune={"layout": "wide", **bad})
@@ -442,6 +477,29 @@ def test_fixed_configurations_and_their_errors():
     assert not untuned.tune  # nothing to time without a CUDA device: the defaults
     assert not untuned.configured(7)
     assert untuned.config(7).layout == "perfect" and untuned.configured(7) and not untuned.configured(70)
+
+
+def test_host_streams_reassemble_the_chunks_in_order(monkeypatch):
+    """Note [Streamed host batches]: chunking, the two staging buffers and the outputs' reassembly (on a
+    CPU device the same bookkeeping runs without streams)."""
+    monkeypatch.setattr(gpu, "STREAM_MIN_CHUNK_ROWS", 1)
+    monkeypatch.setattr(gpu, "STREAM_CHUNK_BYTES", 7 * 5 * 4)  # 7 rows of 5 float32 per chunk
+    stream = gpu.HostStream(torch.device("cpu"), 5, torch.float32)
+    assert stream.chunk == 7
+    x = torch.randn(52, 5)
+    calls = []
+
+    def fn(xc):
+        calls.append(xc.shape[0])
+        return torch.stack([xc.double().sum(1), xc[:, 0].double() * 2, xc[:, 4].double()], 1)
+
+    for rows in (52, 7, 14, 3, 52):
+        calls.clear()
+        out = stream.run(fn, x[:rows])
+        assert torch.equal(out, fn(x[:rows])), rows
+        assert calls[:-1] == [min(7, rows - start) for start in range(0, rows, 7)]
+    one = stream.run(lambda xc: xc[:, :1].double(), x)  # fewer output columns: new output buffers
+    assert torch.equal(one, x[:, :1].double())
 
 
 def test_forest_digest_follows_the_forest():
