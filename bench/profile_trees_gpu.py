@@ -36,6 +36,15 @@ def events_median(fn, reps: int = REPS) -> float:
     return gpu._time(fn, reps)
 
 
+def kernel_median(fn, batch: int, reps: int = REPS) -> float:
+    """GPU seconds per call of fn as the tuner times it: inside a graph of GRAPH_TIMING_CALLS calls for
+    small batches (a lone launch of a few-microsecond kernel times the launch), else one call."""
+    if batch > gpu.GRAPH_MAX_ROWS:
+        return events_median(fn, reps)
+    fn()
+    return events_median(gpu._graph_of(fn, gpu.GRAPH_TIMING_CALLS), reps) / gpu.GRAPH_TIMING_CALLS
+
+
 def wall_median(fn, reps: int = REPS) -> float:
     """Median wall seconds of fn, synchronised."""
     for _ in range(WARMUP):
@@ -60,14 +69,16 @@ def profile_batch(cf, Xb: np.ndarray, base: torch.Tensor, f32: bool, top: int) -
         shape, n_trees = runner._tree_shape(lay), cf.forest.n_trees
         for cfg in gpu._cuda_candidates(lay, batch, cf.forest.n_outputs, f32, shape, n_trees):
             try:
-                rows.append((events_median(partial(runner.run, xd, base, f32, False, cfg), 10), cfg))
+                rows.append((kernel_median(partial(runner.run, xd, base, f32, False, cfg), batch, 10), cfg))
             except RuntimeError as e:
                 print(f"  {cfg}: {e}")
     rows.sort(key=lambda r: r[0])
     print(f"\nbatch {batch:,}: chosen {chosen}")
     for s, cfg in rows[:top]:
         print(f"  kernel {s * 1e6:9.1f} us  {cfg}")
-    kernel = events_median(partial(runner.run, xd, base, f32, False, chosen))
+    kernel = kernel_median(partial(runner.run, xd, base, f32, False, chosen), batch)
+    lone = events_median(partial(runner.run, xd, base, f32, False, chosen))
+    print(f"  one launch (chosen)          {lone * 1e6:9.1f} us (GPU, events around a single call)")
     print(f"  kernel (chosen)              {kernel * 1e6:9.1f} us (GPU)")
     if batch <= gpu.GRAPH_MAX_ROWS:
         for key, g in cf._graphs._graphs.items():

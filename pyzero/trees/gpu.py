@@ -9,9 +9,11 @@ backend, input dtype, batch-size bucket), where bucket k holds the batches of 4^
 With tuning on (the default; PYZERO_TREES_TUNE=0 or compile(tune=False) turns it off), the first batch
 of a bucket times the candidates on that batch's own rows (tiled to the bucket's size, at most
 TUNE_MAX_ROWS); a candidate whose outputs differ from the first candidate's is left out with a warning
-(the guarantee above is tested, and this keeps a broken configuration from ever winning on speed), and
-the winner goes to a JSON cache on disk (PYZERO_CACHE_DIR, default
-~/.cache/pyzero) that later processes read instead of timing again. compile(tune={...}) fixes a
+(the guarantee above is tested, and this keeps a broken configuration from ever winning on speed).
+Buckets of at most GRAPH_MAX_ROWS rows are timed as they run, GRAPH_TIMING_CALLS calls in one CUDA
+graph (timing one launch of a few-microsecond kernel measures the launch, not the kernel). The winner
+goes to a JSON cache on disk (PYZERO_CACHE_DIR, default ~/.cache/pyzero) that later processes read
+instead of timing again. compile(tune={...}) fixes a
 configuration instead; CompiledForest.kernel_config(rows) says which one a batch gets.
 
 Note [Small-batch graphs]
@@ -68,6 +70,8 @@ TUNE_FORMAT = 2
 # thousands of blocks (a quarter of that time; the choice at 2^18 vs 2^20 rows is not yet compared).
 TUNE_MAX_ROWS = 1 << 18
 TUNE_REPS = 3
+# Calls per timed graph replay when tuning a small-batch bucket (Note [Tree autotuning]).
+GRAPH_TIMING_CALLS = 16
 # Batches of at most this many rows replay CUDA graphs (Note [Small-batch graphs]); calls each path of
 # a device-input bucket is timed for (graph replay with its copies, or fn launched directly).
 GRAPH_MAX_ROWS = 128
@@ -276,6 +280,15 @@ def _time(fn: Callable[[], Any], reps: int = TUNE_REPS) -> float:
     return float(np.median(times))
 
 
+def _graph_of(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
+    """Replay of a CUDA graph holding `calls` calls of fn (already called once: warm)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    return graph.replay
+
+
 class GpuRunner:
     """The forest's GPU layouts on one device and the kernel configuration per batch-size bucket."""
 
@@ -387,7 +400,8 @@ class GpuRunner:
             key = self._key(k)
             cfg = None if force else self.cache.get(key)
             if cfg is None or cfg.layout not in self.eligible:
-                if x is None or x.shape[0] == 0:
+                capturing = self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+                if x is None or x.shape[0] == 0 or capturing:  # nothing to time on (or no timing now)
                     return self._default(rows)
                 cfg, seconds = self._tune(x, min(4**k, TUNE_MAX_ROWS))
                 self.cache.put(key, cfg, seconds)
@@ -415,6 +429,7 @@ class GpuRunner:
         f32 = self.forest.extra.get("accumulate") == "float32"
 
         reference: list[tuple[KernelConfig, Tensor]] = []
+        graphed = rows <= GRAPH_MAX_ROWS and self.device.type == "cuda"
 
         def timed(cfg: KernelConfig) -> float:
             def call() -> Tensor:
@@ -434,7 +449,10 @@ class GpuRunner:
                     stacklevel=2,
                 )
                 return math.inf
-            return self.timer(call)
+            if not graphed:
+                return self.timer(call)
+            # Note [Tree autotuning]: small batches are timed as they run, inside a graph
+            return self.timer(_graph_of(call, GRAPH_TIMING_CALLS)) / GRAPH_TIMING_CALLS
 
         first = {lay: timed(self._default_for(lay, rows)) for lay in self.eligible}
         best_layouts = sorted(first, key=first.get)[: 2 if self.backend == "cuda" else 1]
