@@ -4,7 +4,7 @@
 # GPU benchmarks, and prints a short table last. Logs and JSON go to $OUT (or bench/out).
 # Budget: under 8 minutes. GPU_CHECK_ONLY=trees: only the trees part (the build, the CUDA and Triton
 # tree tests, bench_trees.py --device cuda), about 5 minutes; GPU_CHECK_PROFILE=1 adds
-# bench/profile_trees_gpu.py (about a minute). Wheels in .whl/ (e.g.
+# bench/profile_trees_gpu.py (about a minute); GPU_CHECK_STAGES=tests,profile or =bench splits it. Wheels in .whl/ (e.g.
 # xgboost-cpu, lightgbm, hummingbird-ml for Python 3.12) are installed first when present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,20 +21,28 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     || "$PY" -m pip install -q --no-deps --no-index --break-system-packages .whl/*.whl 2>&1 | tail -2
 fi
 if [ "${GPU_CHECK_ONLY:-}" = trees ]; then
-  echo "== build =="
+  # GPU_CHECK_STAGES picks stages (comma-separated: tests, profile, bench); by default tests and bench,
+  # plus profile with GPU_CHECK_PROFILE=1, minus bench with GPU_CHECK_SKIP_BENCH=1. A warm machine keeps
+  # the build, so stages can go in separate calls (each under the 10-minute limit).
+  stages=${GPU_CHECK_STAGES:-tests$([ "${GPU_CHECK_PROFILE:-0}" = 1 ] && echo ,profile)$([ "${GPU_CHECK_SKIP_BENCH:-0}" = 1 ] || echo ,bench)}
+  stage() { [[ ",$stages," == *",$1,"* ]]; }
+  echo "== build (stages: $stages) =="
   t0=$(date +%s)
   "$PY" setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
   echo "built in $(( $(date +%s) - t0 )) s"
-  echo "== tree tests on the GPU (CUDA kernel, Triton kernel, torch strategies) =="
-  PYZERO_TEST_DEVICE=cuda timeout "${GPU_CHECK_TEST_S:-300}" "$PY" -m pytest -q -p no:cacheprovider --maxfail=5 \
-    tests/trees/test_cuda_trees.py tests/trees/test_triton_trees.py 2>&1 | tee "$OUT/pytest_trees.log" | tail -25
-  [ "${GPU_CHECK_SKIP_BENCH:-0}" = 1 ] && exit 0
-  if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then  # where the time goes (kernel, graph, whole call)
-    "$PY" bench/profile_trees_gpu.py 2>&1 | tee "$OUT/profile_trees_gpu.log" | tail -40
+  if stage tests; then
+    echo "== tree tests on the GPU (CUDA kernel, Triton kernel, torch strategies) =="
+    PYZERO_TEST_DEVICE=cuda timeout "${GPU_CHECK_TEST_S:-300}" "$PY" -m pytest -q -p no:cacheprovider --maxfail=5 \
+      tests/trees/test_cuda_trees.py tests/trees/test_triton_trees.py 2>&1 | tee "$OUT/pytest_trees.log" | tail -25
   fi
-  echo "== tree benchmark on the GPU =="
-  "$PY" bench/bench_trees.py --device cuda ${GPU_CHECK_TREE_ARGS:-} --out "$OUT/bench_trees_gpu.json" 2>&1 \
-    | tee "$OUT/bench_trees_gpu.log" | tail -30
+  if stage profile; then  # where the time goes (kernel, graph, whole call)
+    "$PY" bench/profile_trees_gpu.py 2>&1 | tee "$OUT/profile_trees_gpu.log" | tail -60
+  fi
+  if stage bench; then
+    echo "== tree benchmark on the GPU =="
+    "$PY" bench/bench_trees.py --device cuda ${GPU_CHECK_TREE_ARGS:-} --out "$OUT/bench_trees_gpu.json" 2>&1 \
+      | tee "$OUT/bench_trees_gpu.log" | tail -30
+  fi
   exit 0
 fi
 echo "== build =="
