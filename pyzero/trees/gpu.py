@@ -13,8 +13,8 @@ TUNE_MAX_ROWS); a candidate whose outputs differ from the first candidate's is l
 Buckets of at most GRAPH_MAX_ROWS rows are timed as they run, GRAPH_TIMING_CALLS calls in one CUDA
 graph (timing one launch of a few-microsecond kernel measures the launch, not the kernel). The winner
 goes to a JSON cache on disk (PYZERO_CACHE_DIR, default ~/.cache/pyzero) that later processes read
-instead of timing again. compile(tune={...}) fixes a
-configuration instead; CompiledForest.kernel_config(rows) says which one a batch gets.
+instead of timing again. compile(tune={...}) fixes a configuration instead;
+CompiledForest.kernel_config(rows) says which one a batch gets.
 
 Note [Small-batch graphs]
 Batches of at most GRAPH_MAX_ROWS rows replay a CUDA graph captured per (output kind: raw, transformed
@@ -281,11 +281,12 @@ def _time(fn: Callable[[], Any], reps: int = TUNE_REPS) -> float:
 
 
 def _graph_of(fn: Callable[[], Any], calls: int) -> Callable[[], None]:
-    """Replay of a CUDA graph holding `calls` calls of fn (already called once: warm)."""
+    """Replay of a CUDA graph holding `calls` calls of fn (already called once: warm), replayed once."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for _ in range(calls):
             fn()
+    graph.replay()  # the first replay uploads the graph
     return graph.replay
 
 
