@@ -47,19 +47,20 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
   unsigned char* buf = smem + cv.acc;
   T* xs = reinterpret_cast<T*>(smem + cv.acc + cv.buf);
 
+  // Index math of the block's shared arrays in 32 bits: R * nf and R * outs fit (48 KB of shared memory),
+  // and 64-bit division is a called subroutine on the GPU.
+  const int nf32 = static_cast<int>(nf), outs32 = static_cast<int>(outs);
   const int64_t xstride = row_stride(nf);
   if (stage) {
-    const int64_t n = static_cast<int64_t>(R) * nf;
-    for (int64_t i = tid; i < n; i += nt) {  // coalesced reads of the block's rows
-      const int64_t rr = i / nf, c = i % nf;
+    const int n = R * nf32;
+    for (int i = tid; i < n; i += nt) {  // coalesced reads of the block's rows
+      const int rr = i / nf32, c = i - rr * nf32;
       T v = r0 + rr < rows ? x[(r0 + rr) * nf + c] : T(0);
       xs[rr * xstride + c] = trees::prepare_value(f, v, c);
     }
   }
   if (!want_leaves) {
-    for (int64_t i = tid; i < R * outs; i += nt) {
-      acc_s[i] = trees::sum_start(f, acc32, base[i % outs]);
-    }
+    for (int i = tid; i < R * outs32; i += nt) acc_s[i] = trees::sum_start(f, acc32, base[i % outs32]);
   }
   PYZERO_SYNC();
   const T* xrow = stage ? xs + rl * xstride : x + (active ? r : r0) * nf;
@@ -75,77 +76,69 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
       a[o] = (!want_leaves && NOUT > 0 && active) ? acc_s[rl * NOUT + o] : 0.0;
       a32[o] = static_cast<float>(a[o]);
     }
-    // Trees first .. first + n - 1, which `walker` knows as its trees 0 .. n - 1: value rows local to
-    // `vals` (global value row = local + shift), added in order.
-    auto walk_trees = [&](const auto& walker, int64_t first, int64_t n, int64_t shift, const auto* vals) {
-      for (int64_t t0 = 0; t0 < n; t0 += ILP) {
+    // Perfect layouts with tree_chunk > 0: the block copies chunks of trees (nodes, and leaf values in the
+    // type the sum adds) into shared memory and walks them there, as trees 0 .. n - 1 of a local forest.
+    // Otherwise one chunk of every tree, read where it is.
+    constexpr bool kPerfectWalker =
+        std::is_same_v<Walker, trees::PerfectWalker> || std::is_same_v<Walker, trees::PerfectBlockedWalker>;
+    const bool staged_trees = kPerfectWalker && tree_chunk > 0;
+    const int64_t step = staged_trees ? tree_chunk : (n_trees > 0 ? n_trees : 1);
+    auto* tn = reinterpret_cast<trees::Node8*>(smem + cv.acc + cv.buf + cv.rows);
+    unsigned char* tv = smem + cv.acc + cv.buf + cv.rows + cv.tree_nodes;
+    WalkForest local = f;
+    if (staged_trees) local.nodes = reinterpret_cast<const uint32_t*>(tn);
+    const Walker lw{local};
+    const int64_t per_tree = (int64_t{1} << f.depth) * outs;  // perfect layouts: values of one tree
+    for (int64_t c0 = 0; c0 < n_trees; c0 += step) {
+      const int64_t n = n_trees - c0 < step ? n_trees - c0 : step;
+      if (staged_trees) {
+        const auto* src = reinterpret_cast<const trees::Node8*>(f.nodes) + c0 * f.node_stride;
+        for (int64_t i = tid; i < n * f.node_stride; i += nt) tn[i] = src[i];
+        for (int64_t i = tid; !want_leaves && i < n * per_tree; i += nt) {
+          const double v = trees::leaf_value(f, c0 * per_tree + i);
+          if (acc32) {
+            reinterpret_cast<float*>(tv)[i] = static_cast<float>(v);
+          } else {
+            reinterpret_cast<double*>(tv)[i] = v;
+          }
+        }
+        PYZERO_SYNC();
+      }
+      // staged: local tree and value-row numbers (global value row = local + shift); else global ones
+      const float* v32 = staged_trees ? (acc32 ? reinterpret_cast<const float*>(tv) : nullptr) : f.values32;
+      const double* v64 = staged_trees ? (acc32 ? nullptr : reinterpret_cast<const double*>(tv)) : f.values;
+      const int64_t first = staged_trees ? 0 : c0, shift = staged_trees ? c0 << f.depth : 0;
+      for (int64_t t0 = 0; active && t0 < n; t0 += ILP) {
         const int64_t count = n - t0 < ILP ? n - t0 : ILP;
-        walker.template walk<ILP>(t0, count, row, vr);
+        lw.template walk<ILP>(first + t0, count, row, vr);
         PYZERO_UNROLL
         for (int k = 0; k < ILP; ++k) {
           if (k >= count) break;
           if (want_leaves) {
-            leaves[r * n_trees + first + t0 + k] = w.leaf_id(vr[k] + shift);
+            leaves[r * n_trees + c0 + t0 + k] = w.leaf_id(vr[k] + shift);
           } else if constexpr (NOUT > 0) {
             PYZERO_UNROLL
             for (int o = 0; o < NOUT; ++o) {
-              const auto v = vals[vr[k] * NOUT + o];
+              const int64_t i = vr[k] * NOUT + o;
               if (acc32) {
-                a32[o] += static_cast<float>(v);
+                a32[o] += v32 != nullptr ? v32[i] : static_cast<float>(v64[i]);
               } else {
-                a[o] += v;
+                a[o] += v64[i];
               }
             }
           } else {
             for (int64_t o = 0; o < outs; ++o) {
-              const auto v = vals[vr[k] * outs + o];
+              const int64_t i = vr[k] * outs + o;
+              const double v = v32 != nullptr ? static_cast<double>(v32[i]) : v64[i];
               double& s = acc_s[rl * outs + o];
               s = acc32 ? static_cast<double>(static_cast<float>(s) + static_cast<float>(v)) : s + v;
             }
           }
         }
       }
-    };
-    bool staged_trees = false;
-    if constexpr (std::is_same_v<Walker, trees::PerfectWalker> ||
-                  std::is_same_v<Walker, trees::PerfectBlockedWalker>) {
-      if (tree_chunk > 0) {  // chunks of trees in shared memory, copied by the whole block
-        staged_trees = true;
-        const int64_t stride = f.node_stride, per_tree = (int64_t{1} << f.depth) * outs;
-        auto* tn = reinterpret_cast<trees::Node8*>(smem + cv.acc + cv.buf + cv.rows);
-        unsigned char* tv = smem + cv.acc + cv.buf + cv.rows + cv.tree_nodes;
-        WalkForest local = f;
-        local.nodes = reinterpret_cast<const uint32_t*>(tn);
-        const Walker lw{local};
-        const auto* src = reinterpret_cast<const trees::Node8*>(f.nodes);
-        for (int64_t c0 = 0; c0 < n_trees; c0 += tree_chunk) {
-          const int64_t n = n_trees - c0 < tree_chunk ? n_trees - c0 : tree_chunk;
-          for (int64_t i = tid; i < n * stride; i += nt) tn[i] = src[c0 * stride + i];
-          for (int64_t i = tid; !want_leaves && i < n * per_tree; i += nt) {
-            const double v = trees::leaf_value(f, c0 * per_tree + i);
-            if (acc32) {
-              reinterpret_cast<float*>(tv)[i] = static_cast<float>(v);
-            } else {
-              reinterpret_cast<double*>(tv)[i] = v;
-            }
-          }
-          PYZERO_SYNC();
-          if (active && acc32 && !want_leaves) {
-            walk_trees(lw, c0, n, c0 << f.depth, reinterpret_cast<const float*>(tv));
-          } else if (active) {
-            walk_trees(lw, c0, n, c0 << f.depth, reinterpret_cast<const double*>(tv));
-          }
-          PYZERO_SYNC();
-        }
-      }
+      if (staged_trees) PYZERO_SYNC();
     }
-    if (!active) return;
-    if (!staged_trees && f.values32 != nullptr) {
-      walk_trees(w, 0, n_trees, 0, f.values32);
-    } else if (!staged_trees) {
-      walk_trees(w, 0, n_trees, 0, f.values);
-    }
-    if (want_leaves) return;
+    if (!active || want_leaves) return;
     if constexpr (NOUT > 0) {
       PYZERO_UNROLL
       for (int o = 0; o < NOUT; ++o) {
@@ -185,10 +178,10 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
     if (want_leaves) continue;
     PYZERO_SYNC();
     const int64_t in_chunk = n_trees - c0 < chunk ? n_trees - c0 : chunk;
-    for (int64_t i = tid; i < R * outs; i += nt) {
-      const int64_t rr = i / outs;
+    for (int i = tid; i < R * outs32; i += nt) {
+      const int rr = i / outs32;
       if (r0 + rr >= rows) continue;
-      const int64_t o = i % outs;
+      const int o = i - rr * outs32;
       double s = acc_s[i];
       if (outs == 1 && acc32) {
         float s32 = static_cast<float>(s);
@@ -215,8 +208,9 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
     PYZERO_SYNC();
   }
   if (want_leaves) return;
-  for (int64_t i = tid; i < R * outs; i += nt) {
-    if (r0 + i / outs < rows) trees::store_output(f, acc32, base, raw, r0 + i / outs, i % outs, acc_s[i]);
+  for (int i = tid; i < R * outs32; i += nt) {
+    const int rr = i / outs32;
+    if (r0 + rr < rows) trees::store_output(f, acc32, base, raw, r0 + rr, i - rr * outs32, acc_s[i]);
   }
 }
 
