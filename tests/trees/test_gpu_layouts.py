@@ -139,6 +139,35 @@ def test_the_cuda_kernel_emulated_on_the_cpu_equals_the_host_twin(case):
             )
 
 
+def test_the_emulated_kernel_at_0_1_and_17_rows():
+    """Empty batches, a single row in a block of many, and a partial block (Note [Kernel emulation])."""
+    _, X, model = _models()[7]  # LightGBM: double sums, LightGBM reading inside the kernel
+    cpu = trees.compile(model, backend="cpu")
+    x, _ = cpu._input(X[:17])
+    for lay in ("perfect-blocked", "compact-dfs"):
+        g = gpu_layout.GpuLayout(cpu.forest, lay, torch.float32, torch.device("cpu"))
+        for rows in (0, 1, 17):
+            xr = x[:rows].contiguous()
+            ref = g.walk(xr, cpu._base, False, False, [32, 1, 1, 1, 0])
+            leaves = g.walk(xr, cpu._base, False, True, [32, 1, 1, 1, 0])
+            assert ref.shape == (rows, 1) and leaves.shape == (rows, cpu.forest.n_trees)
+            for cfg in (
+                [512, 1, 2, 1, 2 if lay.startswith("perfect") else 0],
+                [64, 16, 4, 1, 0],
+                [32, 32, 1, 0, 0],
+            ):
+                assert torch.equal(g.walk(xr, cpu._base, False, False, cfg, emulate=True), ref), (
+                    lay,
+                    rows,
+                    cfg,
+                )
+                assert torch.equal(g.walk(xr, cpu._base, False, True, cfg, emulate=True), leaves), (
+                    lay,
+                    rows,
+                    cfg,
+                )
+
+
 def test_the_emulated_kernel_refuses_what_the_tuner_leaves_out():
     """cuda_shared_bytes (the tuner's filter) is the kernel's own shared-memory plan: configurations at
     the 48 KB limit run, one output more is refused."""
