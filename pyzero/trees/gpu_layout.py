@@ -210,7 +210,7 @@ def _blocked(nodes: Tensor, depth: int) -> Tensor:
         [np.full(1 << d, d, dtype=np.int64) for d in range(depth)] or [np.zeros(0, np.int64)]
     )
     heap = np.arange(level.size, dtype=np.int64)
-    out = torch.zeros((nodes.shape[0], max(blocked_slots(depth), 1), 2), dtype=nodes.dtype)
+    out = torch.zeros((nodes.shape[0], max(blocked_slots(depth), 4), 2), dtype=nodes.dtype)  # >= one block
     out[:, torch.as_tensor(blocked_slot(level, heap))] = nodes[:, : heap.size]
     return out
 

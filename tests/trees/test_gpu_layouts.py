@@ -168,6 +168,22 @@ def test_the_emulated_kernel_at_0_1_and_17_rows():
                 )
 
 
+def test_single_leaf_trees_in_every_layout():
+    """A forest of depth 0 (a constant target): every layout, host twin and emulated kernel, with the
+    mean finished inside the kernel."""
+    X = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    model = RandomForestRegressor(n_estimators=3, random_state=0).fit(X, np.full(50, 2.5))
+    cpu = trees.compile(model, backend="cpu")
+    assert cpu.forest.max_depth == 0
+    x, _ = cpu._input(X[:5])
+    finish = compiled.fused_finish(cpu.forest, post=True)
+    for lay in gpu_layout.LAYOUTS:
+        g = gpu_layout.GpuLayout(cpu.forest, lay, torch.float32, torch.device("cpu"))
+        for emulate in (False, True):
+            out = g.walk(x, cpu._base, False, False, [64, 4, 2, 1, 0], emulate=emulate, finish=finish)
+            assert torch.equal(out[:, 0], torch.as_tensor(model.predict(X[:5]), dtype=torch.float64)), lay
+
+
 def test_the_emulated_kernel_refuses_what_the_tuner_leaves_out():
     """cuda_shared_bytes (the tuner's filter) is the kernel's own shared-memory plan: configurations at
     the 48 KB limit run, one output more is refused."""
