@@ -8,8 +8,10 @@ in tree order: column j is taken out of the tile by a sum in which every other e
 is exact (x + -0.0 == x for every x). So the sums are the CPU kernels' and the CUDA kernel's bit for
 bit, whatever BLOCK_R and BLOCK_T (Note [Tree autotuning] in pyzero/trees/gpu.py). The node rules
 are the C++ kernels' (tree_cpu.h flags, Note [Perfect trees] in tree_fast.h). Tree count and depth
-are compile-time constants (one kernel per forest shape). Runs on CUDA tensors, or on CPU tensors
-under ``TRITON_INTERPRET=1``.
+are compile-time constants (one kernel per forest shape). With tree_split > 1 (small batches, where a
+few row blocks would leave the GPU idle) a second grid axis splits the trees: each program walks its
+range and stores value rows, then a second kernel adds them per row in tree order, the same way. Runs on
+CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+# What _walk_kernel writes: per row sums, IR leaf ids per (row, tree), or value rows per (row, tree).
+OUT_SUMS, OUT_LEAVES, OUT_VALUE_ROWS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 NAN_BITS = tl.constexpr(0x7FC00000)  # a float32 NaN (a NaN constexpr never equals itself)
 
@@ -64,6 +68,56 @@ def _node_left(
 
 
 @triton.jit
+def _add_in_order(
+    acc, values_ptr, vr, m2, o, omask, n_outputs, tt, ACC_F32: tl.constexpr, BLOCK_T: tl.constexpr
+):
+    """acc + the leaf values of value rows vr [BLOCK_R, BLOCK_T], column after column (tree order)."""
+    m3 = m2[:, :, None] & omask[None, None, :]
+    vals = tl.load(values_ptr + vr[:, :, None] * n_outputs + o[None, None, :], mask=m3, other=-0.0)
+    for j in tl.static_range(BLOCK_T):
+        col = tl.sum(tl.where(tt[None, :, None] == j, vals, -0.0), axis=1)
+        if ACC_F32:
+            acc += col.to(tl.float32)
+        else:
+            acc += col
+    return acc
+
+
+@triton.jit
+def _sum_value_rows_kernel(
+    rows_ptr,
+    values_ptr,
+    base_ptr,
+    out_ptr,
+    rows,
+    n_outputs,
+    N_TREES: tl.constexpr,
+    ACC_F32: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    OUT_P: tl.constexpr,
+):
+    """base + the leaf values of value rows [rows, N_TREES] (a split walk's), in tree order."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = r < rows
+    o = tl.arange(0, OUT_P)
+    omask = o < n_outputs
+    base = tl.load(base_ptr + o, mask=omask, other=0.0)
+    if ACC_F32:
+        acc = tl.zeros((BLOCK_R, OUT_P), tl.float32) + base.to(tl.float32)[None, :]
+    else:
+        acc = tl.zeros((BLOCK_R, OUT_P), tl.float64) + base[None, :]
+    tt = tl.arange(0, BLOCK_T)
+    for c0 in range(0, N_TREES, BLOCK_T):
+        t = c0 + tt
+        m2 = rmask[:, None] & (t < N_TREES)[None, :]
+        vr = tl.load(rows_ptr + r.to(tl.int64)[:, None] * N_TREES + t[None, :], mask=m2, other=0).to(tl.int64)
+        acc = _add_in_order(acc, values_ptr, vr, m2, o, omask, n_outputs, tt, ACC_F32, BLOCK_T)
+    dst = out_ptr + r.to(tl.int64)[:, None] * n_outputs + o[None, :]
+    tl.store(dst, acc.to(tl.float64), mask=rmask[:, None] & omask[None, :])
+
+
+@triton.jit
 def _walk_kernel(
     nodes_ptr,
     roots_ptr,
@@ -89,11 +143,13 @@ def _walk_kernel(
     HAS_KINDS: tl.constexpr,
     X_F64: tl.constexpr,
     ACC_F32: tl.constexpr,
-    LEAVES: tl.constexpr,
+    OUT: tl.constexpr,
+    TREES_PER_PROGRAM: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_T: tl.constexpr,
     OUT_P: tl.constexpr,
 ):
+    LEAVES = OUT != OUT_SUMS
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < rows
     row_base = (r.to(tl.int64) * n_features)[:, None]
@@ -105,7 +161,9 @@ def _walk_kernel(
     else:
         acc = tl.zeros((BLOCK_R, OUT_P), tl.float64) + base[None, :]
     tt = tl.arange(0, BLOCK_T)
-    for c0 in range(0, N_TREES, BLOCK_T):
+    t_lo = tl.program_id(1) * TREES_PER_PROGRAM  # this program's trees: t_lo .. t_lo + TREES_PER_PROGRAM
+    for step in range(0, TREES_PER_PROGRAM, BLOCK_T):
+        c0 = t_lo + step
         t = c0 + tt
         tmask = t < N_TREES
         m2 = rmask[:, None] & tmask[None, :]
@@ -191,28 +249,31 @@ def _walk_kernel(
             else:
                 leaf = pos.to(tl.int32)
             vr = leaf.to(tl.int64)
-        if LEAVES:
+        if OUT == OUT_LEAVES:
             tl.store(out_ptr + r.to(tl.int64)[:, None] * N_TREES + t[None, :], leaf.to(tl.int32), mask=m2)
+        elif OUT == OUT_VALUE_ROWS:
+            tl.store(out_ptr + r.to(tl.int64)[:, None] * N_TREES + t[None, :], vr.to(tl.int32), mask=m2)
         else:
-            m3 = m2[:, :, None] & omask[None, None, :]
-            vals = tl.load(values_ptr + vr[:, :, None] * n_outputs + o[None, None, :], mask=m3, other=-0.0)
-            for j in tl.static_range(BLOCK_T):
-                col = tl.sum(tl.where(tt[None, :, None] == j, vals, -0.0), axis=1)
-                if ACC_F32:
-                    acc += col.to(tl.float32)
-                else:
-                    acc += col
+            acc = _add_in_order(acc, values_ptr, vr, m2, o, omask, n_outputs, tt, ACC_F32, BLOCK_T)
     if not LEAVES:
         dst = out_ptr + r.to(tl.int64)[:, None] * n_outputs + o[None, :]
         tl.store(dst, acc.to(tl.float64), mask=rmask[:, None] & omask[None, :])
 
 
 def walk(
-    layout, x: Tensor, base: Tensor, float32_accum: bool, leaves: bool, block_r: int, block_t: int
+    layout,
+    x: Tensor,
+    base: Tensor,
+    float32_accum: bool,
+    leaves: bool,
+    block_r: int,
+    block_t: int,
+    tree_split: int = 1,
 ) -> Tensor:
     """The Triton kernel on a pyzero.trees.gpu_layout.GpuLayout (tensors on x's device): raw float64
     [rows, outputs] (base + leaf values in tree order), or with leaves=True the IR leaf node id of every
-    tree, int32 [rows, trees]. block_r rows and block_t trees per step: powers of two."""
+    tree, int32 [rows, trees]. block_r rows and block_t trees per step: powers of two; tree_split >= 1
+    programs share a row block's trees (module docstring)."""
     if x.dim() != 2 or x.dtype not in (torch.float32, torch.float64) or x.shape[1] < layout.n_features:
         raise ValueError(
             f"x must be a 2-D float32 or float64 tensor with {layout.n_features} features, got {x.dtype} "
@@ -221,6 +282,8 @@ def walk(
     for name, v in (("block_r", block_r), ("block_t", block_t)):
         if v < 1 or v & (v - 1):
             raise ValueError(f"{name} must be a power of two, got {v}")
+    if tree_split < 1:
+        raise ValueError(f"tree_split must be >= 1, got {tree_split}")
     if layout.format in (0, 3) and x.dtype != torch.float32:
         raise ValueError("the perfect layout compares float32 inputs only")
     nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = layout.tensors
@@ -237,7 +300,14 @@ def walk(
         return out
     dummy_i = nodes  # pointers the format does not read still need a tensor
     lo, hi, invalid = layout.cat_domain
-    _walk_kernel[(triton.cdiv(rows, block_r),)](
+    # trees per program: whole steps of block_t, tree_split programs (or fewer) per row block
+    per_program = triton.cdiv(triton.cdiv(layout.n_trees, tree_split), block_t) * block_t
+    split = triton.cdiv(layout.n_trees, per_program)
+    mode = (OUT_LEAVES if leaves else OUT_SUMS if split == 1 else OUT_VALUE_ROWS).value
+    walked = out
+    if mode == OUT_VALUE_ROWS.value:
+        walked = torch.empty((rows, layout.n_trees), dtype=torch.int32, device=x.device)
+    _walk_kernel[(triton.cdiv(rows, block_r), split)](
         nodes,
         roots if roots.numel() else dummy_i,
         leaf_nodes if leaf_nodes.numel() else dummy_i,
@@ -247,7 +317,7 @@ def walk(
         column_kind if column_kind.numel() else dummy_i,
         x,
         base,
-        out,
+        walked,
         rows,
         x.shape[1],
         n_outputs,
@@ -262,9 +332,24 @@ def walk(
         HAS_KINDS=bool(column_kind.numel()),
         X_F64=x.dtype == torch.float64,
         ACC_F32=float32_accum,
-        LEAVES=leaves,
+        OUT=mode,
+        TREES_PER_PROGRAM=per_program,
         BLOCK_R=block_r,
         BLOCK_T=block_t,
         OUT_P=triton.next_power_of_2(max(n_outputs, 1)),
     )
+    if mode == OUT_VALUE_ROWS.value:
+        _sum_value_rows_kernel[(triton.cdiv(rows, block_r),)](
+            walked,
+            values,
+            base,
+            out,
+            rows,
+            n_outputs,
+            N_TREES=layout.n_trees,
+            ACC_F32=float32_accum,
+            BLOCK_R=block_r,
+            BLOCK_T=block_t,
+            OUT_P=triton.next_power_of_2(max(n_outputs, 1)),
+        )
     return out

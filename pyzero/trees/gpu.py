@@ -95,7 +95,7 @@ class KernelConfig:
     """One configuration of a GPU tree kernel. CUDA: threads per block, lanes (threads per row: the
     row's trees are spread over them), ilp (trees a thread walks at once), tree_chunk (> 0: the block
     stages that many trees at a time in shared memory; perfect layout, lanes 1). Triton: block_r rows
-    and block_t trees per program step."""
+    and block_t trees per program step, tree_split programs sharing a row block's trees."""
 
     layout: str
     threads: int = 256
@@ -104,6 +104,7 @@ class KernelConfig:
     block_r: int = 64
     block_t: int = 8
     tree_chunk: int = 0
+    tree_split: int = 1
 
     def cuda_args(self) -> list[int]:
         return [self.threads, self.lanes, self.ilp, 1, self.tree_chunk]
@@ -151,6 +152,10 @@ CUDA_LARGE_LANES = (1, 2, 4)
 
 # Trees per shared-memory chunk the tuner tries (perfect layout, a thread per row).
 CUDA_TREE_CHUNKS = (2, 4, 8, 16)
+# Triton: batches of at most this many rows also try programs of (trees, trees per step) that split a
+# row block's trees.
+TRITON_SPLIT_MAX_ROWS = 4096
+TRITON_SPLIT_SHAPES = ((32, 8), (128, 16))
 
 
 def _cuda_candidates(
@@ -189,7 +194,13 @@ def _triton_candidates(
 ) -> list[KernelConfig]:
     # Each shape is a separate Triton compile (about a second): a few shapes only.
     shapes = ((16, 4), (64, 8), (128, 4), (32, 16))
-    return [KernelConfig(layout, block_r=r, block_t=t) for r, t in shapes if r <= 4 * max(rows, 16)]
+    out = [KernelConfig(layout, block_r=r, block_t=t) for r, t in shapes if r <= 4 * max(rows, 16)]
+    if rows <= TRITON_SPLIT_MAX_ROWS and n_trees is not None:  # few row blocks: split the trees too
+        for per_program, block_t in TRITON_SPLIT_SHAPES:
+            split = -(-n_trees // per_program)
+            if split > 1:
+                out.append(KernelConfig(layout, block_r=16, block_t=block_t, tree_split=split))
+    return out
 
 
 def default_config(
@@ -364,6 +375,11 @@ class GpuRunner:
             raise ValueError(
                 f"tune: block_r and block_t must be powers of two, got {cfg.block_r}, {cfg.block_t}"
             )
+        if cfg.tree_split < 1 or (cfg.tree_split > 1 and self.backend != "triton"):
+            raise ValueError(
+                f"tune: tree_split must be 1, or more on the triton backend, got {cfg.tree_split} on "
+                f"{self.backend!r}"
+            )
         f32 = self.forest.extra.get("accumulate") == "float32"
         if (
             self.backend == "cuda"
@@ -488,7 +504,7 @@ class GpuRunner:
             raise ValueError("the Triton tree kernel has no fused finish (Note [Fused finish])")
         from pyzero.kernels import tree_triton
 
-        return tree_triton.walk(lay, x, base, float32_accum, leaves, cfg.block_r, cfg.block_t)
+        return tree_triton.walk(lay, x, base, float32_accum, leaves, cfg.block_r, cfg.block_t, cfg.tree_split)
 
     def raw(self, x: Tensor, base: Tensor, float32_accum: bool, finish: tuple[float, ...] = ()) -> Tensor:
         """base + leaf values in tree order: float64 [rows, outputs]; through `finish` (Note [Fused

@@ -473,6 +473,9 @@ def test_buckets_shared_memory_and_default_configs():
     assert (one.layout, one.lanes, many.lanes) == ("perfect", 256, 1)
     deep = gpu.default_config("cuda", ["perfect", "compact-bfs"], 13, 1000, 1, sms=132)
     assert deep.layout == "compact-bfs"  # DEFAULT_PERFECT_MAX_DEPTH
+    small = gpu._triton_candidates("wide", 1, 1, False, None, 1000)  # trees split over 32 or 8 programs
+    assert {c.tree_split for c in small} == {1, 32, 8}
+    assert {c.tree_split for c in gpu._triton_candidates("wide", 1 << 20, 1, False, None, 1000)} == {1}
     big_outs = gpu.default_config("cuda", ["wide"], 5, 1 << 20, 32, sms=132)
     assert gpu.cuda_shared_bytes(big_outs, 32) <= gpu.CUDA_MAX_SHARED_BYTES
 
@@ -513,6 +516,7 @@ def test_fixed_configurations_and_their_errors():
         ({"ilp": 3}, "ilp must be 1, 2 or 4"),
         ({"block_t": 6}, "block_r and block_t must be powers of two"),
         ({"tree_chunk": 4}, "tree_chunk must be 0, or > 0 with a perfect layout and lanes 1"),
+        ({"tree_split": 2}, "tree_split must be 1, or more on the triton backend"),
     ):
         with pytest.raises(ValueError, match=what):
             gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float32, tune={"layout": "wide", **bad})

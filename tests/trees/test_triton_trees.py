@@ -69,8 +69,12 @@ def _models():
     ]
 
 
-# (layout-independent) program shapes: rows and trees per step.
-BLOCKS = ({"block_r": 64, "block_t": 8}, {"block_r": 16, "block_t": 1})
+# (layout-independent) program shapes: rows and trees per step, and trees split over programs.
+BLOCKS = (
+    {"block_r": 64, "block_t": 8},
+    {"block_r": 16, "block_t": 1},
+    {"block_r": 16, "block_t": 2, "tree_split": 2},
+)
 
 
 @pytest.mark.parametrize("case", range(8))
