@@ -466,10 +466,12 @@ class GpuRunner:
                     stacklevel=2,
                 )
                 return math.inf
-            if not graphed:
-                return self.timer(call)
-            # Note [Tree autotuning]: small batches are timed as they run, inside a graph
-            return self.timer(_graph_of(call, GRAPH_TIMING_CALLS)) / GRAPH_TIMING_CALLS
+            if graphed:  # Note [Tree autotuning]: small batches are timed as they run, inside a graph
+                try:
+                    return self.timer(_graph_of(call, GRAPH_TIMING_CALLS)) / GRAPH_TIMING_CALLS
+                except RuntimeError:  # a backend that cannot be captured: time single calls
+                    torch.cuda.synchronize(self.device)
+            return self.timer(call)
 
         first = {lay: timed(self._default_for(lay, rows)) for lay in self.eligible}
         best_layouts = sorted(first, key=first.get)[: 2 if self.backend == "cuda" else 1]
