@@ -23,6 +23,8 @@ from torch import Tensor
 
 # What _walk_kernel writes: per row sums, IR leaf ids per (row, tree), or value rows per (row, tree).
 OUT_SUMS, OUT_LEAVES, OUT_VALUE_ROWS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
+# Finish kinds (kFinish* in csrc/trees/tree_walk.h).
+FINISH_RAW, FINISH_SIGMOID = tl.constexpr(0), tl.constexpr(1)
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
 NAN_BITS = tl.constexpr(0x7FC00000)  # a float32 NaN (a NaN constexpr never equals itself)
 
@@ -84,15 +86,78 @@ def _add_in_order(
 
 
 @triton.jit
+def _sum_start(base, ACC_F32: tl.constexpr, MEAN: tl.constexpr, BLOCK_R: tl.constexpr, OUT_P: tl.constexpr):
+    """The accumulators' start (sum_start in tree_walk.h): base, or 0 for a mean finished later."""
+    if MEAN:
+        acc = tl.zeros((BLOCK_R, OUT_P), tl.float64)
+    elif ACC_F32:
+        acc = tl.zeros((BLOCK_R, OUT_P), tl.float32) + base.to(tl.float32)[None, :]
+    else:
+        acc = tl.zeros((BLOCK_R, OUT_P), tl.float64) + base[None, :]
+    return acc
+
+
+@triton.jit
+def _finish_store(
+    acc,
+    base,
+    finish_ptr,
+    out_ptr,
+    r,
+    rmask,
+    o,
+    omask,
+    n_outputs,
+    ACC_F32: tl.constexpr,
+    FINISH: tl.constexpr,
+    MEAN: tl.constexpr,
+    PAIR: tl.constexpr,
+):
+    """Note [Fused finish] (tree_walk.h), then the store: finish_ptr holds (scale, divisor) as float64;
+    PAIR writes the single output as [1 - p, p]."""
+    s = acc.to(tl.float64)
+    if MEAN:
+        s = s / tl.load(finish_ptr + 1) + base[None, :]
+    if FINISH == FINISH_RAW:
+        v = s
+    elif ACC_F32:  # the library transforms in float32 too
+        z = s.to(tl.float32) * tl.load(finish_ptr).to(tl.float32)
+        if FINISH == FINISH_SIGMOID:
+            v = (1.0 / (1.0 + tl.exp(-z))).to(tl.float64)
+        else:
+            v = tl.exp(z).to(tl.float64)
+    else:
+        z = s * tl.load(finish_ptr)
+        if FINISH == FINISH_SIGMOID:
+            v = 1.0 / (1.0 + tl.exp(-z))
+        else:
+            v = tl.exp(z)
+    if PAIR:
+        p = tl.sum(tl.where(o[None, :] == 0, v, -0.0), axis=1)  # the one output, exactly
+        tl.store(out_ptr + r.to(tl.int64) * 2, 1.0 - p, mask=rmask)
+        tl.store(out_ptr + r.to(tl.int64) * 2 + 1, p, mask=rmask)
+    else:
+        tl.store(
+            out_ptr + r.to(tl.int64)[:, None] * n_outputs + o[None, :],
+            v,
+            mask=rmask[:, None] & omask[None, :],
+        )
+
+
+@triton.jit
 def _sum_value_rows_kernel(
     rows_ptr,
     values_ptr,
     base_ptr,
+    finish_ptr,
     out_ptr,
     rows,
     n_outputs,
     N_TREES: tl.constexpr,
     ACC_F32: tl.constexpr,
+    FINISH: tl.constexpr,
+    MEAN: tl.constexpr,
+    PAIR: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_T: tl.constexpr,
     OUT_P: tl.constexpr,
@@ -103,18 +168,14 @@ def _sum_value_rows_kernel(
     o = tl.arange(0, OUT_P)
     omask = o < n_outputs
     base = tl.load(base_ptr + o, mask=omask, other=0.0)
-    if ACC_F32:
-        acc = tl.zeros((BLOCK_R, OUT_P), tl.float32) + base.to(tl.float32)[None, :]
-    else:
-        acc = tl.zeros((BLOCK_R, OUT_P), tl.float64) + base[None, :]
+    acc = _sum_start(base, ACC_F32, MEAN, BLOCK_R, OUT_P)
     tt = tl.arange(0, BLOCK_T)
     for c0 in range(0, N_TREES, BLOCK_T):
         t = c0 + tt
         m2 = rmask[:, None] & (t < N_TREES)[None, :]
         vr = tl.load(rows_ptr + r.to(tl.int64)[:, None] * N_TREES + t[None, :], mask=m2, other=0).to(tl.int64)
         acc = _add_in_order(acc, values_ptr, vr, m2, o, omask, n_outputs, tt, ACC_F32, BLOCK_T)
-    dst = out_ptr + r.to(tl.int64)[:, None] * n_outputs + o[None, :]
-    tl.store(dst, acc.to(tl.float64), mask=rmask[:, None] & omask[None, :])
+    _finish_store(acc, base, finish_ptr, out_ptr, r, rmask, o, omask, n_outputs, ACC_F32, FINISH, MEAN, PAIR)
 
 
 @triton.jit
@@ -128,6 +189,7 @@ def _walk_kernel(
     kinds_ptr,
     x_ptr,
     base_ptr,
+    finish_ptr,
     out_ptr,
     rows,
     n_features,
@@ -144,6 +206,9 @@ def _walk_kernel(
     X_F64: tl.constexpr,
     ACC_F32: tl.constexpr,
     OUT: tl.constexpr,
+    FINISH: tl.constexpr,
+    MEAN: tl.constexpr,
+    PAIR: tl.constexpr,
     TREES_PER_PROGRAM: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -156,10 +221,7 @@ def _walk_kernel(
     o = tl.arange(0, OUT_P)
     omask = o < n_outputs
     base = tl.load(base_ptr + o, mask=omask & (not LEAVES), other=0.0)
-    if ACC_F32:
-        acc = tl.zeros((BLOCK_R, OUT_P), tl.float32) + base.to(tl.float32)[None, :]
-    else:
-        acc = tl.zeros((BLOCK_R, OUT_P), tl.float64) + base[None, :]
+    acc = _sum_start(base, ACC_F32, MEAN, BLOCK_R, OUT_P)
     tt = tl.arange(0, BLOCK_T)
     t_lo = tl.program_id(1) * TREES_PER_PROGRAM  # this program's trees: t_lo .. t_lo + TREES_PER_PROGRAM
     for step in range(0, TREES_PER_PROGRAM, BLOCK_T):
@@ -256,8 +318,9 @@ def _walk_kernel(
         else:
             acc = _add_in_order(acc, values_ptr, vr, m2, o, omask, n_outputs, tt, ACC_F32, BLOCK_T)
     if not LEAVES:
-        dst = out_ptr + r.to(tl.int64)[:, None] * n_outputs + o[None, :]
-        tl.store(dst, acc.to(tl.float64), mask=rmask[:, None] & omask[None, :])
+        _finish_store(
+            acc, base, finish_ptr, out_ptr, r, rmask, o, omask, n_outputs, ACC_F32, FINISH, MEAN, PAIR
+        )
 
 
 def walk(
@@ -269,11 +332,13 @@ def walk(
     block_r: int,
     block_t: int,
     tree_split: int = 1,
+    finish: tuple[float, ...] = (),
 ) -> Tensor:
     """The Triton kernel on a pyzero.trees.gpu_layout.GpuLayout (tensors on x's device): raw float64
     [rows, outputs] (base + leaf values in tree order), or with leaves=True the IR leaf node id of every
     tree, int32 [rows, trees]. block_r rows and block_t trees per step: powers of two; tree_split >= 1
-    programs share a row block's trees (module docstring)."""
+    programs share a row block's trees (module docstring); finish: () or (kind, scale, divisor, pair)
+    as pyzero::tree_walk takes it (Note [Fused finish] in csrc/trees/tree_walk.h; [rows, 2] when pair)."""
     if x.dim() != 2 or x.dtype not in (torch.float32, torch.float64) or x.shape[1] < layout.n_features:
         raise ValueError(
             f"x must be a 2-D float32 or float64 tensor with {layout.n_features} features, got {x.dtype} "
@@ -284,6 +349,11 @@ def walk(
             raise ValueError(f"{name} must be a power of two, got {v}")
     if tree_split < 1:
         raise ValueError(f"tree_split must be >= 1, got {tree_split}")
+    kind, scale, divisor, pair = finish if finish else (0, 1.0, 0.0, 0)
+    if len(finish) not in (0, 4) or kind not in (0, 1, 2) or divisor < 0 or (leaves and finish):
+        raise ValueError(
+            f"finish must be () or (kind 0/1/2, scale, divisor >= 0, pair), not for leaves; got {finish}"
+        )
     if layout.format in (0, 3) and x.dtype != torch.float32:
         raise ValueError("the perfect layout compares float32 inputs only")
     nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = layout.tensors
@@ -293,11 +363,16 @@ def walk(
         out = torch.empty((rows, layout.n_trees), dtype=torch.int32, device=x.device)
         base = torch.zeros(1, dtype=torch.float64, device=x.device)
     else:
-        out = torch.empty((rows, n_outputs), dtype=torch.float64, device=x.device)
+        if pair and n_outputs != 1:
+            raise ValueError(f"finish pair needs one output, the forest has {n_outputs}")
+        out = torch.empty((rows, 2 if pair else n_outputs), dtype=torch.float64, device=x.device)
     if rows == 0 or layout.n_trees == 0:
+        if layout.n_trees == 0 and finish:
+            raise ValueError("finish needs at least one tree")
         if not leaves:
             out[:] = base
         return out
+    fin = _finish_scalars(x.device, float(scale), float(divisor))
     dummy_i = nodes  # pointers the format does not read still need a tensor
     lo, hi, invalid = layout.cat_domain
     # trees per program: whole steps of block_t, tree_split programs (or fewer) per row block
@@ -317,6 +392,7 @@ def walk(
         column_kind if column_kind.numel() else dummy_i,
         x,
         base,
+        fin,
         walked,
         rows,
         x.shape[1],
@@ -333,6 +409,9 @@ def walk(
         X_F64=x.dtype == torch.float64,
         ACC_F32=float32_accum,
         OUT=mode,
+        FINISH=int(kind),
+        MEAN=divisor > 0,
+        PAIR=bool(pair),
         TREES_PER_PROGRAM=per_program,
         BLOCK_R=block_r,
         BLOCK_T=block_t,
@@ -343,13 +422,29 @@ def walk(
             walked,
             values,
             base,
+            fin,
             out,
             rows,
             n_outputs,
             N_TREES=layout.n_trees,
             ACC_F32=float32_accum,
+            FINISH=int(kind),
+            MEAN=divisor > 0,
+            PAIR=bool(pair),
             BLOCK_R=block_r,
             BLOCK_T=block_t,
             OUT_P=triton.next_power_of_2(max(n_outputs, 1)),
         )
     return out
+
+
+_FINISH_SCALARS: dict[tuple[torch.device, float, float], Tensor] = {}
+
+
+def _finish_scalars(device: torch.device, scale: float, divisor: float) -> Tensor:
+    """(scale, divisor) as a float64 tensor on `device`, made once: a kernel argument that is a Python
+    float would be float32, and a graph cannot copy it from the host while it captures."""
+    key = (device, scale, divisor)
+    if key not in _FINISH_SCALARS:
+        _FINISH_SCALARS[key] = torch.tensor([scale, divisor], dtype=torch.float64, device=device)
+    return _FINISH_SCALARS[key]

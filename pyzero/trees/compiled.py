@@ -200,8 +200,8 @@ class CompiledForest:
         return self._raw_direct(x)
 
     def _fused(self, x: Tensor, post: bool, pair: bool = False) -> Tensor | None:
-        """The CUDA kernel's sums through its own finish (fused_finish), or None."""
-        finish = fused_finish(self.forest, post, pair) if self.backend == "cuda" else None
+        """The GPU kernel's sums through its own finish (fused_finish), or None."""
+        finish = fused_finish(self.forest, post, pair) if self._gpu is not None else None
         if finish is None:
             return None
         f = self.forest
@@ -328,11 +328,11 @@ _FUSED_POST = {"identity": 0, "sigmoid": 1, "exp": 2}
 def fused_finish(forest: Forest, post: bool, pair: bool = False) -> tuple[float, ...] | None:
     """The tree kernel's finish (Note [Fused finish] in csrc/trees/tree_walk.h) that gives what the torch
     ops of CompiledForest give: the mean of the trees, then the post-transform when `post`, written as
-    [1 - p, p] when `pair`; None where the kernel cannot (softmax, isolation, a mean summed in float32
-    then transformed)."""
+    [1 - p, p] when `pair`; None where the kernels do not (softmax, isolation, a mean summed in float32
+    then transformed, no trees)."""
     kind = _FUSED_POST.get(forest.post_transform) if post else _FUSED_POST["identity"]
     mean = forest.aggregation == "mean"
-    if kind is None or (mean and post and forest.extra.get("accumulate") == "float32"):
+    if kind is None or forest.n_trees == 0 or (mean and post and forest.extra.get("accumulate") == "float32"):
         return None
     sigmoid = post and forest.post_transform == "sigmoid"
     scale = float(forest.extra.get("sigmoid_scale", 1.0)) if sigmoid else 1.0

@@ -18,15 +18,15 @@ CompiledForest.kernel_config(rows) says which one a batch gets.
 
 Note [Small-batch graphs]
 Batches of at most GRAPH_MAX_ROWS rows replay a CUDA graph captured per (output kind: raw, transformed
-or class probabilities; bucket of a power of two rows): on the cuda backend the kernel alone, which
-finishes its sums itself (Note [Fused finish] in csrc/trees/tree_walk.h), else the kernel and the torch
-post-transform, in one launch, reading a static input buffer and writing a static output. Host
-inputs are written into a pinned staging buffer (a user's pinned tensor is copied from directly),
-copied to the device in one asynchronous copy, and the outputs come back into pinned memory; device
-inputs are copied into the static buffer on the device, and the output out of the graph's; as that
-is two more copies, the first call of a bucket times the replay against calling the function
-directly (one launch on the cuda backend) and keeps the faster. Padding rows are never read
-back; each row's outputs do not depend on the others.
+or class probabilities; bucket of a power of two rows): the kernel, which finishes its sums itself
+(Note [Fused finish] in csrc/trees/tree_walk.h; softmax and isolation scores add their torch ops), in
+one launch, reading a static input buffer and writing a static output. Host inputs are written into
+a pinned staging buffer (a user's pinned tensor is copied from directly), copied to the device in one
+asynchronous copy, and the outputs come back into pinned memory; device inputs are copied into the
+static buffer on the device, and the output out of the graph's; as that is two more copies, the first
+call of a bucket times the replay against calling the function directly (one launch, or two for a
+split Triton walk) and keeps the faster. Padding rows are never read back; each row's outputs do not
+depend on the others.
 
 Note [Streamed host batches]
 Host batches of at least STREAM_MIN_ROWS rows go to the GPU in chunks of about STREAM_CHUNK_BYTES through
@@ -502,15 +502,15 @@ class GpuRunner:
         lay = self.layout(cfg.layout)
         if self.backend == "cuda":
             return lay.walk(x, base, float32_accum, leaves, cfg.cuda_args(), finish=finish)
-        if finish:
-            raise ValueError("the Triton tree kernel has no fused finish (Note [Fused finish])")
         from pyzero.kernels import tree_triton
 
-        return tree_triton.walk(lay, x, base, float32_accum, leaves, cfg.block_r, cfg.block_t, cfg.tree_split)
+        return tree_triton.walk(
+            lay, x, base, float32_accum, leaves, cfg.block_r, cfg.block_t, cfg.tree_split, finish
+        )
 
     def raw(self, x: Tensor, base: Tensor, float32_accum: bool, finish: tuple[float, ...] = ()) -> Tensor:
         """base + leaf values in tree order: float64 [rows, outputs]; through `finish` (Note [Fused
-        finish] in csrc/trees/tree_walk.h) when given, the CUDA backend only."""
+        finish] in csrc/trees/tree_walk.h) when given."""
         return self.run(x, base, float32_accum, False, self.config(x.shape[0], x), finish)
 
     def leaves(self, x: Tensor) -> Tensor:

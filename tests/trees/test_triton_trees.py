@@ -95,6 +95,35 @@ def test_triton_kernel_equals_the_cpu_kernel_bit_for_bit(case):
                 assert np.array_equal(tri._raw(tri._input(part)[0]).cpu().numpy(), ref[:n]), (name, layout, n)
 
 
+def test_triton_finishes_its_sums_like_the_torch_post_transforms():
+    """Note [Fused finish] in the Triton twin, whole and split programs: sigmoid in float32 and scaled in
+    double, exp, and the binary [1 - p, p], within float32 rounding of the CPU's torch post-transforms
+    (the mean is bit for bit: the raw-score test above)."""
+    X, y = mixed_data(n=300)
+    Xf = np.nan_to_num(X)
+    models = [
+        (X, xgb.XGBClassifier(n_estimators=4, max_depth=3).fit(X, y["bin"])),
+        (X, lgb.LGBMClassifier(n_estimators=4, num_leaves=6, sigmoid=0.7, verbose=-1).fit(X, y["bin"])),
+        (
+            Xf,
+            xgb.XGBRegressor(objective="count:poisson", n_estimators=4, max_depth=3).fit(
+                Xf, np.abs(y["reg"])
+            ),
+        ),
+    ]
+    for data, model in models:
+        cpu = trees.compile(model, backend="cpu")
+        rows = data[:40]
+        for split in (1, 2):
+            blocks = {"layout": "compact-bfs", "block_r": 16, "block_t": 2, "tree_split": split}
+            tri = trees.compile(model, backend="triton", device=DEVICE, tune=blocks)
+            if hasattr(model, "predict_proba"):
+                np.testing.assert_allclose(
+                    tri.predict_proba(rows), cpu.predict_proba(rows), rtol=1e-6, atol=1e-7
+                )
+            np.testing.assert_allclose(tri.predict(rows), cpu.predict(rows), rtol=1e-6)
+
+
 def test_tree_predict_triton_function_and_errors():
     X, y = mixed_data(n=200)
     model = xgb.XGBRegressor(n_estimators=3, max_depth=3).fit(X, y["reg"])
