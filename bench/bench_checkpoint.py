@@ -30,6 +30,7 @@ import common  # noqa: E402
 from gpt import GPT, Block, lm_loss  # noqa: E402
 
 import pyzero  # noqa: E402
+from pyzero.zero import comm  # noqa: E402
 
 LR = 1e-4
 
@@ -48,7 +49,7 @@ def timed(fn) -> float:
 
 def worker(rank: int, world: int, port: int, args, root: str, queue) -> None:
     torch.set_num_threads(1)
-    common.init_gloo(rank, world, port, timeout_s=600)
+    comm.init_local_gloo(rank, world, port, timeout_s=600)
     cfg = common.gpt_config(args)
     torch.manual_seed(0)
     tokens = torch.randint(0, cfg.vocab, (2, cfg.seq + 1))

@@ -26,6 +26,7 @@ import common  # noqa: E402
 from gpt import GPT, Block, lm_loss  # noqa: E402
 
 import pyzero  # noqa: E402
+from pyzero.zero import comm  # noqa: E402
 
 LR = 1e-4
 WARMUP = 2
@@ -104,7 +105,7 @@ def build(method: str, base: torch.nn.Module):
 
 def worker(rank: int, world: int, port: int, args, queue) -> None:
     torch.set_num_threads(args.threads)
-    common.init_gloo(rank, world, port, timeout_s=300)
+    comm.init_local_gloo(rank, world, port, timeout_s=300)
     torch.manual_seed(0)
     cfg = common.gpt_config(args)
     base = GPT(cfg)

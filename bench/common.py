@@ -142,21 +142,6 @@ def spawn_ranks(worker: Callable[..., None], ranks: int, *args: object, timeout_
     return results
 
 
-def init_gloo(rank: int, world: int, port: int, timeout_s: float) -> None:
-    """Joins the gloo group of a spawn_ranks worker (rendezvous on 127.0.0.1:port)."""
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world,
-        timeout=timedelta(seconds=timeout_s),
-    )
-
-
 def add_gpt_args(ap: argparse.ArgumentParser) -> None:
     """--ranks and the examples/gpt.py model the distributed benchmarks share (35.7M parameters)."""
     ap.add_argument("--ranks", type=int, default=2, help="gloo ranks")

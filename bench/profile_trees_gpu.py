@@ -66,8 +66,7 @@ def profile_batch(cf, Xb: np.ndarray, base: torch.Tensor, f32: bool, top: int) -
     chosen = cf.kernel_config(batch)
     rows = []
     for lay in runner.eligible:
-        shape, n_trees = runner._tree_shape(lay), cf.forest.n_trees
-        for cfg in gpu._cuda_candidates(lay, batch, cf.forest.n_outputs, f32, shape, n_trees):
+        for cfg in gpu._cuda_candidates(lay, batch, runner.shape(lay)):
             try:
                 rows.append((kernel_median(partial(runner.run, xd, base, f32, False, cfg), batch, 10), cfg))
             except RuntimeError as e:

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -235,77 +236,54 @@ std::string describe(const cuda::WalkLaunch& cfg) {
          " ilp=" + std::to_string(cfg.ilp) + " tree_chunk=" + std::to_string(cfg.tree_chunk);
 }
 
-at::Tensor tree_walk_cpu(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
-                         const at::Tensor& leaf_nodes, const at::Tensor& values,
-                         const at::Tensor& threshold64, const at::Tensor& cat_bits,
-                         at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
-                         int64_t n_features, const at::Tensor& x, const at::Tensor& base, bool float32_accum,
-                         bool leaves, at::IntArrayRef config, at::ArrayRef<double> finish) {
-  trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
-                                    cat_domain, column_kind, depth, x, n_features);
-  f.finish = finish_of(finish, f, leaves);
-  TORCH_CHECK(f.values32 == nullptr || leaves || float32_accum,
-              "pyzero.tree_walk: float32 values need float32_accum (the sums round to float32)");
-  (void)config;  // the host twin walks row by row
-  const Output o = output(f, x, base, leaves);
-  if (x.scalar_type() == at::kDouble) {
-    trees::walk_host(f, x.data_ptr<double>(), x.size(0), o.base, float32_accum, o.raw, o.leaves);
-  } else {
-    trees::walk_host(f, x.data_ptr<float>(), x.size(0), o.base, float32_accum, o.raw, o.leaves);
-  }
-  return o.out;
-}
+// Where a call runs: the host twin (CPU tensors), the CUDA kernel's own code on the CPU (Note [Kernel
+// emulation], tests), or the CUDA kernel (CUDA tensors).
+enum class Runner { kHost, kEmulated, kCuda };
 
-// The CUDA kernel's own code on the CPU (Note [Kernel emulation]): for tests without a GPU.
-at::Tensor tree_walk_emulated(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
-                              const at::Tensor& leaf_nodes, const at::Tensor& values,
-                              const at::Tensor& threshold64, const at::Tensor& cat_bits,
-                              at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
-                              int64_t n_features, const at::Tensor& x, const at::Tensor& base,
-                              bool float32_accum, bool leaves, at::IntArrayRef config,
-                              at::ArrayRef<double> finish) {
-  trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
-                                    cat_domain, column_kind, depth, x, n_features);
-  f.finish = finish_of(finish, f, leaves);
-  TORCH_CHECK(f.values32 == nullptr || leaves || float32_accum,
-              "pyzero.tree_walk: float32 values need float32_accum (the sums round to float32)");
-  const cuda::WalkLaunch cfg = walk_launch(config);
-  const Output o = output(f, x, base, leaves);
-  const bool ok = x.scalar_type() == at::kDouble
-                      ? cuda::tree_walk_emulated(f, x.data_ptr<double>(), x.size(0), o.base, float32_accum,
-                                                 o.raw, o.leaves, cfg)
-                      : cuda::tree_walk_emulated(f, x.data_ptr<float>(), x.size(0), o.base, float32_accum,
-                                                 o.raw, o.leaves, cfg);
-  TORCH_CHECK(ok, "pyzero.tree_walk_emulated: the kernel refuses this configuration (", describe(cfg), ")");
-  return o.out;
-}
-
-#ifdef PYZERO_WITH_CUDA
-at::Tensor tree_walk_cuda(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
+template <Runner kRunner>
+at::Tensor tree_walk_impl(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
                           const at::Tensor& leaf_nodes, const at::Tensor& values,
                           const at::Tensor& threshold64, const at::Tensor& cat_bits,
                           at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
                           int64_t n_features, const at::Tensor& x, const at::Tensor& base, bool float32_accum,
                           bool leaves, at::IntArrayRef config, at::ArrayRef<double> finish) {
-  const c10::cuda::CUDAGuard guard(x.device());
+#ifdef PYZERO_WITH_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard;
+  if constexpr (kRunner == Runner::kCuda) guard.emplace(x.device());
+#endif
   trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
                                     cat_domain, column_kind, depth, x, n_features);
   f.finish = finish_of(finish, f, leaves);
   TORCH_CHECK(f.values32 == nullptr || leaves || float32_accum,
               "pyzero.tree_walk: float32 values need float32_accum (the sums round to float32)");
-  const cuda::WalkLaunch cfg = walk_launch(config);
   const Output o = output(f, x, base, leaves);
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-  const cudaError_t err = x.scalar_type() == at::kDouble
-                              ? cuda::tree_walk(f, x.data_ptr<double>(), x.size(0), o.base, float32_accum,
-                                                o.raw, o.leaves, cfg, stream)
-                              : cuda::tree_walk(f, x.data_ptr<float>(), x.size(0), o.base, float32_accum,
-                                                o.raw, o.leaves, cfg, stream);
-  TORCH_CHECK(err == cudaSuccess, "pyzero.tree_walk (CUDA): ", cudaGetErrorString(err), " (", describe(cfg),
-              ")");
+  auto run = [&](const auto* xp) {
+    if constexpr (kRunner == Runner::kHost) {
+      (void)config;  // the host twin walks row by row
+      trees::walk_host(f, xp, x.size(0), o.base, float32_accum, o.raw, o.leaves);
+    } else if constexpr (kRunner == Runner::kEmulated) {
+      const cuda::WalkLaunch cfg = walk_launch(config);
+      const bool ok = cuda::tree_walk_emulated(f, xp, x.size(0), o.base, float32_accum, o.raw, o.leaves, cfg);
+      TORCH_CHECK(ok, "pyzero.tree_walk_emulated: the kernel refuses this configuration (", describe(cfg),
+                  ")");
+    } else {
+#ifdef PYZERO_WITH_CUDA
+      const cuda::WalkLaunch cfg = walk_launch(config);
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+      const cudaError_t err =
+          cuda::tree_walk(f, xp, x.size(0), o.base, float32_accum, o.raw, o.leaves, cfg, stream);
+      TORCH_CHECK(err == cudaSuccess, "pyzero.tree_walk (CUDA): ", cudaGetErrorString(err), " (",
+                  describe(cfg), ")");
+#endif
+    }
+  };
+  if (x.scalar_type() == at::kDouble) {
+    run(x.data_ptr<double>());
+  } else {
+    run(x.data_ptr<float>());
+  }
   return o.out;
 }
-#endif
 
 }  // namespace
 }  // namespace pyzero
@@ -324,12 +302,12 @@ TORCH_LIBRARY_FRAGMENT(pyzero, m) {
 }
 
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
-  m.impl("tree_walk", &pyzero::tree_walk_cpu);
-  m.impl("tree_walk_emulated", &pyzero::tree_walk_emulated);
+  m.impl("tree_walk", &pyzero::tree_walk_impl<pyzero::Runner::kHost>);
+  m.impl("tree_walk_emulated", &pyzero::tree_walk_impl<pyzero::Runner::kEmulated>);
 }
 
 #ifdef PYZERO_WITH_CUDA
 TORCH_LIBRARY_IMPL(pyzero, CUDA, m) {
-  m.impl("tree_walk", &pyzero::tree_walk_cuda);
+  m.impl("tree_walk", &pyzero::tree_walk_impl<pyzero::Runner::kCuda>);
 }
 #endif

@@ -373,6 +373,16 @@ def walk(
             out[:] = base
         return out
     fin = _finish_scalars(x.device, float(scale), float(divisor))
+    # compile-time arguments of the sums, their finish and the tile, the same in both kernels
+    sums = {
+        "ACC_F32": float32_accum,
+        "FINISH": int(kind),
+        "MEAN": divisor > 0,
+        "PAIR": bool(pair),
+        "BLOCK_R": block_r,
+        "BLOCK_T": block_t,
+        "OUT_P": triton.next_power_of_2(max(n_outputs, 1)),
+    }
     dummy_i = nodes  # pointers the format does not read still need a tensor
     lo, hi, invalid = layout.cat_domain
     # trees per program: whole steps of block_t, tree_split programs (or fewer) per row block
@@ -407,15 +417,9 @@ def walk(
         STEPS=layout.depth if layout.format in (0, 3) else layout.max_depth,
         HAS_KINDS=bool(column_kind.numel()),
         X_F64=x.dtype == torch.float64,
-        ACC_F32=float32_accum,
         OUT=mode,
-        FINISH=int(kind),
-        MEAN=divisor > 0,
-        PAIR=bool(pair),
         TREES_PER_PROGRAM=per_program,
-        BLOCK_R=block_r,
-        BLOCK_T=block_t,
-        OUT_P=triton.next_power_of_2(max(n_outputs, 1)),
+        **sums,
     )
     if mode == OUT_VALUE_ROWS.value:
         _sum_value_rows_kernel[(triton.cdiv(rows, block_r),)](
@@ -427,13 +431,7 @@ def walk(
             rows,
             n_outputs,
             N_TREES=layout.n_trees,
-            ACC_F32=float32_accum,
-            FINISH=int(kind),
-            MEAN=divisor > 0,
-            PAIR=bool(pair),
-            BLOCK_R=block_r,
-            BLOCK_T=block_t,
-            OUT_P=triton.next_power_of_2(max(n_outputs, 1)),
+            **sums,
         )
     return out
 

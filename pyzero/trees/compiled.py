@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -192,12 +193,17 @@ class CompiledForest:
         """Host rows of a large batch for a forest on the GPU (Note [Streamed host batches])."""
         return self._stream is not None and x.device.type == "cpu" and x.shape[0] > gpu.GRAPH_MAX_ROWS
 
-    def _raw(self, x: Tensor) -> Tensor:
+    def _route(self, kind: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """fn(x) through a small-batch graph (Note [Small-batch graphs]), streamed from the host (Note
+        [Streamed host batches]) or directly; `kind` names fn's outputs for the graphs."""
         if self._small(x):
-            return self._on_device("raw", self._raw_direct, x)
+            return self._on_device(kind, fn, x)
         if self._streamed(x):
-            return self._stream.run(self._raw_direct, x)
-        return self._raw_direct(x)
+            return self._stream.run(fn, x)
+        return fn(x)
+
+    def _raw(self, x: Tensor) -> Tensor:
+        return self._route("raw", self._raw_direct, x)
 
     def _fused(self, x: Tensor, post: bool, pair: bool = False) -> Tensor | None:
         """The GPU kernel's sums through its own finish (fused_finish), or None."""
@@ -239,11 +245,7 @@ class CompiledForest:
 
     def _transformed(self, x: Tensor) -> Tensor:
         """Raw scores through the forest's post-transform, one column per output."""
-        if self._small(x):
-            return self._on_device("transformed", self._transformed_direct, x)
-        if self._streamed(x):
-            return self._stream.run(self._transformed_direct, x)
-        return self._transformed_direct(x)
+        return self._route("transformed", self._transformed_direct, x)
 
     def _transformed_direct(self, x: Tensor) -> Tensor:
         fused = self._fused(x, post=True)
@@ -267,11 +269,7 @@ class CompiledForest:
     def _proba(self, x: Tensor) -> Tensor:
         """Class probabilities [rows, classes]; small GPU batches in one graph, the binary [1 - p, p]
         included (two fewer launches per call)."""
-        if self._small(x):
-            return self._on_device("proba", self._proba_direct, x)
-        if self._streamed(x):
-            return self._stream.run(self._proba_direct, x)
-        return self._proba_direct(x)
+        return self._route("proba", self._proba_direct, x)
 
     def _proba_direct(self, x: Tensor) -> Tensor:
         binary = self.forest.classes is not None and self.forest.n_outputs == 1

@@ -119,28 +119,32 @@ def _round16(n: int) -> int:
     return -(-n // 16) * 16
 
 
-def cuda_shared_bytes(
-    cfg: KernelConfig,
-    n_outputs: int,
-    leaves: bool = False,
-    float32_accum: bool = False,
-    tree_shape: tuple[int, int] | None = None,
-    n_trees: int | None = None,
-) -> int:
-    """Shared memory of a CUDA launch without row staging (carve() in csrc/cuda/tree_launch.h).
-    tree_shape: (node stride, leaf slots) of a perfect-layout tree, needed when cfg.tree_chunk > 0;
-    n_trees caps the chunk as the kernel does."""
+@dataclass(frozen=True)
+class ForestShape:
+    """What a kernel's shared memory and the tuner's candidates depend on: outputs, float32 sums, the
+    (node stride, leaf slots) of one tree in a perfect layout (needed for tree_chunk > 0), and the tree
+    count (which caps a chunk as the kernel does; None: no cap)."""
+
+    n_outputs: int
+    float32_accum: bool = False
+    tree_shape: tuple[int, int] | None = None
+    n_trees: int | None = None
+
+
+def cuda_shared_bytes(cfg: KernelConfig, shape: ForestShape, leaves: bool = False) -> int:
+    """Shared memory of a CUDA launch without row staging (carve() in csrc/cuda/tree_launch.h)."""
     r = cfg.threads // cfg.lanes
-    acc = 0 if leaves else _round16(r * n_outputs * 8)
-    item = (4 if float32_accum else 8) if n_outputs == 1 else 4
+    acc = 0 if leaves else _round16(r * shape.n_outputs * 8)
+    item = (4 if shape.float32_accum else 8) if shape.n_outputs == 1 else 4
     buf = 0 if leaves or cfg.lanes == 1 else _round16(r * cfg.lanes * cfg.ilp * item)
-    chunk = min(cfg.tree_chunk, n_trees) if n_trees is not None else cfg.tree_chunk
+    chunk = cfg.tree_chunk if shape.n_trees is None else min(cfg.tree_chunk, shape.n_trees)
     if chunk <= 0:
         return acc + buf
-    if tree_shape is None:
+    if shape.tree_shape is None:
         raise ValueError("cuda_shared_bytes: tree_chunk > 0 needs the perfect layout's tree_shape")
-    stride, slots = tree_shape
-    values = 0 if leaves else _round16(chunk * slots * n_outputs * (4 if float32_accum else 8))
+    stride, slots = shape.tree_shape
+    value_bytes = 4 if shape.float32_accum else 8
+    values = 0 if leaves else _round16(chunk * slots * shape.n_outputs * value_bytes)
     return acc + buf + _round16(chunk * stride * 8) + values
 
 
@@ -158,16 +162,9 @@ TRITON_SPLIT_MAX_ROWS = 4096
 TRITON_SPLIT_SHAPES = ((32, 8), (128, 16))
 
 
-def _cuda_candidates(
-    layout: str,
-    rows: int,
-    n_outputs: int,
-    float32_accum: bool = False,
-    tree_shape: tuple[int, int] | None = None,
-    n_trees: int | None = None,
-) -> list[KernelConfig]:
+def _cuda_candidates(layout: str, rows: int, shape: ForestShape) -> list[KernelConfig]:
     out = []
-    chunks = (0, *CUDA_TREE_CHUNKS) if tree_shape is not None else (0,)
+    chunks = (0, *CUDA_TREE_CHUNKS) if shape.tree_shape is not None else (0,)
     for threads in (128, 256, 512):
         lanes_set = CUDA_LARGE_LANES if rows >= CUDA_LARGE_ROWS else (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
         for lanes in lanes_set:
@@ -175,29 +172,21 @@ def _cuda_candidates(
                 continue
             for ilp in (1, 2, 4):
                 for chunk in chunks if lanes == 1 else (0,):
-                    if n_trees is not None and chunk > 2 and chunk // 2 >= n_trees:
+                    if shape.n_trees is not None and chunk > 2 and chunk // 2 >= shape.n_trees:
                         continue  # the kernel caps a chunk at the forest: the same launch as chunk / 2
                     cfg = KernelConfig(layout, threads, lanes, ilp, tree_chunk=chunk)
-                    need = cuda_shared_bytes(cfg, n_outputs, False, float32_accum, tree_shape, n_trees)
-                    if need <= CUDA_MAX_SHARED_BYTES:
+                    if cuda_shared_bytes(cfg, shape) <= CUDA_MAX_SHARED_BYTES:
                         out.append(cfg)
     return out
 
 
-def _triton_candidates(
-    layout: str,
-    rows: int,
-    n_outputs: int,
-    float32_accum: bool = False,
-    tree_shape: tuple[int, int] | None = None,
-    n_trees: int | None = None,
-) -> list[KernelConfig]:
+def _triton_candidates(layout: str, rows: int, shape: ForestShape) -> list[KernelConfig]:
     # Each shape is a separate Triton compile (about a second): a few shapes only.
     shapes = ((16, 4), (64, 8), (128, 4), (32, 16))
     out = [KernelConfig(layout, block_r=r, block_t=t) for r, t in shapes if r <= 4 * max(rows, 16)]
-    if rows <= TRITON_SPLIT_MAX_ROWS and n_trees is not None:  # few row blocks: split the trees too
+    if rows <= TRITON_SPLIT_MAX_ROWS and shape.n_trees is not None:  # few row blocks: split the trees
         for per_program, block_t in TRITON_SPLIT_SHAPES:
-            split = -(-n_trees // per_program)
+            split = -(-shape.n_trees // per_program)
             if split > 1:
                 out.append(KernelConfig(layout, block_r=16, block_t=block_t, tree_split=split))
     return out
@@ -223,7 +212,7 @@ def default_config(
     while lanes < threads and rows * lanes < sms * threads * 2:
         lanes *= 2
     cfg = KernelConfig(layout, threads, lanes, 2)
-    while cuda_shared_bytes(cfg, n_outputs) > CUDA_MAX_SHARED_BYTES and cfg.lanes < cfg.threads:
+    while cuda_shared_bytes(cfg, ForestShape(n_outputs)) > CUDA_MAX_SHARED_BYTES and cfg.lanes < cfg.threads:
         cfg = KernelConfig(layout, threads, cfg.lanes * 2, cfg.ilp)
     return cfg
 
@@ -380,19 +369,15 @@ class GpuRunner:
                 f"tune: tree_split must be 1, or more on the triton backend, got {cfg.tree_split} on "
                 f"{self.backend!r}"
             )
-        f32 = self.forest.extra.get("accumulate") == "float32"
-        if (
-            self.backend == "cuda"
-            and cuda_shared_bytes(
-                cfg, self.forest.n_outputs, False, f32, self._tree_shape(cfg.layout), self.forest.n_trees
-            )
-            > CUDA_MAX_SHARED_BYTES
-        ):
+        if self.backend == "cuda" and cuda_shared_bytes(cfg, self.shape(cfg.layout)) > CUDA_MAX_SHARED_BYTES:
             raise ValueError(f"tune: {cfg} needs more than {CUDA_MAX_SHARED_BYTES} bytes of shared memory")
         return cfg
 
-    def _tree_shape(self, layout: str) -> tuple[int, int] | None:
-        return self.layout(layout).tree_shape if layout in gpu_layout.PERFECT_LAYOUTS else None
+    def shape(self, layout: str) -> ForestShape:
+        """The forest's ForestShape in `layout`."""
+        tree_shape = self.layout(layout).tree_shape if layout in gpu_layout.PERFECT_LAYOUTS else None
+        f32 = self.forest.extra.get("accumulate") == "float32"
+        return ForestShape(self.forest.n_outputs, f32, tree_shape, self.forest.n_trees)
 
     def layout(self, name: str) -> gpu_layout.GpuLayout:
         if name not in self._layouts:
@@ -478,8 +463,7 @@ class GpuRunner:
         candidates = _cuda_candidates if self.backend == "cuda" else _triton_candidates
         results = {self._default_for(lay, rows): first[lay] for lay in first}
         for lay in best_layouts:
-            shape = self._tree_shape(lay)
-            for cfg in candidates(lay, rows, self.forest.n_outputs, f32, shape, self.forest.n_trees):
+            for cfg in candidates(lay, rows, self.shape(lay)):
                 if cfg not in results:
                     results[cfg] = timed(cfg)
         best = min(results, key=results.get)

@@ -16,6 +16,20 @@ from torch import Tensor
 RING_TAG_MODULUS = 2**30
 
 
+def init_local_gloo(rank: int, world: int, port: int, timeout_s: float) -> None:
+    """Joins a gloo group of `world` processes on this machine (rendezvous on 127.0.0.1:port), as the
+    tests' and benchmarks' spawned ranks do; collectives give up after timeout_s seconds."""
+    from datetime import timedelta
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
 class _Done:
     """Handle of an operation that already finished (local fallback)."""
 

@@ -120,14 +120,8 @@ def test_the_cuda_kernel_emulated_on_the_cpu_equals_the_host_twin(case):
         ref_raw = g.walk(x, cpu._base, f32, False, [32, 1, 1, 1])
         ref_leaves = g.walk(x, cpu._base, False, True, [32, 1, 1, 1])
         for cfg in EMULATED_CONFIGS + (EMULATED_TREE_CHUNKS if lay in gpu_layout.PERFECT_LAYOUTS else ()):
-            need = gpu.cuda_shared_bytes(
-                gpu.KernelConfig(lay, *cfg[:3], tree_chunk=cfg[4]),
-                f.n_outputs,
-                False,
-                f32,
-                g.tree_shape,
-                f.n_trees,
-            )
+            shape = gpu.ForestShape(f.n_outputs, f32, g.tree_shape, f.n_trees)
+            need = gpu.cuda_shared_bytes(gpu.KernelConfig(lay, *cfg[:3], tree_chunk=cfg[4]), shape)
             if need > gpu.CUDA_MAX_SHARED_BYTES:  # a deep tree's chunk of 1000
                 continue
             raw = g.walk(x, cpu._base, f32, False, cfg, emulate=True)
@@ -200,12 +194,12 @@ def test_the_emulated_kernel_refuses_what_the_tuner_leaves_out():
             base = torch.zeros(classes, dtype=torch.float64)
             args = [threads, lanes, ilp, 0]
             if classes == fits:
-                assert gpu.cuda_shared_bytes(cfg, classes) == gpu.CUDA_MAX_SHARED_BYTES
+                assert gpu.cuda_shared_bytes(cfg, gpu.ForestShape(classes)) == gpu.CUDA_MAX_SHARED_BYTES
                 assert torch.equal(
                     g.walk(x, base, False, False, args, emulate=True), g.walk(x, base, False, False, args)
                 )
             else:
-                assert gpu.cuda_shared_bytes(cfg, classes) > gpu.CUDA_MAX_SHARED_BYTES
+                assert gpu.cuda_shared_bytes(cfg, gpu.ForestShape(classes)) > gpu.CUDA_MAX_SHARED_BYTES
                 with pytest.raises(RuntimeError, match="refuses this configuration"):
                     g.walk(x, base, False, False, args, emulate=True)
 
@@ -221,9 +215,11 @@ def test_tree_chunks_fill_shared_memory_exactly_as_the_tuner_counts():
     g = gpu_layout.GpuLayout(f, "perfect", torch.float32, torch.device("cpu"))
     x, _ = cf._input(X[:5])
 
+    shape = gpu.ForestShape(f.n_outputs, False, g.tree_shape, f.n_trees)
+
     def need(chunk):
         cfg = gpu.KernelConfig("perfect", 32, 1, 1, tree_chunk=chunk)
-        return gpu.cuda_shared_bytes(cfg, f.n_outputs, False, False, g.tree_shape, f.n_trees)
+        return gpu.cuda_shared_bytes(cfg, shape)
 
     fits = max(c for c in range(1, f.n_trees + 1) if need(c) <= gpu.CUDA_MAX_SHARED_BYTES)
     assert fits < f.n_trees, "a forest whose chunks can overflow shared memory"
@@ -235,13 +231,11 @@ def test_tree_chunks_fill_shared_memory_exactly_as_the_tuner_counts():
         gpu_layout.GpuLayout(f, "wide", torch.float32, torch.device("cpu")).walk(
             x, cf._base, False, False, [32, 1, 1, 0, 1], emulate=True
         )
-    cands = gpu._cuda_candidates("perfect", 1 << 20, f.n_outputs, False, g.tree_shape, f.n_trees)
+    cands = gpu._cuda_candidates("perfect", 1 << 20, shape)
     assert {c.tree_chunk for c in cands} >= {0, 2}
     assert all(c.lanes == 1 for c in cands if c.tree_chunk)
     assert all(need(c.tree_chunk) <= gpu.CUDA_MAX_SHARED_BYTES for c in cands if c.threads == 32)
-    for c in cands:
-        shape_bytes = gpu.cuda_shared_bytes(c, f.n_outputs, False, False, g.tree_shape, f.n_trees)
-        assert shape_bytes <= gpu.CUDA_MAX_SHARED_BYTES
+    assert all(gpu.cuda_shared_bytes(c, shape) <= gpu.CUDA_MAX_SHARED_BYTES for c in cands)
 
 
 def _finish_models():
@@ -319,18 +313,7 @@ def test_blocked_perfect_trees_keep_a_node_and_its_children_in_one_sector():
     cpu = trees.compile(model, backend="cpu")
     g = gpu_layout.GpuLayout(cpu.forest, "perfect-blocked", torch.float32, torch.device("cpu"))
     x = torch.as_tensor(np.nan_to_num(X[:3]))
-    nodes, roots, leaf_nodes, values, t64, cat_bits, kinds = g.tensors
-    args = (
-        nodes[:, :-4].contiguous(),
-        roots,
-        leaf_nodes,
-        values,
-        t64,
-        cat_bits,
-        g.cat_domain,
-        kinds,
-        g.depth,
-    )
+    args = _forest_args(g, nodes=g.tensors[0][:, :-4].contiguous())
     with pytest.raises(RuntimeError, match=r"perfect layout: depth \d+ needs \d+ node slots per tree"):
         torch.ops.pyzero.tree_walk(3, *args, x.shape[1], x, cpu._base, False, False, [32, 1, 1, 1], [])
 
@@ -382,6 +365,13 @@ def test_layouts_that_do_not_fit_say_why():
         gpu.GpuRunner(fd, torch.device("cpu"), "cuda", torch.float32, strategy="perfect")
 
 
+def _forest_args(g: gpu_layout.GpuLayout, nodes: torch.Tensor | None = None) -> tuple:
+    """pyzero::tree_walk's forest arguments (nodes .. depth) of a layout, optionally other nodes."""
+    nodes_, roots, leaf_nodes, values, t64, cat_bits, kinds = g.tensors
+    nodes = nodes_ if nodes is None else nodes
+    return (nodes, roots, leaf_nodes, values, t64, cat_bits, g.cat_domain, kinds, g.depth)
+
+
 def test_tree_walk_op_errors():
     _, X, model = _models()[5]
     cpu = trees.compile(model, backend="cpu", strategy="traverse")
@@ -396,25 +386,7 @@ def test_tree_walk_op_errors():
     assert g.tensors[3].dtype == torch.float32  # XGBoost sums in float32: float32 leaf values
     with pytest.raises(RuntimeError, match="float32 values need float32_accum"):
         g.walk(x, cpu._base, False, False, [256, 1, 1, 1])
-    nodes, roots, leaf_nodes, values, t64, cat_bits, kinds = g.tensors
-    args = (
-        nodes,
-        roots,
-        leaf_nodes,
-        values,
-        t64,
-        cat_bits,
-        g.cat_domain,
-        kinds,
-        0,
-        6,
-        x,
-        cpu._base,
-        True,
-        False,
-        [256, 1, 1, 1],
-        [],
-    )
+    args = (*_forest_args(g), 6, x, cpu._base, True, False, [256, 1, 1, 1], [])
     with pytest.raises(
         RuntimeError,
         match=r"format must be 0 \(perfect\), 1 \(compact\), 2 \(wide\) or 3 \(perfect blocked\), got 7",
@@ -438,11 +410,7 @@ def test_tree_walk_op_errors():
         g.walk(x, cpu._base, True, False, [256, 1, 1], emulate=True)
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args))
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args[:-1], [1.0, 1.0, 0.0, 0.0]))
-    pargs = list(args)
-    pargs[:6] = p.tensors[:6]
-    pargs[7] = p.tensors[6]
-    pargs[8] = p.depth
-    torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (0, *pargs))
+    torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (0, *_forest_args(p), *args[9:]))
 
 
 def test_buckets_shared_memory_and_default_configs():
@@ -459,25 +427,29 @@ def test_buckets_shared_memory_and_default_configs():
     ]
     cfg = gpu.KernelConfig("perfect", threads=256, lanes=8, ilp=4)
     r = 256 // 8
-    assert gpu.cuda_shared_bytes(cfg, 1) == r * 8 + r * 8 * 4 * 8
-    assert gpu.cuda_shared_bytes(cfg, 3) == -(-r * 3 * 8 // 16) * 16 + r * 8 * 4 * 4
-    assert gpu.cuda_shared_bytes(cfg, 1, float32_accum=True) == r * 8 + r * 8 * 4 * 4
-    assert gpu.cuda_shared_bytes(cfg, 3, leaves=True) == 0
+    assert gpu.cuda_shared_bytes(cfg, gpu.ForestShape(1)) == r * 8 + r * 8 * 4 * 8
+    assert gpu.cuda_shared_bytes(cfg, gpu.ForestShape(3)) == -(-r * 3 * 8 // 16) * 16 + r * 8 * 4 * 4
+    assert gpu.cuda_shared_bytes(cfg, gpu.ForestShape(1, float32_accum=True)) == r * 8 + r * 8 * 4 * 4
+    assert gpu.cuda_shared_bytes(cfg, gpu.ForestShape(3), leaves=True) == 0
     for rows in (1, 100, 10_000, 1 << 20):
         for outs in (1, 4, 32):
-            for c in gpu._cuda_candidates("wide", rows, outs):
-                assert gpu.cuda_shared_bytes(c, outs) <= gpu.CUDA_MAX_SHARED_BYTES
+            for c in gpu._cuda_candidates("wide", rows, gpu.ForestShape(outs)):
+                assert gpu.cuda_shared_bytes(c, gpu.ForestShape(outs)) <= gpu.CUDA_MAX_SHARED_BYTES
                 assert c.threads % c.lanes == 0
     one = gpu.default_config("cuda", ["perfect", "compact-bfs"], 8, 1, 1, sms=132)
     many = gpu.default_config("cuda", ["perfect", "compact-bfs"], 8, 1 << 20, 1, sms=132)
     assert (one.layout, one.lanes, many.lanes) == ("perfect", 256, 1)
     deep = gpu.default_config("cuda", ["perfect", "compact-bfs"], 13, 1000, 1, sms=132)
     assert deep.layout == "compact-bfs"  # DEFAULT_PERFECT_MAX_DEPTH
-    small = gpu._triton_candidates("wide", 1, 1, False, None, 1000)  # trees split over 32 or 8 programs
+    small = gpu._triton_candidates(
+        "wide", 1, gpu.ForestShape(1, n_trees=1000)
+    )  # trees split over 32 or 8 programs
     assert {c.tree_split for c in small} == {1, 32, 8}
-    assert {c.tree_split for c in gpu._triton_candidates("wide", 1 << 20, 1, False, None, 1000)} == {1}
+    assert {
+        c.tree_split for c in gpu._triton_candidates("wide", 1 << 20, gpu.ForestShape(1, n_trees=1000))
+    } == {1}
     big_outs = gpu.default_config("cuda", ["wide"], 5, 1 << 20, 32, sms=132)
-    assert gpu.cuda_shared_bytes(big_outs, 32) <= gpu.CUDA_MAX_SHARED_BYTES
+    assert gpu.cuda_shared_bytes(big_outs, gpu.ForestShape(32)) <= gpu.CUDA_MAX_SHARED_BYTES
 
 
 def test_tune_cache_round_trip_and_damaged_files(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import socket
 import traceback
-from datetime import timedelta
 
 import torch.multiprocessing as mp
 
@@ -24,16 +23,12 @@ def _worker(rank: int, world: int, port: int, fn, args, queue) -> None:
     import torch
     import torch.distributed as dist
 
+    from pyzero.zero import comm
+
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world,
-            timeout=timedelta(seconds=COLLECTIVE_TIMEOUT_S),
-        )
+        comm.init_local_gloo(rank, world, port, COLLECTIVE_TIMEOUT_S)
         result = fn(rank, world, *args)
         queue.put((rank, "ok", result))
     except BaseException:
