@@ -8,6 +8,8 @@ namespace pyzero::cuda {
 // Compiled in tree_cuda_{perfect,compact,wide}.cu.
 PYZERO_WALK_TEMPLATE(extern, float, trees::PerfectWalker)
 PYZERO_WALK_TEMPLATE(extern, float, trees::PerfectBlockedWalker)
+PYZERO_WALK_TEMPLATE(extern, float, trees::TiledWalker)
+PYZERO_TILED_TEMPLATE(extern)
 PYZERO_WALK_TEMPLATE(extern, float, trees::CompactWalker)
 PYZERO_WALK_TEMPLATE(extern, double, trees::CompactWalker)
 PYZERO_WALK_TEMPLATE(extern, float, trees::WideWalker)

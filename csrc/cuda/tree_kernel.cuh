@@ -12,6 +12,7 @@
 #define PYZERO_KERNEL __global__ void __launch_bounds__(kTreeMaxThreads)
 #define PYZERO_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
 #define PYZERO_SYNC() __syncthreads()
+#define PYZERO_SYNC_WARP() __syncwarp()
 #define PYZERO_THREAD_ID static_cast<int>(threadIdx.x)
 #define PYZERO_BLOCK_THREADS static_cast<int>(blockDim.x)
 #define PYZERO_BLOCK_ID static_cast<int64_t>(blockIdx.x)
@@ -214,6 +215,109 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
   }
 }
 
+// Note [Tiled walk] (tree_launch.h): kPerfectTiled, one output or leaves; ILP rows of a warp at once.
+template <int ILP>
+PYZERO_KERNEL tile_kernel(WalkForest f, const float* x, int64_t rows, const double* base, bool acc32,
+                          double* raw, int32_t* leaves) {
+  PYZERO_DYNAMIC_SHARED(smem);
+  constexpr int kW = trees::kTiledTrees;
+  const int tid = PYZERO_THREAD_ID;
+  const int nt = PYZERO_BLOCK_THREADS;
+  const int warp = tid / kW, lane = tid % kW;
+  const int64_t r0 = PYZERO_BLOCK_ID * nt;
+  const bool want_leaves = leaves != nullptr;
+  const TileCarve cv = tile_carve(f, want_leaves, acc32, nt);
+  float* xs = reinterpret_cast<float*>(smem);
+  auto* tn = reinterpret_cast<trees::Node8*>(smem + cv.rows);
+  unsigned char* tv = smem + cv.rows + cv.nodes;
+  float* buf32 = reinterpret_cast<float*>(smem + cv.rows + cv.nodes + cv.values) + warp * kW * kTileBufPitch;
+  double* buf64 =
+      reinterpret_cast<double*>(smem + cv.rows + cv.nodes + cv.values) + warp * kW * kTileBufPitch;
+  const int nf = static_cast<int>(f.n_features), last = nf - 1;
+  const int xstride = static_cast<int>(row_stride(f.n_features));
+  for (int i = tid; i < nt * nf; i += nt) {  // coalesced reads of the block's rows
+    const int rr = i / nf, c = i - rr * nf;
+    const float v = r0 + rr < rows ? x[(r0 + rr) * f.n_features + c] : 0.0f;
+    xs[rr * xstride + c] = trees::prepare_value(f, v, c);
+  }
+  const int64_t my_row = r0 + tid;  // the row lane `lane` of this warp adds up
+  double a = want_leaves ? 0.0 : trees::sum_start(f, acc32, base[0]);
+  float a32 = static_cast<float>(a);
+  const int depth = f.depth;
+  const int leaves_per_tree = 1 << depth, first_leaf = leaves_per_tree - 1;
+  const int tile_nodes = leaves_per_tree * kW;  // Node8 per tile, and values per tile
+  const uint32_t q0 = static_cast<uint32_t>(cv.rows) + static_cast<uint32_t>(lane) * 8;
+  const uint32_t step = static_cast<uint32_t>((kW - lane) * 8) - static_cast<uint32_t>(cv.rows);
+  constexpr uint32_t kRightChild = kW * 8;
+  const int64_t n_trees = f.n_trees;
+  for (int64_t c0 = 0; c0 < n_trees; c0 += kW) {
+    const int n = n_trees - c0 < kW ? static_cast<int>(n_trees - c0) : kW;
+    const int64_t tile = c0 / kW;
+    PYZERO_SYNC();  // the rows are staged; every warp is done with the previous tile
+    const auto* src = reinterpret_cast<const trees::NodePair*>(f.nodes) + tile * (tile_nodes / 2);
+    auto* dst = reinterpret_cast<trees::NodePair*>(tn);
+    for (int i = tid; i < tile_nodes / 2; i += nt) dst[i] = src[i];
+    const int64_t v0 = tile * tile_nodes;
+    for (int i = tid; !want_leaves && i < tile_nodes; i += nt) {
+      if (acc32) {
+        reinterpret_cast<float*>(tv)[i] =
+            f.values32 != nullptr ? f.values32[v0 + i] : static_cast<float>(f.values[v0 + i]);
+      } else {
+        reinterpret_cast<double*>(tv)[i] = trees::leaf_value(f, v0 + i);
+      }
+    }
+    PYZERO_SYNC();
+    for (int j0 = 0; j0 < kW; j0 += ILP) {  // lane l walks tree c0 + l for rows j0 .. j0 + ILP - 1
+      // q: byte offset in shared memory of node i of tree `lane`, tn_off + (i * 32 + lane) * 8; its left
+      // child 2i + 1 is at 2q + step, its right child 256 bytes further (32-bit arithmetic, mod 2^32).
+      uint32_t q[ILP];
+      const float* xr[ILP];
+      PYZERO_UNROLL
+      for (int k = 0; k < ILP; ++k) {
+        q[k] = q0;
+        xr[k] = xs + (warp * kW + j0 + k) * xstride;
+      }
+      for (int d = 0; d < depth; ++d) {
+        PYZERO_UNROLL
+        for (int k = 0; k < ILP; ++k) {
+          const trees::Node8 nd = *reinterpret_cast<const trees::Node8*>(smem + q[k]);
+          int c = static_cast<int>(nd.word0 & trees::kMetaFeatureMask);
+          c = c < last ? c : last;
+          const float v = xr[k][c];
+          const bool right =
+              v > trees::bits_to_float(nd.word1) || (trees::is_nan(v) && (nd.word0 >> 31) == 0);
+          q[k] = 2 * q[k] + step + (right ? kRightChild : 0u);
+        }
+      }
+      PYZERO_UNROLL
+      for (int k = 0; k < ILP; ++k) {
+        const int j = static_cast<int>((q[k] - q0) / 8 / kW) - first_leaf;
+        if (want_leaves) {
+          const int64_t r = r0 + warp * kW + j0 + k;
+          if (lane < n && r < rows)
+            leaves[r * n_trees + c0 + lane] = f.leaf_nodes[((c0 + lane) << depth) + j];
+        } else if (acc32) {
+          buf32[(j0 + k) * kTileBufPitch + lane] = reinterpret_cast<const float*>(tv)[j * kW + lane];
+        } else {
+          buf64[(j0 + k) * kTileBufPitch + lane] = reinterpret_cast<const double*>(tv)[j * kW + lane];
+        }
+      }
+    }
+    if (want_leaves) continue;
+    PYZERO_SYNC_WARP();  // the warp's values are in its buffer: lane l adds row l's in tree order
+    if (acc32) {
+      const float* vals = buf32 + lane * kTileBufPitch;
+      PYZERO_UNROLL8
+      for (int t = 0; t < n; ++t) a32 += vals[t];
+    } else {
+      const double* vals = buf64 + lane * kTileBufPitch;
+      PYZERO_UNROLL8
+      for (int t = 0; t < n; ++t) a += vals[t];
+    }
+  }
+  if (!want_leaves && my_row < rows) trees::store_output(f, acc32, base, raw, my_row, 0, acc32 ? a32 : a);
+}
+
 }  // namespace detail
 
 // One layout's launches with launcher L (L.launch(kernel, blocks, threads, shared bytes, args...)).
@@ -245,12 +349,32 @@ void launch_walk(const Launcher& L, const WalkForest& f, const T* x, int64_t row
   }
 }
 
+// Note [Tiled walk]'s launch: a block per `threads` rows.
+template <typename Launcher>
+void launch_tiled(const Launcher& L, const WalkForest& f, const float* x, int64_t rows, const double* base,
+                  bool acc32, double* raw, int32_t* leaves, WalkLaunch cfg, int64_t smem) {
+  const int64_t blocks = (rows + cfg.threads - 1) / cfg.threads;
+  auto go = [&](auto kernel) {
+    L.launch(kernel, blocks, cfg.threads, smem, f, x, rows, base, acc32, raw, leaves);
+  };
+  if (cfg.ilp == 1) {
+    go(detail::tile_kernel<1>);
+  } else if (cfg.ilp == 2) {
+    go(detail::tile_kernel<2>);
+  } else {
+    go(detail::tile_kernel<4>);
+  }
+}
+
 // Checks the configuration and launches the forest's layout: false when the configuration or the
 // input type does not fit (nothing launched).
 template <typename Launcher, typename T>
 bool walk_layouts(const Launcher& L, const WalkForest& f, const T* x, int64_t rows, const double* base,
                   bool acc32, double* raw, int32_t* leaves, WalkLaunch cfg) {
-  if (!valid_launch(cfg) || (cfg.tree_chunk > 0 && !trees::is_perfect_format(f.format))) return false;
+  if (!valid_launch(cfg) || (cfg.tree_chunk > 0 && !trees::is_chunkable_format(f.format)) ||
+      (cfg.tiled && f.format != trees::kPerfectTiled)) {
+    return false;
+  }
   if (cfg.tree_chunk > f.n_trees) cfg.tree_chunk = static_cast<int>(f.n_trees);  // no room for absent trees
   if (rows == 0 || (leaves != nullptr && f.n_trees == 0)) return true;
   bool stage = false;
@@ -271,6 +395,17 @@ bool walk_layouts(const Launcher& L, const WalkForest& f, const T* x, int64_t ro
         return true;
       }
       return false;
+    case trees::kPerfectTiled:
+      if constexpr (std::is_same_v<T, float>) {
+        if (cfg.tiled) {
+          launch_tiled(L, f, x, rows, base, acc32, raw, leaves, cfg, smem);
+        } else {
+          launch_walk<Launcher, T, trees::TiledWalker>(L, f, x, rows, base, acc32, raw, leaves, cfg, stage,
+                                                       smem);
+        }
+        return true;
+      }
+      return false;
     case trees::kCompact:
       launch_walk<Launcher, T, trees::CompactWalker>(L, f, x, rows, base, acc32, raw, leaves, cfg, stage,
                                                      smem);
@@ -287,6 +422,12 @@ struct CudaLauncher {
   cudaStream_t stream;
   template <typename... P, typename... A>
   void launch(void (*kernel)(P...), int64_t blocks, int threads, int64_t smem, A... args) const {
+    if (smem > kTreeMaxSharedBytes) {  // Note [Tiled walk]: opt in (an error here fails the launch below)
+      if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
+          cudaSuccess) {
+        return;
+      }
+    }
     kernel<<<static_cast<unsigned int>(blocks), threads, static_cast<size_t>(smem), stream>>>(args...);
   }
 };
@@ -295,6 +436,10 @@ struct CudaLauncher {
   PREFIX template void launch_walk<CudaLauncher, T, WALKER>(const CudaLauncher&, const WalkForest&,          \
                                                             const T*, int64_t, const double*, bool, double*, \
                                                             int32_t*, WalkLaunch, bool, int64_t);
+#define PYZERO_TILED_TEMPLATE(PREFIX)                                                                   \
+  PREFIX template void launch_tiled<CudaLauncher>(const CudaLauncher&, const WalkForest&, const float*, \
+                                                  int64_t, const double*, bool, double*, int32_t*,      \
+                                                  WalkLaunch, int64_t);
 #endif
 
 }  // namespace pyzero::cuda

@@ -16,6 +16,19 @@
 // Either way every output is base + tree 0 + tree 1 + ... in tree order, as the CPU kernels add: the
 // result is the same bit for bit whatever the batch size, rows per block, lanes or ilp, so the
 // autotuner (pyzero/trees/gpu.py) may pick any configuration without changing a single output.
+//
+// Note [Tiled walk]
+// The throughput mode (`tiled`) of the kPerfectTiled layout (Note [GPU layouts]; one output, or leaves):
+// a block of `threads` threads takes `threads` rows, staged in shared memory, and copies the forest's
+// tiles of 32 interleaved trees into shared memory one at a time, as they lie in global memory (plain
+// coalesced loads). Warp w walks the tile for its 32 rows one after another (`ilp` rows at once), lane
+// l walking tree l: the 32 node reads of a step hit 32 distinct banks (node i of tree l is word i * 32
+// + l) and the 32 feature reads come from one staged row, where a warp walking 32 rows down one tree
+// reads up to 32 scattered nodes per step from L1 or L2. Each lane leaves its leaf value in the warp's
+// buffer [32 rows, kTileBufPitch]; then lane l adds row l's values in tree order to its accumulator, so
+// the sums are those of Note [GPU tree kernel]. A tile of depth-8 trees takes 96-128 KB, so the block
+// opts in to up to kTileMaxSharedBytes (an H100's per-block limit; a GPU with less refuses the launch
+// with an error, which the tuner skips).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +40,10 @@ namespace pyzero::cuda {
 // Largest block, and the shared memory a launch may use without opting in to more.
 constexpr int kTreeMaxThreads = 512;
 constexpr int64_t kTreeMaxSharedBytes = 48 * 1024;
+// Note [Tiled walk]: the padded row pitch of a warp's value buffer (lane l reads row l: distinct banks),
+// and the shared memory a tiled block may opt in to.
+constexpr int kTileBufPitch = trees::kTiledTrees + 1;
+constexpr int64_t kTileMaxSharedBytes = 227 * 1024;
 
 struct WalkLaunch {
   int threads;         // a multiple of 32, <= kTreeMaxThreads
@@ -34,12 +51,14 @@ struct WalkLaunch {
   int ilp;             // 1, 2 or 4
   bool stage;          // stage rows in shared memory (ignored when they do not fit)
   int tree_chunk = 0;  // > 0: trees staged in shared memory this many at a time (perfect layout, lanes 1)
+  bool tiled = false;  // Note [Tiled walk] (kPerfectTiled; lanes 1, tree_chunk 0)
 };
 
 inline bool valid_launch(const WalkLaunch& cfg) {
   return cfg.threads >= 32 && cfg.threads <= kTreeMaxThreads && cfg.threads % 32 == 0 && cfg.lanes >= 1 &&
          cfg.threads % cfg.lanes == 0 && (cfg.ilp == 1 || cfg.ilp == 2 || cfg.ilp == 4) &&
-         cfg.tree_chunk >= 0 && (cfg.tree_chunk == 0 || cfg.lanes == 1);
+         cfg.tree_chunk >= 0 && (cfg.tree_chunk == 0 || cfg.lanes == 1) &&
+         (!cfg.tiled || (cfg.lanes == 1 && cfg.tree_chunk == 0));
 }
 
 namespace detail {
@@ -81,12 +100,37 @@ PYZERO_HD Carve carve(const trees::WalkForest& f, int64_t item, bool leaves, boo
   return c;
 }
 
+// Note [Tiled walk]: staged rows [threads * row_stride] (float), one tile's nodes [2^D, 32] (Node8) and
+// leaf values [2^D, 32], and each warp's value buffer [32, kTileBufPitch] (values in the type the sum
+// adds; neither for leaves).
+struct TileCarve {
+  int64_t rows, nodes, values, buf, total;
+};
+
+PYZERO_HD TileCarve tile_carve(const trees::WalkForest& f, bool leaves, bool acc32, int threads) {
+  TileCarve c{};
+  const int64_t vb = acc32 ? 4 : 8;
+  c.rows = round_up(threads * row_stride(f.n_features) * 4, 16);
+  c.nodes = round_up((int64_t{1} << f.depth) * trees::kTiledTrees * 8, 16);
+  c.values = leaves ? 0 : round_up((int64_t{1} << f.depth) * trees::kTiledTrees * vb, 16);
+  c.buf = leaves ? 0 : round_up(threads * kTileBufPitch * vb, 16);
+  c.total = c.rows + c.nodes + c.values + c.buf;
+  return c;
+}
+
 }  // namespace detail
 
-// Shared memory bytes a launch needs, or -1 when it cannot fit kTreeMaxSharedBytes (even unstaged);
+// Shared memory bytes a launch needs, or -1 when it cannot fit kTreeMaxSharedBytes (kTileMaxSharedBytes
+// when tiled; even unstaged);
 // *staged says whether the rows are staged.
 inline int64_t tree_walk_shared_bytes(const trees::WalkForest& f, int64_t x_item_bytes, bool leaves,
                                       bool acc32, WalkLaunch cfg, bool* staged) {
+  if (cfg.tiled) {  // rows always staged; one output or leaves (Note [Tiled walk])
+    *staged = true;
+    if (!leaves && f.n_outputs != 1) return -1;
+    const int64_t total = detail::tile_carve(f, leaves, acc32, cfg.threads).total;
+    return total <= kTileMaxSharedBytes ? total : -1;
+  }
   const int r = cfg.threads / cfg.lanes;
   if (cfg.stage) {
     const detail::Carve c =

@@ -102,6 +102,9 @@ struct Launcher {
 #define PYZERO_KERNEL void
 #define PYZERO_DYNAMIC_SHARED(name) unsigned char* name = ::pyzero::emu::ctx.shared
 #define PYZERO_SYNC() ::pyzero::emu::ctx.barrier->arrive_and_wait()
+// Every thread of the block reaches each __syncwarp of the kernels together: a block barrier orders the
+// same writes and reads.
+#define PYZERO_SYNC_WARP() ::pyzero::emu::ctx.barrier->arrive_and_wait()
 #define PYZERO_THREAD_ID (::pyzero::emu::ctx.thread)
 #define PYZERO_BLOCK_THREADS (::pyzero::emu::ctx.threads)
 #define PYZERO_BLOCK_ID (::pyzero::emu::ctx.block)

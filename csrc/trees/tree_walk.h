@@ -18,6 +18,11 @@
 //     pos + offset + 1; word1 = the float32 threshold bits, a categorical node's cat_bits row, or at a
 //     leaf its IR node id. Used when every feature < 2^13 and every child offset < 2^14.
 //   kWide: the 16-byte nodes of the C++ node kernel (tree_cpu.h) in IR order; a leaf points to itself.
+//   kPerfectTiled: kPerfect's nodes for tiles of kTiledTrees trees, interleaved: nodes [tiles, 2^D,
+//     kTiledTrees] (node h of tree 32 * tile + l at [tile, h, l]; row 2^D - 1 and absent trees zero) and
+//     one output's values [tiles, 2^D, kTiledTrees] alike, so a value row is (tile * 2^D + j) * 32 + l;
+//     leaf_nodes as kPerfect's. 32 lanes walking 32 consecutive trees read consecutive words (Note
+//     [Tiled walk] in csrc/cuda/tree_launch.h copies a tile into shared memory with plain loads).
 // Numeric, missing-value and categorical rules are the C++ node kernel's (tree_cpu.h flags, Note
 // [Categorical splits] in pyzero/trees/forest.py), so all layouts give the same leaf for every row.
 // A walk returns the leaf's value row: values[row * n_outputs + o] is what it adds to output o.
@@ -42,11 +47,19 @@
 
 namespace pyzero::trees {
 
-enum WalkFormat : int32_t { kPerfect = 0, kCompact = 1, kWide = 2, kPerfectBlocked = 3 };
+enum WalkFormat : int32_t { kPerfect = 0, kCompact = 1, kWide = 2, kPerfectBlocked = 3, kPerfectTiled = 4 };
 
 PYZERO_HD constexpr bool is_perfect_format(int32_t format) {
+  return format == kPerfect || format == kPerfectBlocked || format == kPerfectTiled;
+}
+
+// Perfect layouts whose trees lie one after another (tree_chunk > 0 copies them as they are).
+PYZERO_HD constexpr bool is_chunkable_format(int32_t format) {
   return format == kPerfect || format == kPerfectBlocked;
 }
+
+// kPerfectTiled: trees per tile.
+constexpr int kTiledTrees = 32;
 
 // kPerfectBlocked: the slot of heap node h (at level d) in its tree (Note [GPU layouts]).
 PYZERO_HD int32_t blocked_slot(int32_t d, int32_t h) {
@@ -258,6 +271,47 @@ struct PerfectWalkerT {
 };
 using PerfectWalker = PerfectWalkerT<false>;
 using PerfectBlockedWalker = PerfectWalkerT<true>;
+
+// kPerfectTiled (Note [GPU layouts]): value rows (tile * 2^D + j) * 32 + l.
+struct TiledWalker {
+  const WalkForest& f;
+  template <int N, typename Row>
+  PYZERO_HD void walk(int64_t t0, int64_t count, const Row& row, int64_t* out) const {
+    const Node8* tile[N];
+    int32_t i[N], l[N];
+    const int64_t tile_nodes = (int64_t{1} << f.depth) * kTiledTrees;
+    PYZERO_UNROLL
+    for (int k = 0; k < N; ++k) {
+      const int64_t t = t0 + (k < count ? k : 0);
+      i[k] = 0;
+      l[k] = static_cast<int32_t>(t % kTiledTrees);
+      tile[k] = reinterpret_cast<const Node8*>(f.nodes) + t / kTiledTrees * tile_nodes;
+    }
+    const int32_t last = static_cast<int32_t>(f.n_features - 1);
+    for (int32_t d = 0; d < f.depth; ++d) {
+      PYZERO_UNROLL
+      for (int k = 0; k < N; ++k) {
+        const Node8 nd = tile[k][i[k] * kTiledTrees + l[k]];
+        int32_t c = static_cast<int32_t>(nd.word0 & kMetaFeatureMask);
+        c = c < last ? c : last;
+        const float v = row(c);
+        const bool left = is_nan(v) ? (nd.word0 >> 31) != 0 : v <= bits_to_float(nd.word1);
+        i[k] = 2 * i[k] + (left ? 1 : 2);
+      }
+    }
+    const int32_t first_leaf = (int32_t{1} << f.depth) - 1;
+    PYZERO_UNROLL
+    for (int k = 0; k < N; ++k) {
+      const int64_t tile_index = (t0 + k) / kTiledTrees;
+      out[k] = ((tile_index << f.depth) + (i[k] - first_leaf)) * kTiledTrees + l[k];
+    }
+  }
+  PYZERO_HD int32_t leaf_id(int64_t value_row) const {
+    const int64_t l = value_row % kTiledTrees, q = value_row / kTiledTrees;
+    const int64_t j = q & ((int64_t{1} << f.depth) - 1), tile = q >> f.depth;
+    return f.leaf_nodes[((tile * kTiledTrees + l) << f.depth) + j];
+  }
+};
 
 // Shared lockstep loop of the node layouts: step(pos) returns true at a leaf (its value row in *res).
 // Positions fit 32 bits (tree_walk_op.cpp checks the node count).

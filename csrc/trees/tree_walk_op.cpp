@@ -54,6 +54,12 @@ void walk_host(const WalkForest& f, const T* x, int64_t rows, const double* base
             w.walk<1>(t, 1, row, &vr);
             id = w.leaf_id(vr);
           }
+        } else if (f.format == kPerfectTiled) {
+          if constexpr (std::is_same_v<T, float>) {
+            const TiledWalker w{f};
+            w.walk<1>(t, 1, row, &vr);
+            id = w.leaf_id(vr);
+          }
         } else if (f.format == kCompact) {
           CompactWalker{f}.walk<1>(t, 1, row, &vr);
           id = static_cast<int32_t>(vr);
@@ -124,7 +130,33 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
                                            column_kind.size(0) == x.size(1) && column_kind.is_contiguous()),
               "pyzero.tree_walk: column_kind must be empty or an int8 vector with one entry per feature");
   f.column_kind = column_kind.numel() ? column_kind.data_ptr<int8_t>() : nullptr;
-  if (trees::is_perfect_format(static_cast<int32_t>(format))) {
+  if (format == trees::kPerfectTiled) {
+    check(nodes, at::kInt, 4,
+          "tiled perfect layout: nodes must be a contiguous int32 tensor [tiles, 2^depth, 32, 2]");
+    TORCH_CHECK(depth >= 0 && depth <= 24, "pyzero.tree_walk: perfect layout: depth must be in [0, 24], got ",
+                depth);
+    TORCH_CHECK(nodes.size(1) == (int64_t{1} << depth) && nodes.size(2) == trees::kTiledTrees &&
+                    nodes.size(3) == 2 && reinterpret_cast<uintptr_t>(nodes.data_ptr()) % 16 == 0,
+                "pyzero.tree_walk: tiled perfect layout: nodes must be [tiles, 2^depth, 32, 2], 16-byte "
+                "aligned, got ",
+                nodes.sizes());
+    check(leaf_nodes, at::kInt, 1, "perfect layout: leaf_nodes must be a contiguous int32 vector");
+    const int64_t n_trees = leaf_nodes.numel() >> depth;
+    TORCH_CHECK((n_trees << depth) == leaf_nodes.numel() &&
+                    (n_trees + trees::kTiledTrees - 1) / trees::kTiledTrees == nodes.size(0) &&
+                    values.size(0) == (nodes.size(0) * trees::kTiledTrees << depth) && values.size(1) == 1,
+                "pyzero.tree_walk: tiled perfect layout: leaf_nodes needs trees * 2^depth entries, nodes "
+                "one tile per 32 trees, values [tiles * 32 * 2^depth, 1]");
+    TORCH_CHECK(x.scalar_type() == at::kFloat,
+                "pyzero.tree_walk: the perfect layout compares float32 inputs");
+    f.nodes = reinterpret_cast<const uint32_t*>(nodes.data_ptr<int32_t>());
+    f.leaf_nodes = leaf_nodes.data_ptr<int32_t>();
+    f.n_trees = n_trees;
+    f.node_stride = int64_t{1} << depth;
+    f.depth = static_cast<int32_t>(depth);
+    return f;
+  }
+  if (trees::is_chunkable_format(static_cast<int32_t>(format))) {
     check(nodes, at::kInt, 3, "perfect layout: nodes must be a contiguous int32 tensor [trees, stride, 2]");
     TORCH_CHECK(nodes.size(2) == 2,
                 "pyzero.tree_walk: perfect layout: nodes must hold (meta, threshold) pairs");
@@ -151,10 +183,10 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
     f.depth = static_cast<int32_t>(depth);
     return f;
   }
-  TORCH_CHECK(
-      format == trees::kCompact || format == trees::kWide,
-      "pyzero.tree_walk: format must be 0 (perfect), 1 (compact), 2 (wide) or 3 (perfect blocked), got ",
-      format);
+  TORCH_CHECK(format == trees::kCompact || format == trees::kWide,
+              "pyzero.tree_walk: format must be 0 (perfect), 1 (compact), 2 (wide), 3 (perfect blocked) or 4 "
+              "(perfect tiled), got ",
+              format);
   check(nodes, at::kInt, 2, "nodes must be a contiguous int32 tensor [n, 2] (compact) or [n, 4] (wide)");
   TORCH_CHECK(nodes.size(1) == (format == trees::kCompact ? 2 : 4),
               "pyzero.tree_walk: nodes must have 2 columns (compact) or 4 (wide), got ", nodes.size(1));
@@ -220,20 +252,24 @@ Output output(const trees::WalkForest& f, const at::Tensor& x, const at::Tensor&
   return o;
 }
 
-// The kernel configuration [threads, lanes, ilp, stage rows, tree chunk] (Note [GPU tree kernel]; the
-// tree chunk may be left out: 0).
+// The kernel configuration [threads, lanes, ilp, stage rows, tree chunk, tiled] (Note [GPU tree kernel],
+// Note [Tiled walk]; the last two may be left out: 0).
 cuda::WalkLaunch walk_launch(at::IntArrayRef config) {
-  TORCH_CHECK(config.size() == 4 || config.size() == 5,
-              "pyzero.tree_walk: config must be [threads, lanes, ilp, stage, tree_chunk], got ",
+  TORCH_CHECK(config.size() >= 4 && config.size() <= 6,
+              "pyzero.tree_walk: config must be [threads, lanes, ilp, stage, tree_chunk, tiled], got ",
               config.size(), " values");
-  return cuda::WalkLaunch{static_cast<int>(config[0]), static_cast<int>(config[1]),
-                          static_cast<int>(config[2]), config[3] != 0,
-                          config.size() == 5 ? static_cast<int>(config[4]) : 0};
+  return cuda::WalkLaunch{static_cast<int>(config[0]),
+                          static_cast<int>(config[1]),
+                          static_cast<int>(config[2]),
+                          config[3] != 0,
+                          config.size() >= 5 ? static_cast<int>(config[4]) : 0,
+                          config.size() == 6 && config[5] != 0};
 }
 
 std::string describe(const cuda::WalkLaunch& cfg) {
   return "config threads=" + std::to_string(cfg.threads) + " lanes=" + std::to_string(cfg.lanes) +
-         " ilp=" + std::to_string(cfg.ilp) + " tree_chunk=" + std::to_string(cfg.tree_chunk);
+         " ilp=" + std::to_string(cfg.ilp) + " tree_chunk=" + std::to_string(cfg.tree_chunk) +
+         " tiled=" + std::to_string(cfg.tiled);
 }
 
 // Where a call runs: the host twin (CPU tensors), the CUDA kernel's own code on the CPU (Note [Kernel

@@ -22,11 +22,11 @@ or class probabilities; bucket of a power of two rows): the kernel, which finish
 (Note [Fused finish] in csrc/trees/tree_walk.h; softmax and isolation scores add their torch ops), in
 one launch, reading a static input buffer and writing a static output. Host inputs are written into
 a pinned staging buffer (a user's pinned tensor is copied from directly), copied to the device in one
-asynchronous copy, and the outputs come back into pinned memory; device inputs are copied into the
-static buffer on the device, and the output out of the graph's; as that is two more copies, the first
-call of a bucket times the replay against calling the function directly (one launch, or two for a
-split Triton walk) and keeps the faster. Padding rows are never read back; each row's outputs do not
-depend on the others.
+asynchronous copy, and the outputs come back into pinned memory. Device inputs of a call that is one
+kernel launch (the CUDA kernel with its fused finish) skip the graph: it would add a copy in and one
+out. For other device-input calls (softmax, a split Triton walk) the first call of a bucket times the
+replay, with its two copies, against calling the function directly and keeps the faster. Padding rows
+are never read back; each row's outputs do not depend on the others.
 
 Note [Streamed host batches]
 Host batches of at least STREAM_MIN_ROWS rows go to the GPU in chunks of about STREAM_CHUNK_BYTES through
@@ -64,7 +64,7 @@ TUNE_ENV = "PYZERO_TREES_TUNE"
 CACHE_ENV = "PYZERO_CACHE_DIR"
 CACHE_FILE = "trees_tune.json"
 # Bump when kernels change enough that cached choices should be measured again.
-TUNE_FORMAT = 2
+TUNE_FORMAT = 3
 # Largest batch the tuner times (bigger buckets reuse its choice); timed calls per candidate. On the H100
 # tuning at 2^20 rows made the first 1M-row call take 7-8 s; 2^18 rows already fill the GPU with
 # thousands of blocks (a quarter of that time; the choice at 2^18 vs 2^20 rows is not yet compared).
@@ -85,6 +85,12 @@ STREAM_MIN_CHUNK_ROWS = 1024
 # csrc/cuda/tree_launch.h).
 CUDA_MAX_SHARED_BYTES = 48 * 1024
 CUDA_MAX_THREADS = 512
+# What a tiled launch may opt in to (kTileMaxSharedBytes; Note [Tiled walk] in csrc/cuda/tree_launch.h),
+# the pitch of its value buffers (kTileBufPitch), and the batches the tuner tries it on (a block per
+# `threads` rows: smaller batches leave most of the GPU idle).
+CUDA_TILE_MAX_SHARED_BYTES = 227 * 1024
+CUDA_TILE_BUF_PITCH = gpu_layout.TILED_TREES + 1
+CUDA_TILE_MIN_ROWS = 1 << 14
 # Perfect layouts deeper than this are tried only by the tuner, not picked by default: every row walks
 # all D levels and the leaf arrays grow as 2^D.
 DEFAULT_PERFECT_MAX_DEPTH = 10
@@ -95,7 +101,8 @@ class KernelConfig:
     """One configuration of a GPU tree kernel. CUDA: threads per block, lanes (threads per row: the
     row's trees are spread over them), ilp (trees a thread walks at once), tree_chunk (> 0: the block
     stages that many trees at a time in shared memory; perfect layout, lanes 1). Triton: block_r rows
-    and block_t trees per program step, tree_split programs sharing a row block's trees."""
+    and block_t trees per program step, tree_split programs sharing a row block's trees. tiled: Note
+    [Tiled walk] (csrc/cuda/tree_launch.h; the perfect-tiled layout, lanes 1, tree_chunk 0)."""
 
     layout: str
     threads: int = 256
@@ -105,9 +112,10 @@ class KernelConfig:
     block_t: int = 8
     tree_chunk: int = 0
     tree_split: int = 1
+    tiled: bool = False
 
     def cuda_args(self) -> list[int]:
-        return [self.threads, self.lanes, self.ilp, 1, self.tree_chunk]
+        return [self.threads, self.lanes, self.ilp, 1, self.tree_chunk, int(self.tiled)]
 
 
 def bucket_of(rows: int) -> int:
@@ -122,17 +130,36 @@ def _round16(n: int) -> int:
 @dataclass(frozen=True)
 class ForestShape:
     """What a kernel's shared memory and the tuner's candidates depend on: outputs, float32 sums, the
-    (node stride, leaf slots) of one tree in a perfect layout (needed for tree_chunk > 0), and the tree
-    count (which caps a chunk as the kernel does; None: no cap)."""
+    (node stride, leaf slots) of one tree in a perfect layout (needed for tree_chunk > 0), the tree
+    count (which caps a chunk as the kernel does; None: no cap), and for tiled launches the features
+    and the depth (None: the layout is not tiled)."""
 
     n_outputs: int
     float32_accum: bool = False
     tree_shape: tuple[int, int] | None = None
     n_trees: int | None = None
+    tiled: tuple[int, int] | None = None  # (n_features, depth) of the perfect-tiled layout
+
+
+def cuda_max_shared_bytes(cfg: KernelConfig) -> int:
+    """The shared memory a launch of cfg may use."""
+    return CUDA_TILE_MAX_SHARED_BYTES if cfg.tiled else CUDA_MAX_SHARED_BYTES
 
 
 def cuda_shared_bytes(cfg: KernelConfig, shape: ForestShape, leaves: bool = False) -> int:
-    """Shared memory of a CUDA launch without row staging (carve() in csrc/cuda/tree_launch.h)."""
+    """Shared memory of a CUDA launch without row staging (carve() in csrc/cuda/tree_launch.h; tiled
+    launches, which always stage their rows: tile_carve())."""
+    if cfg.tiled:
+        if shape.tiled is None:
+            raise ValueError("cuda_shared_bytes: a tiled launch needs the perfect-tiled layout's shape")
+        n_features, depth = shape.tiled
+        vb = 4 if shape.float32_accum else 8
+        rows = _round16(cfg.threads * (n_features | 1) * 4)
+        nodes = _round16((1 << depth) * gpu_layout.TILED_TREES * 8)
+        if leaves:
+            return rows + nodes
+        values = _round16((1 << depth) * gpu_layout.TILED_TREES * vb)
+        return rows + nodes + values + _round16(cfg.threads * CUDA_TILE_BUF_PITCH * vb)
     r = cfg.threads // cfg.lanes
     acc = 0 if leaves else _round16(r * shape.n_outputs * 8)
     item = (4 if shape.float32_accum else 8) if shape.n_outputs == 1 else 4
@@ -164,6 +191,12 @@ TRITON_SPLIT_SHAPES = ((32, 8), (128, 16))
 
 def _cuda_candidates(layout: str, rows: int, shape: ForestShape) -> list[KernelConfig]:
     out = []
+    if shape.tiled is not None and rows >= CUDA_TILE_MIN_ROWS:  # Note [Tiled walk]
+        for threads in (128, 256, 512):
+            for ilp in (1, 2, 4):
+                cfg = KernelConfig(layout, threads, 1, ilp, tiled=True)
+                if cuda_shared_bytes(cfg, shape) <= CUDA_TILE_MAX_SHARED_BYTES:
+                    out.append(cfg)
     chunks = (0, *CUDA_TREE_CHUNKS) if shape.tree_shape is not None else (0,)
     for threads in (128, 256, 512):
         lanes_set = CUDA_LARGE_LANES if rows >= CUDA_LARGE_ROWS else (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -193,10 +226,17 @@ def _triton_candidates(layout: str, rows: int, shape: ForestShape) -> list[Kerne
 
 
 def default_config(
-    backend: str, layouts: list[str], depth: int, rows: int, n_outputs: int, sms: int
+    backend: str,
+    layouts: list[str],
+    depth: int,
+    rows: int,
+    n_outputs: int,
+    sms: int,
+    shape: ForestShape | None = None,
 ) -> KernelConfig:
     """The configuration used without tuning: perfect trees when shallow enough, then compact nodes;
-    trees spread over more lanes the fewer rows there are to fill the GPU's `sms` multiprocessors."""
+    trees spread over more lanes the fewer rows there are to fill the GPU's `sms` multiprocessors; the
+    perfect-tiled layout walks big batches tiled where `shape` says a tile fits."""
     layout = next(
         (
             lay
@@ -209,6 +249,11 @@ def default_config(
         return KernelConfig(layout, block_r=64 if rows > 4096 else 16, block_t=8)
     threads = 256
     lanes = 1
+    if layout == "perfect-tiled" and rows >= CUDA_TILE_MIN_ROWS and shape is not None and shape.tiled:
+        for tile_threads in (256, 128):
+            cfg = KernelConfig(layout, tile_threads, lanes, 2, tiled=True)
+            if cuda_shared_bytes(cfg, shape) <= CUDA_TILE_MAX_SHARED_BYTES:
+                return cfg
     while lanes < threads and rows * lanes < sms * threads * 2:
         lanes *= 2
     cfg = KernelConfig(layout, threads, lanes, 2)
@@ -306,6 +351,8 @@ class GpuRunner:
         allowed = {"auto": gpu_layout.LAYOUTS, "perfect": gpu_layout.PERFECT_LAYOUTS}.get(
             strategy, tuple(lay for lay in gpu_layout.LAYOUTS if lay not in gpu_layout.PERFECT_LAYOUTS)
         )
+        if backend != "cuda":  # Note [Tiled walk]: the CUDA kernel's layout
+            allowed = tuple(lay for lay in allowed if lay not in gpu_layout.CUDA_ONLY_LAYOUTS)
         self.eligible = [lay for lay in allowed if gpu_layout.why_not(forest, lay, input_dtype) is None]
         if not self.eligible:
             reasons = "; ".join(f"{lay}: {gpu_layout.why_not(forest, lay, input_dtype)}" for lay in allowed)
@@ -354,11 +401,19 @@ class GpuRunner:
             raise ValueError(f"tune: lanes must divide threads ({cfg.threads}), got {cfg.lanes}")
         if cfg.ilp not in (1, 2, 4):
             raise ValueError(f"tune: ilp must be 1, 2 or 4, got {cfg.ilp}")
-        perfect = cfg.layout in gpu_layout.PERFECT_LAYOUTS
-        if cfg.tree_chunk < 0 or (cfg.tree_chunk > 0 and (not perfect or cfg.lanes != 1)):
+        chunkable = cfg.layout in gpu_layout.CHUNKABLE_LAYOUTS
+        if cfg.tree_chunk < 0 or (cfg.tree_chunk > 0 and (not chunkable or cfg.lanes != 1)):
             raise ValueError(
-                f"tune: tree_chunk must be 0, or > 0 with a perfect layout and lanes 1, got {cfg.tree_chunk} "
-                f"with layout {cfg.layout!r} and lanes {cfg.lanes}"
+                f"tune: tree_chunk must be 0, or > 0 with layout {' or '.join(gpu_layout.CHUNKABLE_LAYOUTS)} "
+                f"and lanes 1, got {cfg.tree_chunk} with layout {cfg.layout!r} and lanes {cfg.lanes}"
+            )
+        if cfg.tiled and (
+            cfg.layout != "perfect-tiled" or cfg.lanes != 1 or cfg.tree_chunk or self.backend != "cuda"
+        ):
+            raise ValueError(
+                "tune: tiled needs backend 'cuda', layout 'perfect-tiled', lanes 1 and tree_chunk 0, got "
+                f"backend {self.backend!r}, layout {cfg.layout!r}, lanes {cfg.lanes}, "
+                f"tree_chunk {cfg.tree_chunk}"
             )
         if any(v < 1 or v & (v - 1) for v in (cfg.block_r, cfg.block_t)):
             raise ValueError(
@@ -369,15 +424,17 @@ class GpuRunner:
                 f"tune: tree_split must be 1, or more on the triton backend, got {cfg.tree_split} on "
                 f"{self.backend!r}"
             )
-        if self.backend == "cuda" and cuda_shared_bytes(cfg, self.shape(cfg.layout)) > CUDA_MAX_SHARED_BYTES:
-            raise ValueError(f"tune: {cfg} needs more than {CUDA_MAX_SHARED_BYTES} bytes of shared memory")
+        limit = cuda_max_shared_bytes(cfg)
+        if self.backend == "cuda" and cuda_shared_bytes(cfg, self.shape(cfg.layout)) > limit:
+            raise ValueError(f"tune: {cfg} needs more than {limit} bytes of shared memory")
         return cfg
 
     def shape(self, layout: str) -> ForestShape:
         """The forest's ForestShape in `layout`."""
-        tree_shape = self.layout(layout).tree_shape if layout in gpu_layout.PERFECT_LAYOUTS else None
+        tree_shape = self.layout(layout).tree_shape if layout in gpu_layout.CHUNKABLE_LAYOUTS else None
         f32 = self.forest.extra.get("accumulate") == "float32"
-        return ForestShape(self.forest.n_outputs, f32, tree_shape, self.forest.n_trees)
+        tiled = (self.forest.n_features, self.forest.max_depth) if layout == "perfect-tiled" else None
+        return ForestShape(self.forest.n_outputs, f32, tree_shape, self.forest.n_trees, tiled)
 
     def layout(self, name: str) -> gpu_layout.GpuLayout:
         if name not in self._layouts:
@@ -413,9 +470,12 @@ class GpuRunner:
         return cfg
 
     def _default(self, rows: int) -> KernelConfig:
-        return default_config(
-            self.backend, self.eligible, self.forest.max_depth, rows, self.forest.n_outputs, self._sms
-        )
+        return self._default_among(self.eligible, rows)
+
+    def _default_among(self, layouts: list[str], rows: int) -> KernelConfig:
+        f = self.forest
+        tiled = self.shape("perfect-tiled") if "perfect-tiled" in layouts else None
+        return default_config(self.backend, layouts, f.max_depth, rows, f.n_outputs, self._sms, tiled)
 
     def _key(self, bucket: int) -> str:
         if self._digest is None:
@@ -470,8 +530,10 @@ class GpuRunner:
         return best, results[best]
 
     def _default_for(self, layout: str, rows: int) -> KernelConfig:
-        cfg = self._default(rows)
-        return KernelConfig(layout, cfg.threads, cfg.lanes, cfg.ilp, cfg.block_r, cfg.block_t)
+        cfg = self._default_among([layout], rows)
+        return KernelConfig(
+            layout, cfg.threads, cfg.lanes, cfg.ilp, cfg.block_r, cfg.block_t, tiled=cfg.tiled
+        )
 
     # ------------------------------------------------------------------ running
     def run(
@@ -515,13 +577,16 @@ class SmallBatchGraphs:
     def size_for(rows: int) -> int:
         return 1 << max(rows - 1, 0).bit_length()
 
-    def run(self, kind: str, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    def run(self, kind: str, fn: Callable[[Tensor], Tensor], x: Tensor, one_launch: bool = False) -> Tensor:
         """fn(x) through the graph of (kind, bucket): x [rows, n_features] on the host (returns a host
-        tensor) or on the device (returns a device tensor)."""
+        tensor) or on the device (returns a device tensor; fn(x) itself when `one_launch` says fn is one
+        kernel launch)."""
         rows = x.shape[0]
         # pageable host rows: the graph copies them in and the outputs out; pinned or device rows are
         # copied straight into the graph's device buffer.
         where = "dev" if x.device.type == "cuda" else "pinned" if x.is_pinned() else "host"
+        if where == "dev" and one_launch:
+            return fn(x)
         key = (kind, self.size_for(rows), where)
         g = self._graphs.get(key)
         if g is None:

@@ -15,9 +15,24 @@ from torch import Tensor
 from pyzero.trees import fast_cpu, strategies
 from pyzero.trees.forest import CMP_CAT_IN_RIGHT, CMP_LT, Forest
 
-LAYOUTS = ("perfect", "perfect-blocked", "compact-bfs", "compact-dfs", "wide")
-FORMAT = {"perfect": 0, "compact-bfs": 1, "compact-dfs": 1, "wide": 2, "perfect-blocked": 3}
-PERFECT_LAYOUTS = ("perfect", "perfect-blocked")
+LAYOUTS = ("perfect", "perfect-blocked", "perfect-tiled", "compact-bfs", "compact-dfs", "wide")
+FORMAT = {
+    "perfect": 0,
+    "compact-bfs": 1,
+    "compact-dfs": 1,
+    "wide": 2,
+    "perfect-blocked": 3,
+    "perfect-tiled": 4,
+}
+PERFECT_LAYOUTS = ("perfect", "perfect-blocked", "perfect-tiled")
+# Perfect layouts whose trees lie one after another (tree_chunk > 0 stages them as they are).
+CHUNKABLE_LAYOUTS = ("perfect", "perfect-blocked")
+# kPerfectTiled (Note [GPU layouts]): trees per tile, and the deepest trees it takes (a tile of 32 trees
+# of depth 8 and the rows of a block fill an H100's shared memory: Note [Tiled walk]).
+TILED_TREES = 32
+TILED_MAX_DEPTH = 8
+# Layouts only the CUDA kernel reads (the Triton twin walks the others).
+CUDA_ONLY_LAYOUTS = ("perfect-tiled",)
 # Compact node fields (kC8* in tree_walk.h).
 C8_FEATURE_BITS = 13
 C8_DEFAULT_LEFT_BIT = 13
@@ -37,7 +52,13 @@ def why_not(forest: Forest, layout: str, input_dtype: torch.dtype) -> str | None
     if layout in PERFECT_LAYOUTS:
         if input_dtype != torch.float32:
             return "the perfect layout compares float32 inputs only"
-        return fast_cpu.why_ineligible(forest)
+        why = fast_cpu.why_ineligible(forest)
+        if why is None and layout == "perfect-tiled":
+            if forest.n_outputs != 1:
+                return "tiles hold one output per leaf"
+            if forest.max_depth > TILED_MAX_DEPTH:
+                return f"trees deeper than {TILED_MAX_DEPTH} (a tile of them does not fit shared memory)"
+        return why
     if layout.startswith("compact"):
         if forest.n_features > 1 << C8_FEATURE_BITS:
             return f"more than {1 << C8_FEATURE_BITS} features"
@@ -122,10 +143,12 @@ class GpuLayout:
         if layout in PERFECT_LAYOUTS:
             p = fast_cpu.PerfectForest(forest)
             nodes = torch.stack([p.meta, p.threshold.view(torch.int32)], dim=2)
+            values, threshold64 = p.values.reshape(-1, forest.n_outputs), empty_d
             if layout == "perfect-blocked":
                 nodes = _blocked(nodes, p.depth)
+            elif layout == "perfect-tiled":
+                nodes, values = _tiled(nodes, values, p.depth)
             roots, leaf_nodes = empty_i, p.leaf_nodes.reshape(-1)
-            values, threshold64 = p.values.reshape(-1, forest.n_outputs), empty_d
             if bool((p.column_kind != 0).any()):
                 column_kind = p.column_kind
             self.depth = p.depth
@@ -146,7 +169,7 @@ class GpuLayout:
             column_kind = torch.full((forest.n_features,), fast_cpu.COLUMN_LIGHTGBM_READING, dtype=torch.int8)
         self.node_bytes = 16 if layout == "wide" else 8
         # perfect layouts: (node stride, leaf slots) of one tree, what a staged tree takes in shared memory
-        self.tree_shape = (int(nodes.shape[1]), 1 << self.depth) if layout in PERFECT_LAYOUTS else None
+        self.tree_shape = (int(nodes.shape[1]), 1 << self.depth) if layout in CHUNKABLE_LAYOUTS else None
         self.tensors = tuple(
             t.to(device) for t in (nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind)
         )
@@ -162,9 +185,10 @@ class GpuLayout:
         finish: tuple[float, ...] = (),
     ) -> Tensor:
         """raw float64 [rows, outputs] (base + leaf values in tree order) or, with leaves=True, the IR
-        leaf node id of every tree, int32 [rows, trees]. config: [threads, lanes, ilp, stage, tree_chunk]
-        (Note [GPU tree kernel] in csrc/cuda/tree_launch.h); finish: () or (kind, scale, divisor, pair)
-        of Note [Fused finish] in csrc/trees/tree_walk.h ([rows, 2] when pair).
+        leaf node id of every tree, int32 [rows, trees]. config: [threads, lanes, ilp, stage, tree_chunk,
+        tiled] (Notes [GPU tree kernel] and [Tiled walk] in csrc/cuda/tree_launch.h); finish: () or
+        (kind, scale, divisor, pair) of Note [Fused finish] in csrc/trees/tree_walk.h ([rows, 2] when
+        pair).
         emulate=True runs the CUDA kernel's own code on CPU tensors (Note [Kernel emulation] in
         csrc/trees/kernel_emu.h; slow, for tests)."""
         nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = self.tensors
@@ -213,6 +237,21 @@ def _blocked(nodes: Tensor, depth: int) -> Tensor:
     out = torch.zeros((nodes.shape[0], max(blocked_slots(depth), 4), 2), dtype=nodes.dtype)  # >= one block
     out[:, torch.as_tensor(blocked_slot(level, heap))] = nodes[:, : heap.size]
     return out
+
+
+def _tiled(nodes: Tensor, values: Tensor, depth: int) -> tuple[Tensor, Tensor]:
+    """Heap-order perfect nodes [trees, stride, 2] and values [trees * 2^depth, 1] as tiles of TILED_TREES
+    interleaved trees (Note [GPU layouts]: kPerfectTiled): nodes [tiles, 2^depth, 32, 2], values
+    [tiles * 2^depth * 32, 1]; absent trees and each tree's unused last node slot are zero."""
+    trees, leaves = nodes.shape[0], 1 << depth
+    tiles = -(-trees // TILED_TREES)
+    n = torch.zeros((tiles * TILED_TREES, leaves, 2), dtype=nodes.dtype)
+    n[:trees, : leaves - 1] = nodes[:, : leaves - 1]
+    v = torch.zeros((tiles * TILED_TREES, leaves), dtype=values.dtype)
+    v[:trees] = values.reshape(trees, leaves)
+    n = n.reshape(tiles, TILED_TREES, leaves, 2).transpose(1, 2).contiguous()
+    v = v.reshape(tiles, TILED_TREES, leaves).transpose(1, 2).reshape(-1, 1).contiguous()
+    return n, v
 
 
 def _compact(forest: Forest, layout: str) -> tuple[Tensor, Tensor, Tensor]:

@@ -99,6 +99,8 @@ EMULATED_CONFIGS = (
     [256, 16, 2, 1, 0],
 )
 EMULATED_TREE_CHUNKS = ([32, 1, 1, 1, 1], [64, 1, 2, 0, 3], [32, 1, 4, 1, 1000])
+# Note [Tiled walk] (the perfect-tiled layout): a partial second block, and one partial block of 64.
+EMULATED_TILED = ([32, 1, 1, 1, 0, 1], [64, 1, 2, 1, 0, 1], [32, 1, 4, 1, 0, 1])
 EMULATED_ROWS = 40
 
 
@@ -119,10 +121,15 @@ def test_the_cuda_kernel_emulated_on_the_cpu_equals_the_host_twin(case):
         g = gpu_layout.GpuLayout(f, lay, cpu._input_dtype, torch.device("cpu"))
         ref_raw = g.walk(x, cpu._base, f32, False, [32, 1, 1, 1])
         ref_leaves = g.walk(x, cpu._base, False, True, [32, 1, 1, 1])
-        for cfg in EMULATED_CONFIGS + (EMULATED_TREE_CHUNKS if lay in gpu_layout.PERFECT_LAYOUTS else ()):
-            shape = gpu.ForestShape(f.n_outputs, f32, g.tree_shape, f.n_trees)
-            need = gpu.cuda_shared_bytes(gpu.KernelConfig(lay, *cfg[:3], tree_chunk=cfg[4]), shape)
-            if need > gpu.CUDA_MAX_SHARED_BYTES:  # a deep tree's chunk of 1000
+        extra = EMULATED_TREE_CHUNKS if lay in gpu_layout.CHUNKABLE_LAYOUTS else ()
+        extra = EMULATED_TILED if lay == "perfect-tiled" else extra
+        for cfg in EMULATED_CONFIGS + extra:
+            tiled = (f.n_features, f.max_depth) if lay == "perfect-tiled" else None
+            shape = gpu.ForestShape(f.n_outputs, f32, g.tree_shape, f.n_trees, tiled)
+            kc = gpu.KernelConfig(lay, *cfg[:3], tree_chunk=cfg[4], tiled=len(cfg) > 5 and bool(cfg[5]))
+            if gpu.cuda_shared_bytes(kc, shape) > gpu.cuda_max_shared_bytes(
+                kc
+            ):  # a deep tree's chunk of 1000
                 continue
             raw = g.walk(x, cpu._base, f32, False, cfg, emulate=True)
             assert torch.equal(raw, ref_raw), (name, lay, cfg)
@@ -202,6 +209,87 @@ def test_the_emulated_kernel_refuses_what_the_tuner_leaves_out():
                 assert gpu.cuda_shared_bytes(cfg, gpu.ForestShape(classes)) > gpu.CUDA_MAX_SHARED_BYTES
                 with pytest.raises(RuntimeError, match="refuses this configuration"):
                     g.walk(x, base, False, False, args, emulate=True)
+
+
+def test_tiled_walks_equal_the_cpu_kernel_over_several_tiles():
+    """Note [Tiled walk]: 70 trees (two whole tiles and a partial one) with float32 sums (XGBoost) and
+    double sums (LightGBM, its input reading inside the kernel): tiled launches (emulated, whole and
+    partial blocks, 1, 2 and 4 rows in flight) and the generic kernel on the perfect-tiled layout give the
+    CPU kernel's raw scores, finished probabilities and leaves bit for bit."""
+    X, y = mixed_data(n=600)
+    models = (
+        xgb.XGBClassifier(n_estimators=70, max_depth=4).fit(X, y["bin"]),
+        lgb.LGBMClassifier(n_estimators=70, num_leaves=8, verbose=-1).fit(X, y["bin"]),
+    )
+    for model in models:
+        cpu = trees.compile(model, backend="cpu", strategy="traverse")
+        f = cpu.forest
+        rows, _ = trees.compiled.verification_rows(model, cpu, X)
+        x = cpu._input(rows)[0][:45].contiguous()
+        f32 = f.extra.get("accumulate") == "float32"
+        ref_raw, ref_leaves = cpu._kernel.raw(x, cpu._base, f32), cpu._kernel.leaves(x)
+        g = gpu_layout.GpuLayout(f, "perfect-tiled", torch.float32, torch.device("cpu"))
+        finish = compiled.fused_finish(f, post=True, pair=True)
+        ref_proba = g.walk(x, cpu._base, f32, False, [32, 1, 1, 1], finish=finish)
+        for cfg in ([32, 1, 1, 1, 0, 1], [64, 1, 2, 1, 0, 1], [32, 1, 4, 1, 0, 1], [64, 32, 1, 1, 0, 0]):
+            assert torch.equal(g.walk(x, cpu._base, f32, False, cfg, emulate=True), ref_raw), cfg
+            assert torch.equal(g.walk(x, cpu._base, False, True, cfg, emulate=True).long(), ref_leaves), cfg
+            assert torch.equal(g.walk(x, cpu._base, f32, False, cfg, emulate=True, finish=finish), ref_proba)
+        perfect = gpu_layout.GpuLayout(f, "perfect", torch.float32, torch.device("cpu")).tensors[0]
+        nodes = g.tensors[0]
+        assert nodes.shape == (3, 1 << g.depth, 32, 2)
+        assert torch.equal(nodes[1, : (1 << g.depth) - 1, 5], perfect[37, : (1 << g.depth) - 1])
+        assert not nodes[2, :, 70 - 64 :].any() and not nodes[:, -1].any()  # absent trees, the spare slot
+
+
+def test_tiled_launches_fit_shared_memory_as_the_tuner_counts():
+    """cuda_shared_bytes of a tiled launch is the kernel's plan (tile_carve): a launch over
+    CUDA_TILE_MAX_SHARED_BYTES is refused, one under it runs; the tuner tries tiled launches only on the
+    perfect-tiled layout, for big batches; the layout takes one output and depth <= 8, CUDA only."""
+    rng = np.random.default_rng(0)
+    for n_features, threads, fits in ((100, 128, True), (100, 512, False)):
+        X = rng.standard_normal((300, n_features)).astype(np.float32)
+        model = xgb.XGBRegressor(n_estimators=3, max_depth=8).fit(X, X[:, 0])
+        f = trees.compile(model).forest
+        g = gpu_layout.GpuLayout(f, "perfect-tiled", torch.float32, torch.device("cpu"))
+        shape = gpu.ForestShape(1, True, None, f.n_trees, (n_features, f.max_depth))
+        need = gpu.cuda_shared_bytes(gpu.KernelConfig("perfect-tiled", threads, tiled=True), shape)
+        assert (need <= gpu.CUDA_TILE_MAX_SHARED_BYTES) == fits, need
+        base = torch.zeros(1, dtype=torch.float64)
+        x = torch.as_tensor(X[:3])
+        args = [threads, 1, 1, 1, 0, 1]
+        if fits:
+            assert torch.equal(
+                g.walk(x, base, True, False, args, emulate=True), g.walk(x, base, True, False, args)
+            )
+        else:
+            with pytest.raises(RuntimeError, match="refuses this configuration"):
+                g.walk(x, base, True, False, args, emulate=True)
+    with pytest.raises(RuntimeError, match="refuses this configuration"):  # tiled needs the tiled layout
+        gpu_layout.GpuLayout(f, "perfect", torch.float32, torch.device("cpu")).walk(
+            x, base, True, False, [256, 1, 1, 1, 0, 1], emulate=True
+        )
+    small = gpu.ForestShape(1, True, None, 1000, (28, 8))
+    big = gpu._cuda_candidates("perfect-tiled", 1 << 20, small)
+    assert {c.threads for c in big if c.tiled} == {128, 256, 512} and all(
+        c.layout == "perfect-tiled" for c in big
+    )
+    assert not any(c.tiled for c in gpu._cuda_candidates("perfect-tiled", 100, small))
+    assert not any(
+        c.tiled for c in gpu._cuda_candidates("perfect", 1 << 20, gpu.ForestShape(1, True, (256, 256)))
+    )
+    assert gpu.default_config("cuda", ["perfect-tiled"], 8, 1 << 20, 1, 132, small).tiled
+    assert not gpu.default_config("cuda", ["perfect-tiled"], 8, 16, 1, 132, small).tiled
+    multi = trees.compile(RandomForestClassifier(4, max_depth=3).fit(X[:, :4], np.arange(300) % 3)).forest
+    assert gpu_layout.why_not(multi, "perfect-tiled", torch.float32) == "tiles hold one output per leaf"
+    deep = trees.compile(DecisionTreeRegressor(max_depth=9, random_state=0).fit(X, X[:, 1])).forest
+    assert "deeper than 8" in gpu_layout.why_not(deep, "perfect-tiled", torch.float32)
+    assert gpu_layout.why_not(deep, "perfect", torch.float32) is None
+    assert (
+        "perfect-tiled" in gpu.GpuRunner(f, torch.device("cpu"), "cuda", torch.float32, tune=False).eligible
+    )
+    triton = gpu.GpuRunner(f, torch.device("cpu"), "triton", torch.float32, tune=False)
+    assert "perfect-tiled" not in triton.eligible and "perfect" in triton.eligible
 
 
 def test_tree_chunks_fill_shared_memory_exactly_as_the_tuner_counts():
@@ -389,7 +477,8 @@ def test_tree_walk_op_errors():
     args = (*_forest_args(g), 6, x, cpu._base, True, False, [256, 1, 1, 1], [])
     with pytest.raises(
         RuntimeError,
-        match=r"format must be 0 \(perfect\), 1 \(compact\), 2 \(wide\) or 3 \(perfect blocked\), got 7",
+        match=r"format must be 0 \(perfect\), 1 \(compact\), 2 \(wide\), 3 \(perfect blocked\) or 4 "
+        r"\(perfect tiled\), got 7",
     ):
         torch.ops.pyzero.tree_walk(7, *args)
     with pytest.raises(RuntimeError, match="nodes must have 2 columns"):
@@ -406,8 +495,24 @@ def test_tree_walk_op_errors():
     ):
         with pytest.raises(RuntimeError, match=what):
             g.walk(x, cpu._base, True, leaves, [256, 1, 1, 1], finish=finish)
-    with pytest.raises(RuntimeError, match=r"config must be \[threads, lanes, ilp, stage, tree_chunk\]"):
+    with pytest.raises(
+        RuntimeError, match=r"config must be \[threads, lanes, ilp, stage, tree_chunk, tiled\]"
+    ):
         g.walk(x, cpu._base, True, False, [256, 1, 1], emulate=True)
+    binary = trees.compile(_models()[2][2], backend="cpu").forest  # one output: tiles fit
+    t = gpu_layout.GpuLayout(binary, "perfect-tiled", torch.float32, torch.device("cpu"))
+    per_tree = gpu_layout.GpuLayout(binary, "perfect", torch.float32, torch.device("cpu"))
+    base, xb = torch.zeros(1, dtype=torch.float64), torch.as_tensor(np.nan_to_num(_models()[2][1][:5]))
+    tail = (xb.shape[1], xb, base, False, False, [256, 1, 1, 1], [])
+    with pytest.raises(
+        RuntimeError, match=r"nodes must be a contiguous int32 tensor \[tiles, 2\^depth, 32, 2\]"
+    ):
+        torch.ops.pyzero.tree_walk(4, *_forest_args(t, per_tree.tensors[0]), *tail)
+    nodes, roots, leaf_nodes, values, t64, cat_bits, kinds = t.tensors
+    with pytest.raises(RuntimeError, match="nodes one tile per 32 trees, values"):
+        torch.ops.pyzero.tree_walk(
+            4, nodes, roots, leaf_nodes, values[:-32], t64, cat_bits, t.cat_domain, kinds, t.depth, *tail
+        )
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args))
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args[:-1], [1.0, 1.0, 0.0, 0.0]))
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (0, *_forest_args(p), *args[9:]))
@@ -487,7 +592,11 @@ def test_fixed_configurations_and_their_errors():
         ({"lanes": 3}, "lanes must divide threads"),
         ({"ilp": 3}, "ilp must be 1, 2 or 4"),
         ({"block_t": 6}, "block_r and block_t must be powers of two"),
-        ({"tree_chunk": 4}, "tree_chunk must be 0, or > 0 with a perfect layout and lanes 1"),
+        (
+            {"tree_chunk": 4},
+            "tree_chunk must be 0, or > 0 with layout perfect or perfect-blocked and lanes 1",
+        ),
+        ({"tiled": True}, "tiled needs backend 'cuda', layout 'perfect-tiled', lanes 1 and tree_chunk 0"),
         ({"tree_split": 2}, "tree_split must be 1, or more on the triton backend"),
     ):
         with pytest.raises(ValueError, match=what):
