@@ -91,6 +91,8 @@ class CompiledForest:
         self._gpu: gpu.GpuRunner | None = None
         self._graphs: gpu.SmallBatchGraphs | None = None
         self._stream: gpu.HostStream | None = None
+        self._one_launch_kinds: dict[str, bool] = {}
+        self._plain_inputs: bool | None = None  # see _as_is
         self._tune = tune
         if self.backend == "cpu":
             self._kernel = self._cpu_kernel()
@@ -160,6 +162,8 @@ class CompiledForest:
 
     # ------------------------------------------------------------------------------- inputs
     def _input(self, X: Any) -> tuple[Tensor, bool]:
+        if type(X) is Tensor and self._as_is(X):  # the common latency-bound case, checked first
+            return X, True
         rows = _rows(X) if self._graphs is not None else 0
         if self._graphs is not None and (rows <= gpu.GRAPH_MAX_ROWS or rows >= gpu.STREAM_MIN_ROWS):
             on_host = not isinstance(X, Tensor) or X.device.type == "cpu"
@@ -175,6 +179,30 @@ class CompiledForest:
             X, self.forest, self.device, self._input_dtype, lightgbm_reading=not kernel_reads
         )
 
+    def _as_is(self, X: Tensor) -> bool:
+        """Whether the kernel takes tensor X as it is: on the device, in the input dtype, [rows,
+        n_features], contiguous, for a forest whose inputs need no conversion before this kernel (what
+        inputs.to_tensor would otherwise do)."""
+        if self._plain_inputs is None:
+            f = self.forest
+            kernel_reads = isinstance(self._kernel, (fast_cpu.PerfectForest, gpu.GpuRunner)) and (
+                fast_cpu.reads_like_lightgbm(f)
+            )
+            lightgbm = bool(f.extra.get("zero_tiny_inputs") or f.extra.get("clamp_inf"))
+            self._plain_inputs = (
+                not (f.encode_numeric and f.categories)
+                and np.isnan(f.extra.get("missing", np.nan))
+                and (kernel_reads or not lightgbm)
+            )
+        return (
+            self._plain_inputs
+            and X.device == self.device
+            and X.dtype == self._input_dtype
+            and X.dim() == 2
+            and X.shape[1] == self.forest.n_features
+            and X.is_contiguous()
+        )
+
     def _output(self, t: Tensor, as_torch: bool):
         return t if as_torch else t.cpu().numpy()
 
@@ -184,7 +212,18 @@ class CompiledForest:
         configuration is known (tuned on these rows first); host rows give host outputs."""
         if not self._gpu.configured(x.shape[0]):
             self._gpu.config(x.shape[0], x.to(self.device))
-        return self._graphs.run(kind, fn, x)
+        return self._graphs.run(kind, fn, x, self._one_launch(kind))
+
+    def _one_launch(self, kind: str) -> bool:
+        """Whether the `kind` outputs of a batch are one launch of the CUDA kernel (its fused finish
+        does every step after the sums)."""
+        if kind not in self._one_launch_kinds:
+            f = self.forest
+            binary = f.classes is not None and f.n_outputs == 1
+            finish = fused_finish(f, post=kind != "raw", pair=kind == "proba" and binary)
+            plain_raw = kind == "raw" and f.aggregation != "mean"
+            self._one_launch_kinds[kind] = self.backend == "cuda" and (finish is not None or plain_raw)
+        return self._one_launch_kinds[kind]
 
     def _small(self, x: Tensor) -> bool:
         return self._graphs is not None and x.shape[0] <= gpu.GRAPH_MAX_ROWS and not _capturing()

@@ -85,3 +85,39 @@ def test_backend_and_strategy_errors():
     assert trees.compile(deep, backend="torch", strategy="traverse").forest.max_depth > 14
     with pytest.raises(ValueError, match="strategy='perfect' does not fit"):
         trees.compile(deep, backend="cpu", strategy="perfect")
+
+
+def test_tensors_the_kernel_takes_as_they_are_and_those_it_converts():
+    """CompiledForest._as_is: a contiguous float32 tensor goes straight to a kernel that reads inputs as
+    the library does; LightGBM's reading (|x| <= 1e-35 -> 0, +-inf clamped) and XGBoost's missing=
+    value still apply where the kernel does not do them, and other dtypes and layouts are converted."""
+    import lightgbm as lgb
+    import xgboost as xgb
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    edge = X[:8].copy()
+    edge[0, 0], edge[1, 0], edge[2, 0], edge[3, 0] = 1e-36, -1e-36, np.inf, -np.inf
+    edge[4, 0] = -1.0  # XGBoost's missing= value below
+    cases = (
+        lgb.LGBMClassifier(n_estimators=5, num_leaves=4, verbose=-1).fit(X, y),
+        xgb.XGBClassifier(n_estimators=5, max_depth=3, missing=-1.0).fit(X, y),
+    )
+    for model in cases:
+        native = model.predict_proba(edge)
+        for backend in ("cpu", "torch"):
+            cf = trees.compile(model, backend=backend)
+            x = torch.as_tensor(edge)
+            out = cf.predict_proba(x)
+            np.testing.assert_allclose(out.numpy(), native, atol=1e-6, rtol=0)
+            assert cf._input(x)[0] is x or not cf._plain_inputs, backend
+            for other in (x.double(), x.t().contiguous().t()):  # converted: float64, not contiguous
+                assert cf._input(other)[0] is not other
+                np.testing.assert_allclose(cf.predict_proba(other).numpy(), native, atol=1e-6, rtol=0)
+    x = torch.as_tensor(edge)
+    read = trees.compile(cases[0], backend="torch")._input(x)[0]  # the torch strategies read raw values
+    assert read is not x and read[0, 0] == 0 and read[1, 0] == 0 and read[2, 0] == np.finfo(np.float32).max
+    assert trees.compile(cases[0], backend="cpu")._input(x)[0] is x  # the C++ kernel reads like LightGBM
+    read = trees.compile(cases[1], backend="cpu")._input(x)[0]  # missing=-1.0 becomes NaN first
+    assert read is not x and torch.isnan(read[4, 0]) and not torch.isnan(x[4, 0])
