@@ -21,28 +21,36 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     || "$PY" -m pip install -q --no-deps --no-index --break-system-packages .whl/*.whl 2>&1 | tail -2
 fi
 if [ "${GPU_CHECK_ONLY:-}" = trees ]; then
-  # GPU_CHECK_STAGES picks stages (comma-separated: tests, profile, bench); by default tests and bench,
-  # plus profile with GPU_CHECK_PROFILE=1, minus bench with GPU_CHECK_SKIP_BENCH=1. A warm machine keeps
-  # the build, so stages can go in separate calls (each under the 10-minute limit).
+  # GPU_CHECK_STAGES picks stages, run in the order given (comma-separated: tests, profile, bench); by
+  # default tests and bench, plus profile with GPU_CHECK_PROFILE=1, minus bench with GPU_CHECK_SKIP_BENCH=1.
+  # A warm machine keeps the build, so stages can go in separate calls (each under the 10-minute limit).
+  # GPU_CHECK_TESTS: the pytest arguments (default: the CUDA and Triton tree test files);
+  # GPU_CHECK_PROFILE_ARGS and GPU_CHECK_TREE_ARGS: arguments of the profile and the benchmark.
   stages=${GPU_CHECK_STAGES:-tests$([ "${GPU_CHECK_PROFILE:-0}" = 1 ] && echo ,profile)$([ "${GPU_CHECK_SKIP_BENCH:-0}" = 1 ] || echo ,bench)}
-  stage() { [[ ",$stages," == *",$1,"* ]]; }
   echo "== build (stages: $stages) =="
   t0=$(date +%s)
   "$PY" setup.py -q build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
   echo "built in $(( $(date +%s) - t0 )) s"
-  if stage tests; then
-    echo "== tree tests on the GPU (CUDA kernel, Triton kernel, torch strategies) =="
-    PYZERO_TEST_DEVICE=cuda timeout "${GPU_CHECK_TEST_S:-300}" "$PY" -m pytest -q -p no:cacheprovider --maxfail=5 \
-      tests/trees/test_cuda_trees.py tests/trees/test_triton_trees.py 2>&1 | tee "$OUT/pytest_trees.log" | tail -25
-  fi
-  if stage profile; then  # where the time goes (kernel, graph, whole call)
-    "$PY" bench/profile_trees_gpu.py 2>&1 | tee "$OUT/profile_trees_gpu.log" | tail -60
-  fi
-  if stage bench; then
-    echo "== tree benchmark on the GPU =="
-    "$PY" bench/bench_trees.py --device cuda ${GPU_CHECK_TREE_ARGS:-} --out "$OUT/bench_trees_gpu.json" 2>&1 \
-      | tee "$OUT/bench_trees_gpu.log" | tail -30
-  fi
+  for stage in ${stages//,/ }; do
+    case $stage in
+      tests)
+        echo "== tree tests on the GPU (CUDA kernel, Triton kernel, torch strategies) =="
+        # shellcheck disable=SC2086  # GPU_CHECK_TESTS is a list of pytest arguments
+        PYZERO_TEST_DEVICE=cuda timeout "${GPU_CHECK_TEST_S:-300}" "$PY" -m pytest -q -p no:cacheprovider \
+          --maxfail=5 ${GPU_CHECK_TESTS:-tests/trees/test_cuda_trees.py tests/trees/test_triton_trees.py} 2>&1 \
+          | tee "$OUT/pytest_trees.log" | tail -25 ;;
+      profile)  # where the time goes (kernel, graph, whole call)
+        # shellcheck disable=SC2086
+        timeout "${GPU_CHECK_PROFILE_S:-300}" "$PY" bench/profile_trees_gpu.py ${GPU_CHECK_PROFILE_ARGS:-} 2>&1 \
+          | tee "$OUT/profile_trees_gpu.log" | tail -70 ;;
+      bench)
+        echo "== tree benchmark on the GPU =="
+        # shellcheck disable=SC2086
+        "$PY" bench/bench_trees.py --device cuda ${GPU_CHECK_TREE_ARGS:-} --out "$OUT/bench_trees_gpu.json" 2>&1 \
+          | tee "$OUT/bench_trees_gpu.log" | tail -30 ;;
+      *) echo "unknown stage $stage (tests, profile, bench)"; exit 2 ;;
+    esac
+  done
   exit 0
 fi
 echo "== build =="

@@ -1,7 +1,7 @@
 """Where a GPU tree prediction spends its time: the CUDA kernel alone (CUDA events) for every candidate
 configuration, the small-batch graph replay alone, the whole predict_proba call (host and device
-input), and the same call without a graph, at the batch sizes given. For the latency and throughput
-work of issue 7.
+input), and the same call without a graph, at the batch sizes given; for batch 1 also where the Python
+of predict_proba goes (cProfile). For the latency and throughput work of issue 7.
 
     python bench/profile_trees_gpu.py [--case xgb1000] [--batches 1,16,1M] [--top 8]
 """
@@ -9,6 +9,9 @@ work of issue 7.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import sys
 import time
 from functools import partial
@@ -20,13 +23,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 from bench_trees import higgs_like, parse_ints
-from bench_trees_gpu import CASES, TRAIN_ROWS, train
+from bench_trees_gpu import CASES, TRAIN_ROWS, timed, train
 
 from pyzero import trees
 from pyzero.trees import gpu
 
 REPS = 50  # timed calls per measurement (median), after WARMUP calls
 WARMUP = 5
+PROFILE_CALLS = 2000  # predict_proba calls under cProfile at batch 1
+PROFILE_LINES = 14
 
 
 def events_median(fn, reps: int = REPS) -> float:
@@ -87,12 +92,31 @@ def profile_batch(cf, Xb: np.ndarray, base: torch.Tensor, f32: bool, top: int) -
         print(
             f"  predict_proba, {name} input  {wall_median(partial(cf.predict_proba, X)) * 1e6:9.1f} us (wall)"
         )
+    # the benchmark's own timer (bench_trees_gpu.timed: a 0.5 s loop), to compare with its table
+    bench_s = timed(partial(cf.predict_proba, xd))
+    print(f"  predict_proba, device input  {bench_s * 1e6:9.1f} us (the benchmark's timer)")
     paths = {k: "direct" if v else "graph" for k, v in cf._graphs._direct.items()}
-    print(f"  device-input path chosen per (kind, bucket): {paths}")
+    print(f"  device-input path timed per (kind, bucket): {paths} (one-launch kinds skip the graph)")
     # the same probabilities without the graph: one kernel launch (fused finish), no copies in or out
     print(f"  no graph, device input       {wall_median(partial(cf._proba_direct, xd)) * 1e6:9.1f} us (wall)")
     launch = wall_median(partial(runner.run, xd, base, f32, False, chosen))
     print(f"  kernel launch alone          {launch * 1e6:9.1f} us (wall)")
+    if batch == 1:
+        python_profile(partial(cf.predict_proba, xd))
+
+
+def python_profile(fn) -> None:
+    """The functions predict_proba's calls spend their time in (own time), synchronised each call."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(PROFILE_CALLS):
+        fn()
+        torch.cuda.synchronize()
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(PROFILE_LINES)
+    print(f"  cProfile of {PROFILE_CALLS} calls (device input):")
+    print("\n".join("    " + line for line in out.getvalue().splitlines()[6:] if line.strip()))
 
 
 def main() -> int:
