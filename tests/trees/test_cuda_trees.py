@@ -232,13 +232,19 @@ def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
             assert dev.device.type == "cuda" and np.array_equal(dev.cpu().numpy(), ref_raw)
             assert np.array_equal(gpu.apply(rows), cpu.apply(rows))
         assert len(gpu._graphs._graphs) >= 4
-        direct = gpu._graphs._direct
-        for key in direct:  # device rows through the path the timing did not choose
-            direct[key] = not direct[key]
-        for n in (1, 3, 16, 100, 128):
-            rows = X[rng.integers(0, len(X), n)]
-            dev = gpu.decision_function(torch.as_tensor(rows, dtype=dtype, device="cuda"))
-            assert np.array_equal(dev.cpu().numpy(), cpu.decision_function(rows)), n
+        # one-launch kinds take device rows directly; as other kinds, they go through the timed choice
+        # between the graph and the direct call, then through the path the timing did not choose
+        gpu._one_launch_kinds = dict.fromkeys(("raw", "transformed", "proba"), False)
+        for flip in (False, True):
+            if flip:
+                direct = gpu._graphs._direct
+                assert direct
+                for key in direct:
+                    direct[key] = not direct[key]
+            for n in (1, 3, 16, 100, 128):
+                rows = X[rng.integers(0, len(X), n)]
+                dev = gpu.decision_function(torch.as_tensor(rows, dtype=dtype, device="cuda"))
+                assert np.array_equal(dev.cpu().numpy(), cpu.decision_function(rows)), (n, flip)
 
 
 def test_large_host_batches_stream_through_pinned_chunks(monkeypatch):
