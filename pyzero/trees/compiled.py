@@ -93,6 +93,7 @@ class CompiledForest:
         self._stream: gpu.HostStream | None = None
         self._one_launch_kinds: dict[str, bool] = {}
         self._plain_inputs: bool | None = None  # see _as_is
+        self._finishes: dict[tuple[bool, bool], tuple[float, ...] | None] = {}  # fused_finish by (post, pair)
         self._tune = tune
         if self.backend == "cpu":
             self._kernel = self._cpu_kernel()
@@ -226,7 +227,12 @@ class CompiledForest:
         return self._one_launch_kinds[kind]
 
     def _small(self, x: Tensor) -> bool:
-        return self._graphs is not None and x.shape[0] <= gpu.GRAPH_MAX_ROWS and not _capturing()
+        # graphs exist on a CUDA device only, so the capture check needs no torch.cuda.is_available()
+        return (
+            self._graphs is not None
+            and x.shape[0] <= gpu.GRAPH_MAX_ROWS
+            and not torch.cuda.is_current_stream_capturing()
+        )
 
     def _streamed(self, x: Tensor) -> bool:
         """Host rows of a large batch for a forest on the GPU (Note [Streamed host batches])."""
@@ -246,7 +252,12 @@ class CompiledForest:
 
     def _fused(self, x: Tensor, post: bool, pair: bool = False) -> Tensor | None:
         """The GPU kernel's sums through its own finish (fused_finish), or None."""
-        finish = fused_finish(self.forest, post, pair) if self._gpu is not None else None
+        if self._gpu is None:
+            return None
+        key = (post, pair)
+        if key not in self._finishes:
+            self._finishes[key] = fused_finish(self.forest, post, pair)
+        finish = self._finishes[key]
         if finish is None:
             return None
         f = self.forest
@@ -444,10 +455,6 @@ def _triton_available() -> bool:
 def _rows(X: Any) -> int:
     shape = getattr(X, "shape", None)
     return int(shape[0]) if shape is not None and len(shape) else len(X)
-
-
-def _capturing() -> bool:
-    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def adversarial_rows(
