@@ -146,7 +146,13 @@ def test_tiled_walks_over_several_tiles_equal_the_cpu_kernel():
         ref_raw, ref_leaves = cpu.decision_function(big), cpu.apply(big)
         ref_proba = cpu.predict_proba(big)
         for cfg in TILED_CONFIGS:
-            gpu = trees.compile(model, backend="cuda", device="cuda", tune={"layout": "perfect-tiled", **cfg})
+            try:
+                gpu = trees.compile(
+                    model, backend="cuda", device="cuda", tune={"layout": "perfect-tiled", **cfg}
+                )
+            except ValueError as e:  # 512 threads with double sums: more than an H100's shared memory
+                assert "bytes of shared memory" in str(e) and cfg["threads"] == 512, e
+                continue
             xd = torch.as_tensor(big, device="cuda")
             for n in (1, 1000, 100_000):
                 assert np.array_equal(gpu.decision_function(xd[:n]).cpu().numpy(), ref_raw[:n]), (cfg, n)
