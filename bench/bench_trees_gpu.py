@@ -15,6 +15,7 @@ timed rows, and pyzero's raw scores equal the C++ CPU kernel's bit for bit.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from functools import partial
@@ -46,7 +47,12 @@ HB_CHUNK = 100_000
 
 def timed(fn, budget_s: float = BUDGET_S) -> float:
     """Median seconds per call of fn (CUDA synchronised), after one or two warm-up calls; calls slower
-    than the whole budget are timed once."""
+    than the whole budget are timed once. Every predictor starts from the same process state: Python's
+    garbage collected and the CUDA caching allocator's free blocks returned (a peer's big intermediates,
+    e.g. Hummingbird's at 1M rows or its out-of-memory attempt, otherwise stay reserved)."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
