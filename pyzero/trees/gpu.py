@@ -250,7 +250,7 @@ def default_config(
     threads = 256
     lanes = 1
     if layout == "perfect-tiled" and rows >= CUDA_TILE_MIN_ROWS and shape is not None and shape.tiled:
-        for tile_threads in (256, 128):
+        for tile_threads in (512, 256, 128):  # the most warps that fit hide the most latency
             cfg = KernelConfig(layout, tile_threads, lanes, 2, tiled=True)
             if cuda_shared_bytes(cfg, shape) <= CUDA_TILE_MAX_SHARED_BYTES:
                 return cfg

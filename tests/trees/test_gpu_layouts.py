@@ -278,7 +278,11 @@ def test_tiled_launches_fit_shared_memory_as_the_tuner_counts():
     assert not any(
         c.tiled for c in gpu._cuda_candidates("perfect", 1 << 20, gpu.ForestShape(1, True, (256, 256)))
     )
-    assert gpu.default_config("cuda", ["perfect-tiled"], 8, 1 << 20, 1, 132, small).tiled
+    assert gpu.default_config("cuda", ["perfect-tiled"], 8, 1 << 20, 1, 132, small).threads == 512
+    double = gpu.ForestShape(1, False, None, 1000, (28, 8))  # double values and sums: 512 threads do not fit
+    assert gpu.default_config("cuda", ["perfect-tiled"], 8, 1 << 20, 1, 132, double) == gpu.KernelConfig(
+        "perfect-tiled", 256, 1, 2, tiled=True
+    )
     assert not gpu.default_config("cuda", ["perfect-tiled"], 8, 16, 1, 132, small).tiled
     multi = trees.compile(RandomForestClassifier(4, max_depth=3).fit(X[:, :4], np.arange(300) % 3)).forest
     assert gpu_layout.why_not(multi, "perfect-tiled", torch.float32) == "tiles hold one output per leaf"
