@@ -28,8 +28,9 @@
 // buffer [32 rows, kTileBufPitch]; then lane l adds row l's values in tree order to its accumulator, so
 // the sums are those of Note [GPU tree kernel]. A tile of depth-8 trees takes 96-128 KB, so the block
 // opts in to up to kTileMaxSharedBytes (an H100's per-block limit; a GPU with less refuses the launch
-// with an error, which the tuner skips). It is a tuner candidate, not a default: on an H100 the per-row
-// kernel beat it at 2^18 rows for the benchmark's forests (bench/RESULTS.md).
+// with an error, which the tuner skips). Untuned calls never reach it (the default layout is perfect):
+// the tuner tries it, and on an H100 the per-row kernel beat it at 2^18 rows for the benchmark's
+// forests (bench/RESULTS.md).
 #pragma once
 
 #include <cstdint>
