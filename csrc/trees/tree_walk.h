@@ -222,6 +222,17 @@ PYZERO_HD void store_output(const WalkForest& f, bool acc32, const double* base,
   }
 }
 
+// One step of a perfect-tree walk (Note [Perfect trees]): the heap index of node i's child that row
+// goes to, node nd being (meta, threshold bits); `last` caps the feature index (n_features - 1).
+template <typename Row>
+PYZERO_HD int32_t perfect_child(Node8 nd, const Row& row, int32_t last, int32_t i) {
+  int32_t c = static_cast<int32_t>(nd.word0 & kMetaFeatureMask);
+  c = c < last ? c : last;
+  const float v = row(c);
+  const bool left = is_nan(v) ? (nd.word0 >> 31) != 0 : v <= bits_to_float(nd.word1);
+  return 2 * i + (left ? 1 : 2);
+}
+
 // The walker of one layout. walk<N>(t0, count, row, out) walks trees t0 .. t0 + count - 1 (count <= N)
 // in lockstep, so one thread has N independent node loads in flight, and writes each tree's leaf value
 // row to out[k]; leaf_id(value row) is the leaf's IR node id. `row(c)` reads feature c of the row
@@ -256,11 +267,7 @@ struct PerfectWalkerT {
         } else {
           nd = tree[k][i[k]];
         }
-        int32_t c = static_cast<int32_t>(nd.word0 & kMetaFeatureMask);
-        c = c < last ? c : last;
-        const float v = row(c);
-        const bool left = is_nan(v) ? (nd.word0 >> 31) != 0 : v <= bits_to_float(nd.word1);
-        i[k] = 2 * i[k] + (left ? 1 : 2);
+        i[k] = perfect_child(nd, row, last, i[k]);
       }
     }
     const int32_t first_leaf = (int32_t{1} << f.depth) - 1;
@@ -291,12 +298,7 @@ struct TiledWalker {
     for (int32_t d = 0; d < f.depth; ++d) {
       PYZERO_UNROLL
       for (int k = 0; k < N; ++k) {
-        const Node8 nd = tile[k][i[k] * kTiledTrees + l[k]];
-        int32_t c = static_cast<int32_t>(nd.word0 & kMetaFeatureMask);
-        c = c < last ? c : last;
-        const float v = row(c);
-        const bool left = is_nan(v) ? (nd.word0 >> 31) != 0 : v <= bits_to_float(nd.word1);
-        i[k] = 2 * i[k] + (left ? 1 : 2);
+        i[k] = perfect_child(tile[k][i[k] * kTiledTrees + l[k]], row, last, i[k]);
       }
     }
     const int32_t first_leaf = (int32_t{1} << f.depth) - 1;
