@@ -66,13 +66,13 @@ struct AdamTensor {
 };
 
 #if defined(__CUDACC__)
-#define PYZERO_HD __host__ __device__
+#define PYZERO_ADAM_HD __host__ __device__
 #else
-#define PYZERO_HD
+#define PYZERO_ADAM_HD
 #endif
 
 // Derives the per-tensor scalars (see Note [AdamW update]); `step` counts this update.
-PYZERO_HD inline AdamScalars make_adam_scalars(const AdamHyper& h, double step, float grad_scale) {
+PYZERO_ADAM_HD inline AdamScalars make_adam_scalars(const AdamHyper& h, double step, float grad_scale) {
   AdamScalars s;
   s.grad_scale = grad_scale;
   s.decay = h.adamw_mode ? static_cast<float>(1.0 - h.lr * h.weight_decay) : 1.0f;

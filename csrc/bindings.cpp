@@ -7,6 +7,7 @@
 #include "adam.h"
 #include "cpu/adam_cpu.h"
 #include "trees/tree_cpu.h"
+#include "trees/tree_walk_plan.h"
 
 #ifdef PYZERO_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -267,6 +268,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "cpu_isa_detected", [] { return std::string(pyzero::cpu::isa_name(pyzero::cpu::detect_isa())); },
       "Best ISA this processor supports.");
   m.def("set_cpu_isa", &pyzero::set_cpu_isa, "Selects the CPU kernels' ISA (for tests and benchmarks).");
+  namespace py = pybind11;
+  // Note [Prepared walks] in csrc/trees/tree_walk_plan.h
+  py::class_<pyzero::WalkPlan, std::shared_ptr<pyzero::WalkPlan>>(
+      m, "WalkPlan", "A pyzero::tree_walk call with every argument but x bound and checked once.")
+      .def(py::init<int64_t, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                    const at::Tensor&, const at::Tensor&, const std::vector<double>&, const at::Tensor&,
+                    int64_t, int64_t, const at::Tensor&, const at::Tensor&, bool, bool,
+                    const std::vector<int64_t>&, const std::vector<double>&, bool, bool>(),
+           py::arg("format"), py::arg("nodes"), py::arg("roots"), py::arg("leaf_nodes"), py::arg("values"),
+           py::arg("threshold64"), py::arg("cat_bits"), py::arg("cat_domain"), py::arg("column_kind"),
+           py::arg("depth"), py::arg("n_features"), py::arg("x_like"), py::arg("base"),
+           py::arg("float32_accum"), py::arg("leaves"), py::arg("config"), py::arg("finish"),
+           py::arg("emulate") = false, py::arg("flat") = false)
+      .def("takes", &pyzero::WalkPlan::takes, py::arg("x"), "Whether the plan takes x as it is.")
+      .def("__call__", &pyzero::WalkPlan::operator(), py::arg("x"), "The walk of x's rows (as tree_walk).");
+  py::class_<pyzero::WalkPlans>(m, "WalkPlans", "One WalkPlan per batch-size bucket.")
+      .def(py::init<>())
+      .def("set", &pyzero::WalkPlans::set, py::arg("bucket"), py::arg("plan"))
+      .def("clear", &pyzero::WalkPlans::clear)
+      .def("__call__", &pyzero::WalkPlans::try_call, py::arg("x"),
+           "The walk of x by its bucket's plan, or None when no plan takes x.");
+  m.def("batch_bucket", &pyzero::batch_bucket, py::arg("rows"), "bucket_of(rows) of pyzero.trees.gpu.");
 #ifdef PYZERO_WITH_CUDA
   m.attr("with_cuda") = true;
 #else

@@ -13,6 +13,7 @@
 
 #include "../cuda/tree_launch.h"
 #include "tree_walk.h"
+#include "tree_walk_plan.h"
 
 #ifdef PYZERO_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -207,15 +208,6 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
   return f;
 }
 
-// The op's output (leaf ids int32 [rows, trees] or raw float64 [rows, outputs]) and the pointers a walk
-// writes and reads.
-struct Output {
-  at::Tensor out;
-  double* raw = nullptr;
-  int32_t* leaves = nullptr;
-  const double* base = nullptr;
-};
-
 // Note [Fused finish] from the op's `finish`: empty (raw sums) or [kind, scale, divisor, pair].
 trees::Finish finish_of(at::ArrayRef<double> finish, const trees::WalkForest& f, bool leaves) {
   trees::Finish fin;
@@ -234,22 +226,6 @@ trees::Finish finish_of(at::ArrayRef<double> finish, const trees::WalkForest& f,
   fin.divisor = finish[2];
   fin.pair = finish[3] != 0;
   return fin;
-}
-
-Output output(const trees::WalkForest& f, const at::Tensor& x, const at::Tensor& base, bool leaves) {
-  Output o;
-  if (leaves) {
-    o.out = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
-    o.leaves = o.out.data_ptr<int32_t>();
-    return o;
-  }
-  TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous() &&
-                  base.device() == x.device(),
-              "pyzero.tree_walk: base must hold one float64 per output, on x's device");
-  o.out = at::empty({x.size(0), f.finish.pair ? 2 : f.n_outputs}, x.options().dtype(at::kDouble));
-  o.raw = o.out.data_ptr<double>();
-  o.base = base.data_ptr<double>();
-  return o;
 }
 
 // The kernel configuration [threads, lanes, ilp, stage rows, tree chunk, tiled] (Note [GPU tree kernel],
@@ -272,53 +248,150 @@ std::string describe(const cuda::WalkLaunch& cfg) {
          " tiled=" + std::to_string(cfg.tiled);
 }
 
-// Where a call runs: the host twin (CPU tensors), the CUDA kernel's own code on the CPU (Note [Kernel
-// emulation], tests), or the CUDA kernel (CUDA tensors).
-enum class Runner { kHost, kEmulated, kCuda };
+WalkPlan::Runner runner_for(const at::Tensor& x_like, bool emulate) {
+  if (x_like.is_cuda()) {
+#ifdef PYZERO_WITH_CUDA
+    TORCH_CHECK(!emulate, "pyzero.tree_walk_emulated: the emulated kernel takes CPU tensors");
+    return WalkPlan::Runner::kCuda;
+#else
+    TORCH_CHECK(false, "pyzero.tree_walk: pyzero._C was built without CUDA");
+#endif
+  }
+  TORCH_CHECK(x_like.device().is_cpu(), "pyzero.tree_walk: x must be a CPU or CUDA tensor, got one on ",
+              x_like.device());
+  return emulate ? WalkPlan::Runner::kEmulated : WalkPlan::Runner::kHost;
+}
 
-template <Runner kRunner>
+}  // namespace
+
+WalkPlan::WalkPlan(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
+                   const at::Tensor& leaf_nodes, const at::Tensor& values, const at::Tensor& threshold64,
+                   const at::Tensor& cat_bits, const std::vector<double>& cat_domain,
+                   const at::Tensor& column_kind, int64_t depth, int64_t n_features, const at::Tensor& x_like,
+                   const at::Tensor& base, bool float32_accum, bool leaves,
+                   const std::vector<int64_t>& config, const std::vector<double>& finish, bool emulate,
+                   bool flat)
+    : keep_{nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind, base},
+      runner_(runner_for(x_like, emulate)),
+      dtype_(x_like.scalar_type()),
+      device_(x_like.device()),
+      columns_(x_like.dim() == 2 ? x_like.size(1) : 0),
+      float32_accum_(float32_accum),
+      leaves_(leaves),
+      flat_(flat) {
+  f_ = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits, cat_domain, column_kind,
+                   depth, x_like, n_features);
+  f_.finish = finish_of(finish, f_, leaves);
+  TORCH_CHECK(f_.values32 == nullptr || leaves || float32_accum,
+              "pyzero.tree_walk: float32 values need float32_accum (the sums round to float32)");
+  if (!leaves) {
+    TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f_.n_outputs && base.is_contiguous() &&
+                    base.device() == device_,
+                "pyzero.tree_walk: base must hold one float64 per output, on x's device");
+  }
+  TORCH_CHECK(!flat || (!leaves && f_.n_outputs == 1 && !f_.finish.pair),
+              "pyzero.tree_walk: flat outputs need sums of one column");
+  if (runner_ != Runner::kHost) launch_ = walk_launch(config);  // the host twin walks row by row
+}
+
+bool WalkPlan::takes(const at::Tensor& x) const {
+  return x.defined() && x.scalar_type() == dtype_ && x.device() == device_ && x.dim() == 2 &&
+         x.size(1) == columns_ && x.is_contiguous();
+}
+
+at::Tensor WalkPlan::operator()(const at::Tensor& x) const {
+  TORCH_CHECK(takes(x), "pyzero.tree_walk: this prepared walk takes x as a contiguous ", dtype_,
+              " tensor of shape (rows, ", columns_, ") on ", device_, ", got ",
+              x.defined() ? c10::str("a ", x.scalar_type(), " tensor of shape ", x.sizes(), " on ",
+                                     x.device(), x.is_contiguous() ? "" : " (not contiguous)")
+                          : std::string("an undefined tensor"));
+  return run(x);
+}
+
+at::Tensor WalkPlan::run(const at::Tensor& x) const {
+#ifdef PYZERO_WITH_CUDA
+  std::optional<c10::cuda::CUDAGuard> guard;
+  if (runner_ == Runner::kCuda) guard.emplace(device_);
+#endif
+  const int64_t rows = x.size(0);
+  const auto options = x.options();
+  at::Tensor out;
+  double* raw = nullptr;
+  int32_t* leaf_ids = nullptr;
+  const double* base = nullptr;
+  if (leaves_) {
+    out = at::empty({rows, f_.n_trees}, options.dtype(at::kInt));
+    leaf_ids = out.data_ptr<int32_t>();
+  } else {
+    out = flat_ ? at::empty({rows}, options.dtype(at::kDouble))
+                : at::empty({rows, f_.finish.pair ? 2 : f_.n_outputs}, options.dtype(at::kDouble));
+    raw = out.data_ptr<double>();
+    base = keep_.back().data_ptr<double>();
+  }
+  auto walk = [&](const auto* xp) {
+    if (runner_ == Runner::kHost) {
+      trees::walk_host(f_, xp, rows, base, float32_accum_, raw, leaf_ids);
+    } else if (runner_ == Runner::kEmulated) {
+      const bool ok = cuda::tree_walk_emulated(f_, xp, rows, base, float32_accum_, raw, leaf_ids, launch_);
+      TORCH_CHECK(ok, "pyzero.tree_walk_emulated: the kernel refuses this configuration (", describe(launch_),
+                  ")");
+    } else {
+#ifdef PYZERO_WITH_CUDA
+      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device_.index()).stream();
+      const cudaError_t err =
+          cuda::tree_walk(f_, xp, rows, base, float32_accum_, raw, leaf_ids, launch_, stream);
+      TORCH_CHECK(err == cudaSuccess, "pyzero.tree_walk (CUDA): ", cudaGetErrorString(err), " (",
+                  describe(launch_), ")");
+#endif
+    }
+  };
+  if (dtype_ == at::kDouble) {
+    walk(x.data_ptr<double>());
+  } else {
+    walk(x.data_ptr<float>());
+  }
+  return out;
+}
+
+int64_t batch_bucket(int64_t rows) {
+  if (rows <= 1) return 0;
+  int64_t bits = 0;  // bit length of rows - 1
+  for (uint64_t v = static_cast<uint64_t>(rows - 1); v != 0; v >>= 1) ++bits;
+  return (bits + 1) / 2;
+}
+
+void WalkPlans::set(int64_t bucket, std::shared_ptr<WalkPlan> plan) {
+  TORCH_CHECK(bucket >= 0 && bucket < kMaxBuckets, "pyzero.WalkPlans.set: bucket must be in [0, ",
+              kMaxBuckets, "), got ", bucket);
+  plans_[bucket] = std::move(plan);
+}
+
+void WalkPlans::clear() {
+  for (auto& p : plans_) p.reset();
+}
+
+std::optional<at::Tensor> WalkPlans::try_call(const at::Tensor& x) const {
+  if (!x.defined() || x.dim() != 2 || x.size(0) < 1) return std::nullopt;
+  const int64_t bucket = batch_bucket(x.size(0));
+  if (bucket >= kMaxBuckets) return std::nullopt;
+  const WalkPlan* plan = plans_[bucket].get();
+  if (plan == nullptr || !plan->takes(x)) return std::nullopt;
+  return (*plan)(x);
+}
+
+namespace {
+
+template <bool kEmulate>
 at::Tensor tree_walk_impl(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
                           const at::Tensor& leaf_nodes, const at::Tensor& values,
                           const at::Tensor& threshold64, const at::Tensor& cat_bits,
                           at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
                           int64_t n_features, const at::Tensor& x, const at::Tensor& base, bool float32_accum,
                           bool leaves, at::IntArrayRef config, at::ArrayRef<double> finish) {
-#ifdef PYZERO_WITH_CUDA
-  std::optional<c10::cuda::CUDAGuard> guard;
-  if constexpr (kRunner == Runner::kCuda) guard.emplace(x.device());
-#endif
-  trees::WalkForest f = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits,
-                                    cat_domain, column_kind, depth, x, n_features);
-  f.finish = finish_of(finish, f, leaves);
-  TORCH_CHECK(f.values32 == nullptr || leaves || float32_accum,
-              "pyzero.tree_walk: float32 values need float32_accum (the sums round to float32)");
-  const Output o = output(f, x, base, leaves);
-  auto run = [&](const auto* xp) {
-    if constexpr (kRunner == Runner::kHost) {
-      (void)config;  // the host twin walks row by row
-      trees::walk_host(f, xp, x.size(0), o.base, float32_accum, o.raw, o.leaves);
-    } else if constexpr (kRunner == Runner::kEmulated) {
-      const cuda::WalkLaunch cfg = walk_launch(config);
-      const bool ok = cuda::tree_walk_emulated(f, xp, x.size(0), o.base, float32_accum, o.raw, o.leaves, cfg);
-      TORCH_CHECK(ok, "pyzero.tree_walk_emulated: the kernel refuses this configuration (", describe(cfg),
-                  ")");
-    } else {
-#ifdef PYZERO_WITH_CUDA
-      const cuda::WalkLaunch cfg = walk_launch(config);
-      const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
-      const cudaError_t err =
-          cuda::tree_walk(f, xp, x.size(0), o.base, float32_accum, o.raw, o.leaves, cfg, stream);
-      TORCH_CHECK(err == cudaSuccess, "pyzero.tree_walk (CUDA): ", cudaGetErrorString(err), " (",
-                  describe(cfg), ")");
-#endif
-    }
-  };
-  if (x.scalar_type() == at::kDouble) {
-    run(x.data_ptr<double>());
-  } else {
-    run(x.data_ptr<float>());
-  }
-  return o.out;
+  const WalkPlan plan(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits, cat_domain.vec(),
+                      column_kind, depth, n_features, x, base, float32_accum, leaves, config.vec(),
+                      finish.vec(), kEmulate);
+  return plan(x);
 }
 
 }  // namespace
@@ -338,12 +411,12 @@ TORCH_LIBRARY_FRAGMENT(pyzero, m) {
 }
 
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
-  m.impl("tree_walk", &pyzero::tree_walk_impl<pyzero::Runner::kHost>);
-  m.impl("tree_walk_emulated", &pyzero::tree_walk_impl<pyzero::Runner::kEmulated>);
+  m.impl("tree_walk", &pyzero::tree_walk_impl<false>);
+  m.impl("tree_walk_emulated", &pyzero::tree_walk_impl<true>);
 }
 
 #ifdef PYZERO_WITH_CUDA
 TORCH_LIBRARY_IMPL(pyzero, CUDA, m) {
-  m.impl("tree_walk", &pyzero::tree_walk_impl<pyzero::Runner::kCuda>);
+  m.impl("tree_walk", &pyzero::tree_walk_impl<false>);
 }
 #endif

@@ -93,7 +93,10 @@ class CompiledForest:
         self._stream: gpu.HostStream | None = None
         self._one_launch_kinds: dict[str, bool] = {}
         self._plain_inputs: bool | None = None  # see _as_is
-        self._finishes: dict[tuple[bool, bool], tuple[float, ...] | None] = {}  # fused_finish by (post, pair)
+        self._launches: dict[str, tuple[tuple[float, ...], bool] | None] = {}  # see _launch
+        # Note [Prepared walks] (csrc/trees/tree_walk_plan.h): per output kind, the CUDA kernel's calls
+        # prepared per batch-size bucket for device rows taken as they are (_as_is)
+        self._plans: dict[str, Any] = {}
         self._tune = tune
         if self.backend == "cpu":
             self._kernel = self._cpu_kernel()
@@ -108,6 +111,10 @@ class CompiledForest:
             if device.type == "cuda":
                 self._graphs = gpu.SmallBatchGraphs(device, forest.n_features, self._input_dtype)
                 self._stream = gpu.HostStream(device, forest.n_features, self._input_dtype)
+                if self.backend == "cuda":
+                    from pyzero import _native
+
+                    self._plans = {kind: _native.C.WalkPlans() for kind in ("raw", "transformed", "proba")}
 
     def _torch_strategy(self, name: str):
         if name not in self._torch:
@@ -159,6 +166,8 @@ class CompiledForest:
         if self._gpu is None:
             raise ValueError(f"tune() needs backend 'cuda' or 'triton', this forest uses {self.backend!r}")
         x = inputs.to_tensor(X, self.forest, self.device, self._input_dtype)[0]
+        for plans in self._plans.values():  # prepared with the configurations tuned before
+            plans.clear()
         return {b: self._gpu.config(b, x, force=True) for b in batch_sizes}
 
     # ------------------------------------------------------------------------------- inputs
@@ -219,12 +228,39 @@ class CompiledForest:
         """Whether the `kind` outputs of a batch are one launch of the CUDA kernel (its fused finish
         does every step after the sums)."""
         if kind not in self._one_launch_kinds:
-            f = self.forest
-            binary = f.classes is not None and f.n_outputs == 1
-            finish = fused_finish(f, post=kind != "raw", pair=kind == "proba" and binary)
-            plain_raw = kind == "raw" and f.aggregation != "mean"
-            self._one_launch_kinds[kind] = self.backend == "cuda" and (finish is not None or plain_raw)
+            self._one_launch_kinds[kind] = self.backend == "cuda" and self._launch(kind) is not None
         return self._one_launch_kinds[kind]
+
+    def _launch(self, kind: str) -> tuple[tuple[float, ...], bool] | None:
+        """(finish, float32_accum) of the one GPU kernel call whose outputs are the `kind` outputs
+        ("raw", "transformed" or "proba"; Note [Fused finish] in csrc/trees/tree_walk.h), or None when
+        they take more steps (or the forest is not on a GPU backend)."""
+        if kind not in self._launches:
+            f = self.forest
+            acc32 = f.extra.get("accumulate") == "float32"
+            if self._gpu is None:
+                launch = None
+            elif kind == "raw" and f.aggregation != "mean":
+                launch = ((), acc32)
+            else:
+                binary = f.classes is not None and f.n_outputs == 1
+                finish = fused_finish(f, post=kind != "raw", pair=kind == "proba" and binary)
+                launch = None if finish is None else (finish, acc32 and f.aggregation != "mean")
+            self._launches[kind] = launch
+        return self._launches[kind]
+
+    def _prepare(self, kind: str, X: Any, flat: bool) -> None:
+        """Note [Prepared walks]: after a call on device rows X taken as they are, the kernel call of
+        X's batch-size bucket prepared for the `kind` outputs (flat: one column, as [rows]), so that the
+        next calls of the bucket skip every step in Python and the op's checks."""
+        plans = self._plans.get(kind)
+        if plans is None or type(X) is not Tensor or not self._as_is(X) or not self._one_launch(kind):
+            return
+        rows = X.shape[0]
+        if rows == 0 or not self._gpu.configured(rows):
+            return
+        finish, f32 = self._launch(kind)
+        plans.set(gpu.bucket_of(rows), self._gpu.plan(rows, X, self._base, f32, finish, flat))
 
     def _small(self, x: Tensor) -> bool:
         # graphs exist on a CUDA device only, so the capture check needs no torch.cuda.is_available()
@@ -250,18 +286,12 @@ class CompiledForest:
     def _raw(self, x: Tensor) -> Tensor:
         return self._route("raw", self._raw_direct, x)
 
-    def _fused(self, x: Tensor, post: bool, pair: bool = False) -> Tensor | None:
-        """The GPU kernel's sums through its own finish (fused_finish), or None."""
-        if self._gpu is None:
+    def _fused(self, x: Tensor, kind: str) -> Tensor | None:
+        """The `kind` outputs as one GPU kernel call (_launch), or None."""
+        launch = self._launch(kind)
+        if launch is None:
             return None
-        key = (post, pair)
-        if key not in self._finishes:
-            self._finishes[key] = fused_finish(self.forest, post, pair)
-        finish = self._finishes[key]
-        if finish is None:
-            return None
-        f = self.forest
-        f32 = f.extra.get("accumulate") == "float32" and f.aggregation != "mean"
+        finish, f32 = launch
         return self._kernel.raw(x, self._base, f32, finish)
 
     def _raw_direct(self, x: Tensor) -> Tensor:
@@ -269,7 +299,7 @@ class CompiledForest:
         f32 = f.extra.get("accumulate") == "float32"
         if self._kernel is not None:
             if f.aggregation == "mean":
-                fused = self._fused(x, post=False)
+                fused = self._fused(x, "raw")
                 if fused is not None:
                     return fused
                 # a tensor divisor: CUDA divides by a host scalar via its reciprocal
@@ -280,10 +310,15 @@ class CompiledForest:
     def decision_function(self, X: Any):
         """Raw scores before the post-transform: [rows] for one output, else [rows, outputs].
         IsolationForest: score_samples - offset_ (negative for outliers), as scikit-learn."""
+        if self._plans and type(X) is Tensor:  # Note [Prepared walks]
+            out = self._plans["raw"](X)
+            if out is not None:
+                return out
         x, as_torch = self._input(X)
         if self.forest.post_transform == "isolation":
             return self._output(self._transformed(x)[:, 0] - self.forest.extra["offset"], as_torch)
         raw = self._raw(x)
+        self._prepare("raw", X, flat=raw.shape[1] == 1)
         return self._output(raw[:, 0] if raw.shape[1] == 1 else raw, as_torch)
 
     def score_samples(self, X: Any):
@@ -298,7 +333,7 @@ class CompiledForest:
         return self._route("transformed", self._transformed_direct, x)
 
     def _transformed_direct(self, x: Tensor) -> Tensor:
-        fused = self._fused(x, post=True)
+        fused = self._fused(x, "transformed")
         if fused is not None:
             return fused
         raw = self._raw_direct(x)
@@ -322,10 +357,10 @@ class CompiledForest:
         return self._route("proba", self._proba_direct, x)
 
     def _proba_direct(self, x: Tensor) -> Tensor:
-        binary = self.forest.classes is not None and self.forest.n_outputs == 1
-        fused = self._fused(x, post=True, pair=binary)
+        fused = self._fused(x, "proba")
         if fused is not None:
             return fused
+        binary = self.forest.classes is not None and self.forest.n_outputs == 1
         p = self._transformed_direct(x)
         if binary:  # P(class 1) -> [P(0), P(1)]
             return torch.cat([1 - p, p], dim=1)
@@ -333,11 +368,17 @@ class CompiledForest:
 
     def predict_proba(self, X: Any):
         """Class probabilities [rows, classes] (classifiers only)."""
+        if self._plans and type(X) is Tensor:  # Note [Prepared walks]
+            out = self._plans["proba"](X)
+            if out is not None:
+                return out
         if self.forest.classes is None:
             raise AttributeError(f"{self.forest.source} is a regressor: it has no predict_proba")
         x, as_torch = self._input(X)
         if as_torch or self._small(x) or self._streamed(x):
-            return self._output(self._proba(x), as_torch)
+            p = self._proba(x)
+            self._prepare("proba", X, flat=False)
+            return self._output(p, as_torch)
         p = self._transformed(x)
         if p.shape[1] != 1:
             return self._output(p, as_torch)
@@ -346,6 +387,10 @@ class CompiledForest:
 
     def predict(self, X: Any):
         """Class labels for classifiers, values [rows] or [rows, outputs] for regressors."""
+        if self._plans and type(X) is Tensor:  # Note [Prepared walks]: regressors only
+            out = self._plans["transformed"](X)
+            if out is not None:
+                return out
         x, as_torch = self._input(X)
         if self.forest.post_transform == "isolation":  # 1 inlier, -1 outlier
             decision = self._transformed(x)[:, 0] - self.forest.extra["offset"]
@@ -356,6 +401,7 @@ class CompiledForest:
             labels = self.forest.classes[idx]
             return torch.as_tensor(labels) if as_torch else labels
         out = self._transformed(x)
+        self._prepare("transformed", X, flat=out.shape[1] == 1)
         if out.shape[1] == 1:
             out = out[:, 0]
         return self._output(out, as_torch)

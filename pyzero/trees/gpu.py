@@ -559,6 +559,23 @@ class GpuRunner:
         finish] in csrc/trees/tree_walk.h) when given."""
         return self.run(x, base, float32_accum, False, self.config(x.shape[0], x), finish)
 
+    def plan(
+        self,
+        rows: int,
+        x_like: Tensor,
+        base: Tensor,
+        float32_accum: bool,
+        finish: tuple[float, ...],
+        flat: bool,
+    ) -> Any:
+        """raw(x, base, float32_accum, finish) for batches in the bucket of `rows` (configured), prepared
+        for x like x_like (Note [Prepared walks] in csrc/trees/tree_walk_plan.h; CUDA backend)."""
+        if self.backend != "cuda":
+            raise ValueError(f"prepared walks run the CUDA kernel, this runner uses {self.backend!r}")
+        cfg = self.config(rows)
+        lay = self.layout(cfg.layout)
+        return lay.plan(x_like[:0], base, float32_accum, False, cfg.cuda_args(), finish=finish, flat=flat)
+
     def leaves(self, x: Tensor) -> Tensor:
         """IR leaf node id per (row, tree): int64 [rows, trees]."""
         return self.run(x, torch.zeros(0), False, True, self.config(x.shape[0], x)).long()

@@ -8,6 +8,8 @@ pyzero::tree_walk, the CUDA kernel on CUDA tensors and its host twin on CPU tens
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -211,6 +213,46 @@ class GpuLayout:
             leaves,
             config,
             list(finish),
+        )
+
+    def plan(
+        self,
+        x_like: Tensor,
+        base: Tensor,
+        float32_accum: bool,
+        leaves: bool,
+        config: list[int],
+        emulate: bool = False,
+        finish: tuple[float, ...] = (),
+        flat: bool = False,
+    ) -> Any:
+        """walk() with every argument but x bound and checked once (Note [Prepared walks] in
+        csrc/trees/tree_walk_plan.h): a pyzero._C.WalkPlan whose call plan(x) takes x like x_like (its
+        dtype, device and columns, any rows) and returns walk(x, ...) bit for bit; flat=True gives sums of
+        one column as [rows]."""
+        from pyzero import _native
+
+        nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = self.tensors
+        return _native.require("pyzero.trees prepared walks").WalkPlan(
+            self.format,
+            nodes,
+            roots,
+            leaf_nodes,
+            values,
+            threshold64,
+            cat_bits,
+            self.cat_domain,
+            column_kind,
+            self.depth,
+            self.n_features,
+            x_like,
+            base,
+            float32_accum,
+            leaves,
+            config,
+            list(finish),
+            emulate,
+            flat,
         )
 
 

@@ -241,6 +241,8 @@ def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
         # one-launch kinds take device rows directly; as other kinds, they go through the timed choice
         # between the graph and the direct call, then through the path the timing did not choose
         gpu._one_launch_kinds = dict.fromkeys(("raw", "transformed", "proba"), False)
+        for plans in gpu._plans.values():  # Note [Prepared walks]: prepared on the device rows above
+            plans.clear()
         for flip in (False, True):
             if flip:
                 direct = gpu._graphs._direct
@@ -251,6 +253,41 @@ def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
                 rows = X[rng.integers(0, len(X), n)]
                 dev = gpu.decision_function(torch.as_tensor(rows, dtype=dtype, device="cuda"))
                 assert np.array_equal(dev.cpu().numpy(), cpu.decision_function(rows)), (n, flip)
+
+
+def test_device_rows_go_through_prepared_calls_with_the_same_bits():
+    """Note [Prepared walks]: after the first call of a bucket on device rows, later calls (new rows of
+    the same bucket) take its prepared kernel call and give the CPU kernel's outputs; converted inputs
+    and calls inside a CUDA graph capture give the same."""
+    X, models = fitted_models()
+    rng = np.random.default_rng(2)
+    for model in models:
+        name = type(model).__name__
+        cpu = trees.compile(model, backend="cpu", strategy="traverse")
+        gpu = trees.compile(model, device="cuda")
+        dtype = cpu._input_dtype
+        for n in (1, 3, 16, 100, 1000, 1, 3, 16, 100, 1000):
+            rows = X[rng.integers(0, len(X), n)]
+            dev = torch.as_tensor(rows, dtype=dtype, device="cuda")
+            for method, kind in (("decision_function", "raw"), ("predict_proba", "proba")):
+                out = getattr(gpu, method)(dev)
+                want = getattr(cpu, method)(rows)
+                assert out.device.type == "cuda" and out.shape == want.shape, (name, method, n)
+                if method == "decision_function":
+                    assert np.array_equal(out.cpu().numpy(), want), (name, method, n)
+                else:
+                    np.testing.assert_allclose(out.cpu().numpy(), want, atol=1e-6, rtol=0)
+                    assert torch.equal(out, gpu._proba(dev)), (name, n)
+                assert (gpu._plans[kind](dev) is not None) == gpu._one_launch(kind), (name, method, n)
+        dev = torch.as_tensor(X[:16], dtype=dtype, device="cuda")
+        want = gpu.decision_function(dev)
+        assert torch.equal(gpu.decision_function(dev.double()), want), name
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured = gpu.decision_function(dev)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(captured, want), name
 
 
 def test_large_host_batches_stream_through_pinned_chunks(monkeypatch):

@@ -1,0 +1,174 @@
+"""Note [Prepared walks] (csrc/trees/tree_walk_plan.h) on CPU tensors: pyzero._C.WalkPlan against the
+pyzero::tree_walk op bit for bit (host twin and emulated CUDA kernel), its errors, WalkPlans' buckets, and
+CompiledForest's prepared calls through a stand-in of the CUDA backend whose runner walks CPU tensors."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+import torch
+import xgboost as xgb
+from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomForestRegressor
+
+from pyzero import _native, trees
+from pyzero.trees import compiled, gpu, gpu_layout
+from tests.trees.helpers import mixed_data
+from tests.trees.test_gpu_layouts import EMULATED_CONFIGS, _models
+
+C = _native.require("the prepared-walk tests")
+ROW_COUNTS = (1, 7, 40)
+
+
+@pytest.mark.parametrize("case", range(10))
+def test_a_prepared_walk_equals_the_op_bit_for_bit(case):
+    """Raw sums, leaves, fused finishes and flat sums of every layout, host twin and emulated kernel, for
+    batches of other sizes than the prototype's (none)."""
+    name, X, model = _models()[case]
+    cpu = trees.compile(model, backend="cpu", strategy="traverse")
+    f = cpu.forest
+    rows, _ = trees.compiled.verification_rows(model, cpu, X)
+    x, _ = cpu._input(rows)
+    x = x[: max(ROW_COUNTS)].contiguous()
+    f32 = f.extra.get("accumulate") == "float32"
+    binary = f.classes is not None and f.n_outputs == 1
+    finish = compiled.fused_finish(f, post=True, pair=binary)
+    for lay in gpu_layout.LAYOUTS:
+        if gpu_layout.why_not(f, lay, cpu._input_dtype) is not None:
+            continue
+        g = gpu_layout.GpuLayout(f, lay, cpu._input_dtype, torch.device("cpu"))
+        like = x[:0]
+        for emulate, cfg in ((False, [256, 1, 1, 1]), (True, EMULATED_CONFIGS[2])):
+            raw = g.plan(like, cpu._base, f32, False, cfg, emulate=emulate)
+            leaves = g.plan(like, cpu._base, False, True, cfg, emulate=emulate)
+            done = None if finish is None else g.plan(like, cpu._base, f32, False, cfg, emulate, finish)
+            flat = g.plan(like, cpu._base, f32, False, cfg, emulate, flat=True) if f.n_outputs == 1 else None
+            for n in ROW_COUNTS:
+                xr = x[:n]
+                want = g.walk(xr, cpu._base, f32, False, cfg, emulate=emulate)
+                assert torch.equal(raw(xr), want), (name, lay, emulate, n)
+                assert torch.equal(leaves(xr), g.walk(xr, cpu._base, False, True, cfg, emulate)), (name, lay)
+                if done is not None:
+                    want_done = g.walk(xr, cpu._base, f32, False, cfg, emulate, finish)
+                    assert torch.equal(done(xr), want_done), (name, lay, emulate, n)
+                if flat is not None:
+                    out = flat(xr)
+                    assert out.shape == (n,) and torch.equal(out, want[:, 0]), (name, lay, emulate, n)
+
+
+def _plan_and_rows():
+    X, y = mixed_data(n=200)
+    model = lgb.LGBMClassifier(n_estimators=4, num_leaves=6, verbose=-1).fit(X, y["multi"])
+    cpu = trees.compile(model, backend="cpu")
+    g = gpu_layout.GpuLayout(cpu.forest, "compact-bfs", cpu._input_dtype, torch.device("cpu"))
+    x = torch.as_tensor(np.nan_to_num(X[:20]), dtype=cpu._input_dtype)
+    return cpu, g, x
+
+
+def test_a_prepared_walk_names_what_x_should_be():
+    cpu, g, x = _plan_and_rows()
+    plan = g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1])
+    assert plan.takes(x) and plan.takes(x[:0])
+    others = {
+        "float64": x.double(),
+        "columns": x[:, :-1].contiguous(),
+        "not contiguous": x.t().contiguous().t(),
+        "one dimension": x[0],
+    }
+    for what, other in others.items():
+        assert not plan.takes(other), what
+        with pytest.raises(RuntimeError, match=r"takes x as a contiguous Float tensor of shape \(rows, 6\)"):
+            plan(other)
+    with pytest.raises(RuntimeError, match="flat outputs need sums of one column"):
+        g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1], flat=True)
+    with pytest.raises(RuntimeError, match="base must hold one float64 per output"):
+        g.plan(x[:0], cpu._base[:1], False, False, [256, 1, 1, 1])
+    with pytest.raises(RuntimeError, match="config must be"):
+        g.plan(x[:0], cpu._base, False, False, [256, 1], emulate=True)
+    with pytest.raises(RuntimeError, match="finish must be"):
+        g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1], finish=(1.0,))
+
+
+def test_walk_plans_take_the_plan_of_the_rows_bucket():
+    for rows in [*range(1, 5000), 1 << 20, (1 << 20) + 1, 10**9]:
+        assert C.batch_bucket(rows) == gpu.bucket_of(rows), rows
+    cpu, g, x = _plan_and_rows()
+    x = x.repeat(2, 1)  # 40 rows
+    plans = C.WalkPlans()
+    plans.set(gpu.bucket_of(16), g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1]))
+    want = g.walk(x, cpu._base, False, False, [256, 1, 1, 1])
+    for n in range(0, 41):
+        out = plans(x[:n])
+        assert (out is not None) == (4 < n <= 16), n
+        if out is not None:
+            assert torch.equal(out, want[:n]), n
+    assert plans(x[:8].double()) is None and plans(x[0]) is None
+    plans.clear()
+    assert plans(x[:8]) is None
+    with pytest.raises(RuntimeError, match=r"bucket must be in \[0, 32\)"):
+        plans.set(32, g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1]))
+
+
+def cuda_backend_on_cpu(model) -> compiled.CompiledForest:
+    """A CompiledForest wired as backend 'cuda' (its runner, one-launch kinds and prepared calls) whose
+    kernel is pyzero::tree_walk's host twin on CPU tensors: the Python side of Note [Prepared walks]."""
+    cf = trees.compile(model, backend="cpu")
+    cf.backend = "cuda"
+    cf._gpu = cf._kernel = gpu.GpuRunner(cf.forest, cf.device, "cuda", cf._input_dtype, tune=False)
+    cf._plans = {kind: C.WalkPlans() for kind in ("raw", "transformed", "proba")}
+    return cf
+
+
+def _fitted():
+    X, y = mixed_data(n=300)
+    Xf = np.nan_to_num(X).astype(np.float32)
+    return Xf, [
+        lgb.LGBMClassifier(n_estimators=5, num_leaves=8, verbose=-1).fit(X, y["bin"]),
+        xgb.XGBClassifier(n_estimators=4, max_depth=3).fit(X, y["multi"]),
+        RandomForestClassifier(n_estimators=4, max_depth=5, random_state=0).fit(Xf, y["bin"]),
+        RandomForestRegressor(n_estimators=4, max_depth=5, random_state=0).fit(Xf, y["reg"]),
+        xgb.XGBRegressor(n_estimators=4, max_depth=3).fit(X, y["reg"]),
+        IsolationForest(n_estimators=4, random_state=0).fit(Xf),
+    ]
+
+
+def test_compiled_forests_prepare_their_calls_on_rows_taken_as_they_are():
+    """The first call of a bucket on device rows taken as they are prepares it; the next calls go through
+    the plan with the same outputs as the CPU backend, bit for bit; other inputs, output kinds that take
+    more than one launch, and classifiers' labels take the full path."""
+    Xf, models = _fitted()
+    for model in models:
+        name = type(model).__name__
+        cf, ref = cuda_backend_on_cpu(model), trees.compile(model, backend="cpu")
+        methods = ["decision_function", "predict"]
+        if hasattr(model, "predict_proba"):
+            methods.append("predict_proba")
+        kinds = {"decision_function": "raw", "predict": "transformed", "predict_proba": "proba"}
+        for method in methods:
+            plans = cf._plans[kinds[method]]
+            expected = method != "predict" or cf.forest.classes is None
+            expected = expected and cf._one_launch(kinds[method]) and cf.forest.post_transform != "isolation"
+            for n in (1, 3, 16, 50):
+                x = torch.as_tensor(Xf[:n])
+                want = getattr(ref, method)(x)
+                for _ in range(2):  # prepares, then takes the plan
+                    out = getattr(cf, method)(x)
+                    assert torch.equal(torch.as_tensor(out), torch.as_tensor(want)), (name, method, n)
+                    assert out.shape == want.shape
+                assert (plans(x) is not None) == expected, (name, method, n)
+                strided = torch.as_tensor(np.repeat(Xf[:n], 2, axis=1))[:, ::2]
+                for other in (x.double(), strided, Xf[:n]):  # converted inputs
+                    assert not isinstance(other, torch.Tensor) or plans(other) is None
+                    assert np.array_equal(np.asarray(getattr(cf, method)(other)), np.asarray(want))
+
+
+def test_tuning_drops_the_prepared_calls():
+    Xf, models = _fitted()
+    cf = cuda_backend_on_cpu(models[0])
+    x = torch.as_tensor(Xf[:4])
+    cf.predict_proba(x)
+    assert cf._plans["proba"](x) is not None
+    cf._gpu.timer = lambda fn: (fn(), 1.0)[1]  # every candidate as fast: the first one stays
+    cf.tune(Xf, batch_sizes=(4,))
+    assert cf._plans["proba"](x) is None
+    assert torch.equal(cf.predict_proba(x), trees.compile(models[0], backend="cpu").predict_proba(x))
