@@ -101,6 +101,11 @@ def profile_batch(cf, Xb: np.ndarray, base: torch.Tensor, f32: bool, top: int) -
     print(f"  no graph, device input       {wall_median(partial(cf._proba_direct, xd)) * 1e6:9.1f} us (wall)")
     launch = wall_median(partial(runner.run, xd, base, f32, False, chosen))
     print(f"  kernel launch alone          {launch * 1e6:9.1f} us (wall)")
+    plans = cf._plans.get("proba")  # Note [Prepared walks]: what predict_proba on device rows calls
+    if plans is not None and plans(xd) is not None:
+        wall, events = wall_median(partial(plans, xd)), events_median(partial(plans, xd))
+        print(f"  prepared call alone          {wall * 1e6:9.1f} us (wall)")
+        print(f"  prepared call alone          {events * 1e6:9.1f} us (GPU, events around a single call)")
     if batch == 1:
         python_profile(partial(cf.predict_proba, xd))
 
