@@ -4,6 +4,7 @@ encoded as the model was trained, Note [Categorical splits] in forest.py) and sc
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,15 @@ from torch import Tensor
 from pyzero.trees.forest import ZERO_THRESHOLD, Forest
 
 ZERO_THRESHOLD_F32 = float(np.float32(ZERO_THRESHOLD))
+
+
+def _from_numpy(arr: np.ndarray) -> Tensor:
+    """torch.from_numpy without its warning on read-only arrays: the trees only read their inputs."""
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
 
 
 def to_tensor(
@@ -26,9 +36,7 @@ def to_tensor(
             raise ValueError(f"X must have shape (rows, {forest.n_features}) for this model, got {X.shape}")
         if not forest.encode_numeric:
             arr = np.ascontiguousarray(X, dtype=np_dtype)
-            return torch.from_numpy(_library_reading(arr, forest, np, lightgbm_reading)).to(
-                device=device
-            ), False
+            return _from_numpy(_library_reading(arr, forest, np, lightgbm_reading)).to(device=device), False
     as_torch = isinstance(X, Tensor)
     if as_torch:
         if X.device != device:
@@ -52,7 +60,7 @@ def to_tensor(
                     f"X must hold numbers, got dtype {arr.dtype} (encode string features first, or pass "
                     "a pandas DataFrame with category columns to a model trained on them)"
                 )
-        x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np_dtype))
+        x = _from_numpy(np.ascontiguousarray(arr, dtype=np_dtype))
     _check_shape(x, forest)
     if forest.encode_numeric and forest.categories and not _is_frame(X):
         x = _encode_numeric(x, forest)
