@@ -275,18 +275,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<int64_t, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                     const at::Tensor&, const at::Tensor&, const std::vector<double>&, const at::Tensor&,
                     int64_t, int64_t, const at::Tensor&, const at::Tensor&, bool, bool,
-                    const std::vector<int64_t>&, const std::vector<double>&, bool, bool>(),
+                    const std::vector<int64_t>&, const std::vector<double>&, bool, bool, int64_t>(),
            py::arg("format"), py::arg("nodes"), py::arg("roots"), py::arg("leaf_nodes"), py::arg("values"),
            py::arg("threshold64"), py::arg("cat_bits"), py::arg("cat_domain"), py::arg("column_kind"),
            py::arg("depth"), py::arg("n_features"), py::arg("x_like"), py::arg("base"),
            py::arg("float32_accum"), py::arg("leaves"), py::arg("config"), py::arg("finish"),
-           py::arg("emulate") = false, py::arg("flat") = false)
+           py::arg("emulate") = false, py::arg("flat") = false, py::arg("host_rows") = 0)
       .def("takes", &pyzero::WalkPlan::takes, py::arg("x"), "Whether the plan takes x as it is.")
+      .def_property_readonly("staged", &pyzero::WalkPlan::staged, "Whether the plan takes host rows.")
       .def("__call__", &pyzero::WalkPlan::operator(), py::arg("x"), "The walk of x's rows (as tree_walk).");
   py::class_<pyzero::WalkPlans>(m, "WalkPlans", "One WalkPlan per batch-size bucket.")
       .def(py::init<>())
       .def("set", &pyzero::WalkPlans::set, py::arg("bucket"), py::arg("plan"))
       .def("clear", &pyzero::WalkPlans::clear)
+      .def("plan_for", &pyzero::WalkPlans::plan_for, py::arg("x"), "The plan that takes x, or None.")
       .def("__call__", &pyzero::WalkPlans::try_call, py::arg("x"),
            "The walk of x by its bucket's plan, or None when no plan takes x.");
   m.def("batch_bucket", &pyzero::batch_bucket, py::arg("rows"), "bucket_of(rows) of pyzero.trees.gpu.");

@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -16,6 +17,7 @@
 #include "tree_walk_plan.h"
 
 #ifdef PYZERO_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
@@ -270,7 +272,7 @@ WalkPlan::WalkPlan(int64_t format, const at::Tensor& nodes, const at::Tensor& ro
                    const at::Tensor& column_kind, int64_t depth, int64_t n_features, const at::Tensor& x_like,
                    const at::Tensor& base, bool float32_accum, bool leaves,
                    const std::vector<int64_t>& config, const std::vector<double>& finish, bool emulate,
-                   bool flat)
+                   bool flat, int64_t host_rows)
     : keep_{nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind, base},
       runner_(runner_for(x_like, emulate)),
       dtype_(x_like.scalar_type()),
@@ -278,7 +280,8 @@ WalkPlan::WalkPlan(int64_t format, const at::Tensor& nodes, const at::Tensor& ro
       columns_(x_like.dim() == 2 ? x_like.size(1) : 0),
       float32_accum_(float32_accum),
       leaves_(leaves),
-      flat_(flat) {
+      flat_(flat),
+      host_rows_(host_rows) {
   f_ = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits, cat_domain, column_kind,
                    depth, x_like, n_features);
   f_.finish = finish_of(finish, f_, leaves);
@@ -292,43 +295,82 @@ WalkPlan::WalkPlan(int64_t format, const at::Tensor& nodes, const at::Tensor& ro
   TORCH_CHECK(!flat || (!leaves && f_.n_outputs == 1 && !f_.finish.pair),
               "pyzero.tree_walk: flat outputs need sums of one column");
   if (runner_ != Runner::kHost) launch_ = walk_launch(config);  // the host twin walks row by row
+  TORCH_CHECK(host_rows >= 0, "pyzero.tree_walk: host_rows must be >= 0, got ", host_rows);
+  if (host_rows > 0) {  // the staging buffers of host rows
+    const auto on_device = x_like.options().dtype(leaves ? at::kInt : at::kDouble);
+    const bool pinned = runner_ == Runner::kCuda;
+    in_stage_ = at::empty({host_rows, columns_}, x_like.options().device(at::kCPU).pinned_memory(pinned));
+    in_dev_ = at::empty({host_rows, columns_}, x_like.options());
+    out_dev_ = at::empty(out_sizes(host_rows), on_device);
+    out_stage_ = at::empty(out_sizes(host_rows), on_device.device(at::kCPU).pinned_memory(pinned));
+  }
 }
 
 bool WalkPlan::takes(const at::Tensor& x) const {
-  return x.defined() && x.scalar_type() == dtype_ && x.device() == device_ && x.dim() == 2 &&
-         x.size(1) == columns_ && x.is_contiguous();
+  const bool where = host_rows_ > 0 ? x.device().is_cpu() && x.size(0) <= host_rows_ : x.device() == device_;
+  return x.defined() && x.scalar_type() == dtype_ && x.dim() == 2 && x.size(1) == columns_ &&
+         x.is_contiguous() && where;
 }
 
 at::Tensor WalkPlan::operator()(const at::Tensor& x) const {
-  TORCH_CHECK(takes(x), "pyzero.tree_walk: this prepared walk takes x as a contiguous ", dtype_,
-              " tensor of shape (rows, ", columns_, ") on ", device_, ", got ",
-              x.defined() ? c10::str("a ", x.scalar_type(), " tensor of shape ", x.sizes(), " on ",
-                                     x.device(), x.is_contiguous() ? "" : " (not contiguous)")
-                          : std::string("an undefined tensor"));
-  return run(x);
+  TORCH_CHECK(
+      takes(x), "pyzero.tree_walk: this prepared walk takes x as a contiguous ", dtype_,
+      " tensor of shape (rows, ", columns_, ")",
+      host_rows_ > 0 ? c10::str(" on the host, at most ", host_rows_, " rows") : c10::str(" on ", device_),
+      ", got ",
+      x.defined() ? c10::str("a ", x.scalar_type(), " tensor of shape ", x.sizes(), " on ", x.device(),
+                             x.is_contiguous() ? "" : " (not contiguous)")
+                  : std::string("an undefined tensor"));
+  return host_rows_ > 0 ? run_staged(x) : run(x);
+}
+
+std::vector<int64_t> WalkPlan::out_sizes(int64_t rows) const {
+  if (leaves_) return {rows, f_.n_trees};
+  if (flat_) return {rows};
+  return {rows, f_.finish.pair ? 2 : f_.n_outputs};
 }
 
 at::Tensor WalkPlan::run(const at::Tensor& x) const {
+  at::Tensor out = at::empty(out_sizes(x.size(0)), x.options().dtype(leaves_ ? at::kInt : at::kDouble));
+  walk(x.data_ptr(), x.size(0), out.data_ptr());
+  return out;
+}
+
+at::Tensor WalkPlan::run_staged(const at::Tensor& x) const {
+  const int64_t rows = x.size(0);
+  const auto in_bytes = static_cast<size_t>(x.nbytes());
+  at::Tensor out = at::empty(out_sizes(rows), x.options().dtype(leaves_ ? at::kInt : at::kDouble));
+  const auto out_bytes = static_cast<size_t>(out.nbytes());
+  std::memcpy(in_stage_.data_ptr(), x.data_ptr(), in_bytes);  // pageable rows: one host copy first
+  if (runner_ == Runner::kCuda) {
+#ifdef PYZERO_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(device_);
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device_.index()).stream();
+    C10_CUDA_CHECK(
+        cudaMemcpyAsync(in_dev_.data_ptr(), in_stage_.data_ptr(), in_bytes, cudaMemcpyHostToDevice, stream));
+    walk(in_dev_.data_ptr(), rows, out_dev_.data_ptr());
+    C10_CUDA_CHECK(cudaMemcpyAsync(out_stage_.data_ptr(), out_dev_.data_ptr(), out_bytes,
+                                   cudaMemcpyDeviceToHost, stream));
+    C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+#endif
+  } else {  // CPU plans (tests): the same steps, the copies on the host
+    std::memcpy(in_dev_.data_ptr(), in_stage_.data_ptr(), in_bytes);
+    walk(in_dev_.data_ptr(), rows, out_dev_.data_ptr());
+    std::memcpy(out_stage_.data_ptr(), out_dev_.data_ptr(), out_bytes);
+  }
+  std::memcpy(out.data_ptr(), out_stage_.data_ptr(), out_bytes);
+  return out;
+}
+
+void WalkPlan::walk(const void* x, int64_t rows, void* out) const {
 #ifdef PYZERO_WITH_CUDA
   std::optional<c10::cuda::CUDAGuard> guard;
   if (runner_ == Runner::kCuda) guard.emplace(device_);
 #endif
-  const int64_t rows = x.size(0);
-  const auto options = x.options();
-  at::Tensor out;
-  double* raw = nullptr;
-  int32_t* leaf_ids = nullptr;
-  const double* base = nullptr;
-  if (leaves_) {
-    out = at::empty({rows, f_.n_trees}, options.dtype(at::kInt));
-    leaf_ids = out.data_ptr<int32_t>();
-  } else {
-    out = flat_ ? at::empty({rows}, options.dtype(at::kDouble))
-                : at::empty({rows, f_.finish.pair ? 2 : f_.n_outputs}, options.dtype(at::kDouble));
-    raw = out.data_ptr<double>();
-    base = keep_.back().data_ptr<double>();
-  }
-  auto walk = [&](const auto* xp) {
+  double* raw = leaves_ ? nullptr : static_cast<double*>(out);
+  int32_t* leaf_ids = leaves_ ? static_cast<int32_t*>(out) : nullptr;
+  const double* base = leaves_ ? nullptr : keep_.back().data_ptr<double>();
+  auto go = [&](const auto* xp) {
     if (runner_ == Runner::kHost) {
       trees::walk_host(f_, xp, rows, base, float32_accum_, raw, leaf_ids);
     } else if (runner_ == Runner::kEmulated) {
@@ -346,11 +388,10 @@ at::Tensor WalkPlan::run(const at::Tensor& x) const {
     }
   };
   if (dtype_ == at::kDouble) {
-    walk(x.data_ptr<double>());
+    go(static_cast<const double*>(x));
   } else {
-    walk(x.data_ptr<float>());
+    go(static_cast<const float*>(x));
   }
-  return out;
 }
 
 int64_t batch_bucket(int64_t rows) {
@@ -363,20 +404,37 @@ int64_t batch_bucket(int64_t rows) {
 void WalkPlans::set(int64_t bucket, std::shared_ptr<WalkPlan> plan) {
   TORCH_CHECK(bucket >= 0 && bucket < kMaxBuckets, "pyzero.WalkPlans.set: bucket must be in [0, ",
               kMaxBuckets, "), got ", bucket);
-  plans_[bucket] = std::move(plan);
+  TORCH_CHECK(plan != nullptr, "pyzero.WalkPlans.set: plan must be a WalkPlan, got None");
+  (plan->staged() ? staged_ : direct_)[bucket] = std::move(plan);
 }
 
 void WalkPlans::clear() {
-  for (auto& p : plans_) p.reset();
+  for (auto* plans : {&staged_, &direct_})
+    for (auto& p : *plans) p.reset();
 }
 
 std::optional<at::Tensor> WalkPlans::try_call(const at::Tensor& x) const {
-  if (!x.defined() || x.dim() != 2 || x.size(0) < 1) return std::nullopt;
-  const int64_t bucket = batch_bucket(x.size(0));
-  if (bucket >= kMaxBuckets) return std::nullopt;
-  const WalkPlan* plan = plans_[bucket].get();
-  if (plan == nullptr || !plan->takes(x)) return std::nullopt;
+  const WalkPlan* plan = find(x);
+  if (plan == nullptr) return std::nullopt;
   return (*plan)(x);
+}
+
+std::shared_ptr<WalkPlan> WalkPlans::plan_for(const at::Tensor& x) const {
+  const WalkPlan* plan = find(x);
+  if (plan == nullptr) return nullptr;
+  const int64_t bucket = batch_bucket(x.size(0));
+  return plan->staged() ? staged_[bucket] : direct_[bucket];
+}
+
+const WalkPlan* WalkPlans::find(const at::Tensor& x) const {
+  if (!x.defined() || x.dim() != 2 || x.size(0) < 1) return nullptr;
+  const int64_t bucket = batch_bucket(x.size(0));
+  if (bucket >= kMaxBuckets) return nullptr;
+  for (const auto* plans : {&staged_, &direct_}) {  // host rows: the staged plan first
+    const WalkPlan* plan = (*plans)[bucket].get();
+    if (plan != nullptr && plan->takes(x)) return plan;
+  }
+  return nullptr;
 }
 
 namespace {
@@ -390,7 +448,7 @@ at::Tensor tree_walk_impl(int64_t format, const at::Tensor& nodes, const at::Ten
                           bool leaves, at::IntArrayRef config, at::ArrayRef<double> finish) {
   const WalkPlan plan(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits, cat_domain.vec(),
                       column_kind, depth, n_features, x, base, float32_accum, leaves, config.vec(),
-                      finish.vec(), kEmulate);
+                      finish.vec(), kEmulate, false, 0);
   return plan(x);
 }
 

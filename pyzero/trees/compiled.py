@@ -189,10 +189,10 @@ class CompiledForest:
             X, self.forest, self.device, self._input_dtype, lightgbm_reading=not kernel_reads
         )
 
-    def _as_is(self, X: Tensor) -> bool:
-        """Whether the kernel takes tensor X as it is: on the device, in the input dtype, [rows,
-        n_features], contiguous, for a forest whose inputs need no conversion before this kernel (what
-        inputs.to_tensor would otherwise do)."""
+    def _as_is(self, X: Tensor, device: torch.device | None = None) -> bool:
+        """Whether the kernel takes tensor X as it is: on the device (or `device`), in the input dtype,
+        [rows, n_features], contiguous, for a forest whose inputs need no conversion before this kernel
+        (what inputs.to_tensor would otherwise do)."""
         if self._plain_inputs is None:
             f = self.forest
             kernel_reads = isinstance(self._kernel, (fast_cpu.PerfectForest, gpu.GpuRunner)) and (
@@ -206,7 +206,7 @@ class CompiledForest:
             )
         return (
             self._plain_inputs
-            and X.device == self.device
+            and X.device == (device or self.device)
             and X.dtype == self._input_dtype
             and X.dim() == 2
             and X.shape[1] == self.forest.n_features
@@ -249,18 +249,41 @@ class CompiledForest:
             self._launches[kind] = launch
         return self._launches[kind]
 
+    def _prepared(self, kind: str, X: Any):
+        """Note [Prepared walks]: the `kind` outputs of X by the prepared call of its batch-size bucket
+        (tensors out for tensors in, numpy for numpy), or None when there is none that takes X."""
+        if type(X) is Tensor:
+            return self._plans[kind](X)
+        if type(X) is np.ndarray and self._numpy_as_is(X):
+            out = self._plans[kind](torch.from_numpy(X))
+            return None if out is None else out.numpy()
+        return None
+
+    def _numpy_as_is(self, X: np.ndarray) -> bool:
+        """Whether numpy rows go to a prepared call through torch.from_numpy (a writable C-contiguous
+        array of the input dtype: no copy, no warning)."""
+        return X.dtype == self._input_dtype_np and X.flags.c_contiguous and X.flags.writeable
+
     def _prepare(self, kind: str, X: Any, flat: bool) -> None:
-        """Note [Prepared walks]: after a call on device rows X taken as they are, the kernel call of
-        X's batch-size bucket prepared for the `kind` outputs (flat: one column, as [rows]), so that the
-        next calls of the bucket skip every step in Python and the op's checks."""
+        """Note [Prepared walks]: after a call on rows X taken as they are (on the device, or for at most
+        GRAPH_MAX_ROWS rows on the host), the kernel call of X's batch-size bucket prepared for the
+        `kind` outputs (flat: one column, as [rows]), so that the next calls of the bucket skip every
+        step in Python and the op's checks."""
         plans = self._plans.get(kind)
-        if plans is None or type(X) is not Tensor or not self._as_is(X) or not self._one_launch(kind):
+        if plans is None or not self._one_launch(kind):
+            return
+        if type(X) is np.ndarray and self._numpy_as_is(X):
+            X = torch.from_numpy(X)
+        if type(X) is not Tensor or X.dim() != 2 or X.shape[0] == 0:
             return
         rows = X.shape[0]
-        if rows == 0 or not self._gpu.configured(rows):
+        host = X.device.type == "cpu" and rows <= gpu.GRAPH_MAX_ROWS
+        if not self._as_is(X, X.device if host else None) or not self._gpu.configured(rows):
             return
         finish, f32 = self._launch(kind)
-        plans.set(gpu.bucket_of(rows), self._gpu.plan(rows, X, self._base, f32, finish, flat))
+        bucket = gpu.bucket_of(rows)
+        host_rows = 4**bucket if host else 0  # the bucket's most rows
+        plans.set(bucket, self._gpu.plan(rows, X, self._base, f32, finish, flat, host_rows))
 
     def _small(self, x: Tensor) -> bool:
         # graphs exist on a CUDA device only, so the capture check needs no torch.cuda.is_available()
@@ -310,8 +333,8 @@ class CompiledForest:
     def decision_function(self, X: Any):
         """Raw scores before the post-transform: [rows] for one output, else [rows, outputs].
         IsolationForest: score_samples - offset_ (negative for outliers), as scikit-learn."""
-        if self._plans and type(X) is Tensor:  # Note [Prepared walks]
-            out = self._plans["raw"](X)
+        if self._plans:  # Note [Prepared walks]
+            out = self._prepared("raw", X)
             if out is not None:
                 return out
         x, as_torch = self._input(X)
@@ -368,8 +391,8 @@ class CompiledForest:
 
     def predict_proba(self, X: Any):
         """Class probabilities [rows, classes] (classifiers only)."""
-        if self._plans and type(X) is Tensor:  # Note [Prepared walks]
-            out = self._plans["proba"](X)
+        if self._plans:  # Note [Prepared walks]
+            out = self._prepared("proba", X)
             if out is not None:
                 return out
         if self.forest.classes is None:
@@ -387,8 +410,8 @@ class CompiledForest:
 
     def predict(self, X: Any):
         """Class labels for classifiers, values [rows] or [rows, outputs] for regressors."""
-        if self._plans and type(X) is Tensor:  # Note [Prepared walks]: regressors only
-            out = self._plans["transformed"](X)
+        if self._plans:  # Note [Prepared walks]: regressors only
+            out = self._prepared("transformed", X)
             if out is not None:
                 return out
         x, as_torch = self._input(X)

@@ -567,14 +567,18 @@ class GpuRunner:
         float32_accum: bool,
         finish: tuple[float, ...],
         flat: bool,
+        host_rows: int = 0,
     ) -> Any:
         """raw(x, base, float32_accum, finish) for batches in the bucket of `rows` (configured), prepared
-        for x like x_like (Note [Prepared walks] in csrc/trees/tree_walk_plan.h; CUDA backend)."""
+        for x like x_like on the device, or staged for up to host_rows host rows (Note [Prepared walks]
+        in csrc/trees/tree_walk_plan.h; CUDA backend)."""
         if self.backend != "cuda":
             raise ValueError(f"prepared walks run the CUDA kernel, this runner uses {self.backend!r}")
         cfg = self.config(rows)
         lay = self.layout(cfg.layout)
-        return lay.plan(x_like[:0], base, float32_accum, False, cfg.cuda_args(), finish=finish, flat=flat)
+        like = torch.empty((0, x_like.shape[1]), dtype=x_like.dtype, device=self.device)
+        args = cfg.cuda_args()
+        return lay.plan(like, base, float32_accum, False, args, finish=finish, flat=flat, host_rows=host_rows)
 
     def leaves(self, x: Tensor) -> Tensor:
         """IR leaf node id per (row, tree): int64 [rows, trees]."""

@@ -225,11 +225,13 @@ class GpuLayout:
         emulate: bool = False,
         finish: tuple[float, ...] = (),
         flat: bool = False,
+        host_rows: int = 0,
     ) -> Any:
         """walk() with every argument but x bound and checked once (Note [Prepared walks] in
         csrc/trees/tree_walk_plan.h): a pyzero._C.WalkPlan whose call plan(x) takes x like x_like (its
         dtype, device and columns, any rows) and returns walk(x, ...) bit for bit; flat=True gives sums of
-        one column as [rows]."""
+        one column as [rows]; host_rows > 0 makes a staged plan: up to host_rows rows on the host, walked
+        on x_like's device, outputs back on the host."""
         from pyzero import _native
 
         nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = self.tensors
@@ -253,6 +255,7 @@ class GpuLayout:
             list(finish),
             emulate,
             flat,
+            host_rows,
         )
 
 

@@ -224,6 +224,7 @@ def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
     for model in models[:4]:
         cpu = trees.compile(model, backend="cpu", strategy="traverse")
         gpu = trees.compile(model, device="cuda")
+        gpu._plans = {}  # the graph path, which prepared calls (Note [Prepared walks]) would skip
         dtype = cpu._input_dtype
         for n in (1, 3, 16, 100, 128, 1, 3):  # the repeats reuse the captured graphs with new rows
             rows = X[rng.integers(0, len(X), n)]
@@ -241,8 +242,6 @@ def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
         # one-launch kinds take device rows directly; as other kinds, they go through the timed choice
         # between the graph and the direct call, then through the path the timing did not choose
         gpu._one_launch_kinds = dict.fromkeys(("raw", "transformed", "proba"), False)
-        for plans in gpu._plans.values():  # Note [Prepared walks]: prepared on the device rows above
-            plans.clear()
         for flip in (False, True):
             if flip:
                 direct = gpu._graphs._direct
@@ -255,30 +254,48 @@ def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
                 assert np.array_equal(dev.cpu().numpy(), cpu.decision_function(rows)), (n, flip)
 
 
-def test_device_rows_go_through_prepared_calls_with_the_same_bits():
-    """Note [Prepared walks]: after the first call of a bucket on device rows, later calls (new rows of
-    the same bucket) take its prepared kernel call and give the CPU kernel's outputs; converted inputs
-    and calls inside a CUDA graph capture give the same."""
+def test_prepared_calls_give_the_same_bits_from_device_and_host_rows():
+    """Note [Prepared walks]: after the first call of a bucket, later calls (new rows of the same bucket)
+    take its prepared kernel call: device rows directly, numpy and CPU tensors (pageable or pinned) of
+    at most GRAPH_MAX_ROWS rows staged; outputs equal the CPU kernel's (raw scores bit for bit) and the
+    full path's; converted inputs and calls inside a CUDA graph capture give the same."""
+    from pyzero.trees import gpu as gpu_mod
+
     X, models = fitted_models()
     rng = np.random.default_rng(2)
     for model in models:
         name = type(model).__name__
         cpu = trees.compile(model, backend="cpu", strategy="traverse")
         gpu = trees.compile(model, device="cuda")
+        full = trees.compile(model, device="cuda")
+        full._plans = {}  # no prepared calls
         dtype = cpu._input_dtype
         for n in (1, 3, 16, 100, 1000, 1, 3, 16, 100, 1000):
-            rows = X[rng.integers(0, len(X), n)]
-            dev = torch.as_tensor(rows, dtype=dtype, device="cuda")
+            rows = X[rng.integers(0, len(X), n)].astype(cpu._input_dtype_np)
+            host = torch.as_tensor(rows)
+            inputs = {"device": host.cuda(), "numpy": rows, "host": host, "pinned": host.pin_memory()}
             for method, kind in (("decision_function", "raw"), ("predict_proba", "proba")):
-                out = getattr(gpu, method)(dev)
                 want = getattr(cpu, method)(rows)
-                assert out.device.type == "cuda" and out.shape == want.shape, (name, method, n)
-                if method == "decision_function":
-                    assert np.array_equal(out.cpu().numpy(), want), (name, method, n)
-                else:
-                    np.testing.assert_allclose(out.cpu().numpy(), want, atol=1e-6, rtol=0)
-                    assert torch.equal(out, gpu._proba(dev)), (name, n)
-                assert (gpu._plans[kind](dev) is not None) == gpu._one_launch(kind), (name, method, n)
+                want_full = getattr(full, method)(inputs["device"]).cpu().numpy()
+                for where, x in inputs.items():
+                    out = getattr(gpu, method)(x)
+                    assert type(out) is (np.ndarray if where == "numpy" else torch.Tensor), (name, where)
+                    got = out if where == "numpy" else out.cpu().numpy()
+                    assert got.shape == want.shape and np.array_equal(got, want_full), (
+                        name,
+                        method,
+                        where,
+                        n,
+                    )
+                    if method == "decision_function":
+                        assert np.array_equal(got, want), (name, method, where, n)
+                    else:
+                        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+                    plan = gpu._plans[kind].plan_for(host if where == "numpy" else x)
+                    staged = where != "device" and n <= gpu_mod.GRAPH_MAX_ROWS
+                    taken = gpu._plain_inputs and gpu._one_launch(kind) and (where == "device" or staged)
+                    assert (plan is not None) == taken, (name, method, where, n)
+                    assert plan is None or plan.staged == staged, (name, method, where, n)
         dev = torch.as_tensor(X[:16], dtype=dtype, device="cuda")
         want = gpu.decision_function(dev)
         assert torch.equal(gpu.decision_function(dev.double()), want), name

@@ -22,8 +22,8 @@ ROW_COUNTS = (1, 7, 40)
 
 @pytest.mark.parametrize("case", range(10))
 def test_a_prepared_walk_equals_the_op_bit_for_bit(case):
-    """Raw sums, leaves, fused finishes and flat sums of every layout, host twin and emulated kernel, for
-    batches of other sizes than the prototype's (none)."""
+    """Raw sums, leaves, fused finishes and flat sums of every layout, host twin and emulated kernel,
+    direct and staged (through its buffers), for batches of other sizes than the prototype's (none)."""
     name, X, model = _models()[case]
     cpu = trees.compile(model, backend="cpu", strategy="traverse")
     f = cpu.forest
@@ -38,11 +38,14 @@ def test_a_prepared_walk_equals_the_op_bit_for_bit(case):
             continue
         g = gpu_layout.GpuLayout(f, lay, cpu._input_dtype, torch.device("cpu"))
         like = x[:0]
-        for emulate, cfg in ((False, [256, 1, 1, 1]), (True, EMULATED_CONFIGS[2])):
-            raw = g.plan(like, cpu._base, f32, False, cfg, emulate=emulate)
-            leaves = g.plan(like, cpu._base, False, True, cfg, emulate=emulate)
-            done = None if finish is None else g.plan(like, cpu._base, f32, False, cfg, emulate, finish)
-            flat = g.plan(like, cpu._base, f32, False, cfg, emulate, flat=True) if f.n_outputs == 1 else None
+        runs = ((False, [256, 1, 1, 1], 0), (True, EMULATED_CONFIGS[2], 0), (False, [256, 1, 1, 1], 64))
+        for emulate, cfg, host_rows in runs:
+            kw = {"emulate": emulate, "host_rows": host_rows}
+            raw = g.plan(like, cpu._base, f32, False, cfg, **kw)
+            leaves = g.plan(like, cpu._base, False, True, cfg, **kw)
+            done = None if finish is None else g.plan(like, cpu._base, f32, False, cfg, finish=finish, **kw)
+            flat = g.plan(like, cpu._base, f32, False, cfg, flat=True, **kw) if f.n_outputs == 1 else None
+            assert raw.staged == (host_rows > 0)
             for n in ROW_COUNTS:
                 xr = x[:n]
                 want = g.walk(xr, cpu._base, f32, False, cfg, emulate=emulate)
@@ -69,6 +72,14 @@ def test_a_prepared_walk_names_what_x_should_be():
     cpu, g, x = _plan_and_rows()
     plan = g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1])
     assert plan.takes(x) and plan.takes(x[:0])
+    staged = g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1], host_rows=8)
+    assert staged.takes(x[:8]) and not staged.takes(x[:9])
+    with pytest.raises(
+        RuntimeError, match=r"\(rows, 6\) on the host, at most 8 rows, got a Float tensor of shape \[9, 6\]"
+    ):
+        staged(x[:9])
+    with pytest.raises(RuntimeError, match="host_rows must be >= 0"):
+        g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1], host_rows=-1)
     others = {
         "float64": x.double(),
         "columns": x[:, :-1].contiguous(),
@@ -95,13 +106,19 @@ def test_walk_plans_take_the_plan_of_the_rows_bucket():
     cpu, g, x = _plan_and_rows()
     x = x.repeat(2, 1)  # 40 rows
     plans = C.WalkPlans()
-    plans.set(gpu.bucket_of(16), g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1]))
+    direct = g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1])
+    staged = g.plan(x[:0], cpu._base, False, False, [256, 1, 1, 1], host_rows=8)
+    plans.set(gpu.bucket_of(16), direct)
+    plans.set(gpu.bucket_of(16), staged)  # host rows: the staged plan first, while it takes them
     want = g.walk(x, cpu._base, False, False, [256, 1, 1, 1])
     for n in range(0, 41):
         out = plans(x[:n])
         assert (out is not None) == (4 < n <= 16), n
         if out is not None:
             assert torch.equal(out, want[:n]), n
+            assert plans.plan_for(x[:n]).staged == (n <= 8), n
+        else:
+            assert plans.plan_for(x[:n]) is None
     assert plans(x[:8].double()) is None and plans(x[0]) is None
     plans.clear()
     assert plans(x[:8]) is None
@@ -133,13 +150,16 @@ def _fitted():
 
 
 def test_compiled_forests_prepare_their_calls_on_rows_taken_as_they_are():
-    """The first call of a bucket on device rows taken as they are prepares it; the next calls go through
-    the plan with the same outputs as the CPU backend, bit for bit; other inputs, output kinds that take
-    more than one launch, and classifiers' labels take the full path."""
+    """The first call of a bucket on rows taken as they are (tensors or numpy) prepares it, staged for at
+    most GRAPH_MAX_ROWS rows (as host rows are on a GPU); the next calls go through the plan with the
+    outputs as the full path, bit for bit (raw scores: the CPU backend's too); other inputs, output kinds
+    that take more than one launch, and classifiers' labels take the full path."""
     Xf, models = _fitted()
     for model in models:
         name = type(model).__name__
-        cf, ref = cuda_backend_on_cpu(model), trees.compile(model, backend="cpu")
+        cf, full = cuda_backend_on_cpu(model), cuda_backend_on_cpu(model)
+        full._plans = {}  # no prepared calls
+        ref = trees.compile(model, backend="cpu")
         methods = ["decision_function", "predict"]
         if hasattr(model, "predict_proba"):
             methods.append("predict_proba")
@@ -148,17 +168,27 @@ def test_compiled_forests_prepare_their_calls_on_rows_taken_as_they_are():
             plans = cf._plans[kinds[method]]
             expected = method != "predict" or cf.forest.classes is None
             expected = expected and cf._one_launch(kinds[method]) and cf.forest.post_transform != "isolation"
-            for n in (1, 3, 16, 50):
-                x = torch.as_tensor(Xf[:n])
-                want = getattr(ref, method)(x)
+            for n in (1, 3, 16, 50, 200):
+                rows = Xf[:n].copy()
+                x = torch.as_tensor(rows)
+                want = getattr(full, method)(x)
+                if method == "decision_function":
+                    assert torch.equal(want, ref.decision_function(x)), (name, n)
                 for _ in range(2):  # prepares, then takes the plan
                     out = getattr(cf, method)(x)
                     assert torch.equal(torch.as_tensor(out), torch.as_tensor(want)), (name, method, n)
-                    assert out.shape == want.shape
+                    assert type(out) is torch.Tensor and out.shape == want.shape
+                    out = getattr(cf, method)(rows)
+                    assert type(out) is np.ndarray and np.array_equal(out, want.numpy()), (name, method, n)
                 assert (plans(x) is not None) == expected, (name, method, n)
-                strided = torch.as_tensor(np.repeat(Xf[:n], 2, axis=1))[:, ::2]
-                for other in (x.double(), strided, Xf[:n]):  # converted inputs
-                    assert not isinstance(other, torch.Tensor) or plans(other) is None
+                if expected:
+                    assert plans.plan_for(x).staged == (n <= gpu.GRAPH_MAX_ROWS), (name, method, n)
+                    assert cf._prepared(kinds[method], rows) is not None
+                strided = torch.as_tensor(np.repeat(rows, 2, axis=1))[:, ::2]
+                frozen = rows.copy()
+                frozen.flags.writeable = False
+                for other in (x.double(), strided, rows.astype(np.float64), frozen):  # converted inputs
+                    assert cf._prepared(kinds[method], other) is None
                     assert np.array_equal(np.asarray(getattr(cf, method)(other)), np.asarray(want))
 
 
