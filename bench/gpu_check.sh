@@ -42,7 +42,8 @@ if [ "${GPU_CHECK_ONLY:-}" = trees ]; then
       profile)  # where the time goes (kernel, graph, whole call)
         # shellcheck disable=SC2086
         timeout "${GPU_CHECK_PROFILE_S:-300}" "$PY" bench/profile_trees_gpu.py ${GPU_CHECK_PROFILE_ARGS:-} 2>&1 \
-          | tee "$OUT/profile_trees_gpu.log" | tail -70 ;;
+          | tee "$OUT/profile_trees_gpu.log" | tail -70
+        "$PY" bench/bench_tree_call_overhead.py --device cuda --calls 5000 2>&1 | tee -a "$OUT/profile_trees_gpu.log" ;;
       bench)
         echo "== tree benchmark on the GPU =="
         # shellcheck disable=SC2086
