@@ -46,9 +46,15 @@ if [ "${GPU_CHECK_ONLY:-}" = trees ]; then
         "$PY" bench/bench_tree_call_overhead.py --device cuda --calls 5000 2>&1 | tee -a "$OUT/profile_trees_gpu.log" ;;
       bench)
         echo "== tree benchmark on the GPU =="
+        # the SM clock, power and temperature every 0.5 s while it runs (what a slow run ran at)
+        nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv,noheader \
+          -lms 500 > "$OUT/nvidia_smi.csv" 2>/dev/null &
+        smi=$!
         # shellcheck disable=SC2086
         "$PY" bench/bench_trees.py --device cuda ${GPU_CHECK_TREE_ARGS:-} --out "$OUT/bench_trees_gpu.json" 2>&1 \
-          | tee "$OUT/bench_trees_gpu.log" | tail -30 ;;
+          | tee "$OUT/bench_trees_gpu.log" | tail -30
+        kill "$smi" 2>/dev/null
+        cut -d, -f2 "$OUT/nvidia_smi.csv" | sort -n | awk '{c[NR] = $1} END {if (NR) print "SM clock during the benchmark (MHz): min " c[1] ", median " c[int((NR + 1) / 2)] ", max " c[NR]}' ;;
       *) echo "unknown stage $stage (tests, profile, bench)"; exit 2 ;;
     esac
   done
