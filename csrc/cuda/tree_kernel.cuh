@@ -69,84 +69,95 @@ PYZERO_KERNEL walk_kernel(WalkForest f, const T* x, int64_t rows, const double* 
   int64_t vr[ILP];
 
   if (lanes == 1) {  // a thread per row, every tree in order
-    constexpr int kRegs = NOUT > 0 ? NOUT : 1;
-    double a[kRegs];
-    float a32[kRegs];
-    PYZERO_UNROLL
-    for (int o = 0; o < kRegs; ++o) {
-      a[o] = (!want_leaves && NOUT > 0 && active) ? acc_s[rl * NOUT + o] : 0.0;
-      a32[o] = static_cast<float>(a[o]);
-    }
-    // Perfect layouts with tree_chunk > 0: the block copies chunks of trees (nodes, and leaf values in the
-    // type the sum adds) into shared memory and walks them there, as trees 0 .. n - 1 of a local forest.
-    // Otherwise one chunk of every tree, read where it is.
-    constexpr bool kPerfectWalker =
-        std::is_same_v<Walker, trees::PerfectWalker> || std::is_same_v<Walker, trees::PerfectBlockedWalker>;
-    const bool staged_trees = kPerfectWalker && tree_chunk > 0;
-    const int64_t step = staged_trees ? tree_chunk : (n_trees > 0 ? n_trees : 1);
-    auto* tn = reinterpret_cast<trees::Node8*>(smem + cv.acc + cv.buf + cv.rows);
-    unsigned char* tv = smem + cv.acc + cv.buf + cv.rows + cv.tree_nodes;
-    WalkForest local = f;
-    if (staged_trees) local.nodes = reinterpret_cast<const uint32_t*>(tn);
-    const Walker lw{local};
-    const int64_t per_tree = (int64_t{1} << f.depth) * outs;  // perfect layouts: values of one tree
-    for (int64_t c0 = 0; c0 < n_trees; c0 += step) {
-      const int64_t n = n_trees - c0 < step ? n_trees - c0 : step;
-      if (staged_trees) {
-        const auto* src = reinterpret_cast<const trees::Node8*>(f.nodes) + c0 * f.node_stride;
-        for (int64_t i = tid; i < n * f.node_stride; i += nt) tn[i] = src[i];
-        for (int64_t i = tid; !want_leaves && i < n * per_tree; i += nt) {
-          const double v = trees::leaf_value(f, c0 * per_tree + i);
-          if (acc32) {
-            reinterpret_cast<float*>(tv)[i] = static_cast<float>(v);
-          } else {
-            reinterpret_cast<double*>(tv)[i] = v;
-          }
-        }
-        PYZERO_SYNC();
+    // Note [GPU tree kernel]: two copies of the loop, staged rows and rows read where they are, so a
+    // node visit's feature read is a shared or a global load, without a branch between them.
+    auto per_row = [&](const auto& row) {
+      constexpr int kRegs = NOUT > 0 ? NOUT : 1;
+      double a[kRegs];
+      float a32[kRegs];
+      PYZERO_UNROLL
+      for (int o = 0; o < kRegs; ++o) {
+        a[o] = (!want_leaves && NOUT > 0 && active) ? acc_s[rl * NOUT + o] : 0.0;
+        a32[o] = static_cast<float>(a[o]);
       }
-      // staged: local tree and value-row numbers (global value row = local + shift); else global ones
-      const float* v32 = staged_trees ? (acc32 ? reinterpret_cast<const float*>(tv) : nullptr) : f.values32;
-      const double* v64 = staged_trees ? (acc32 ? nullptr : reinterpret_cast<const double*>(tv)) : f.values;
-      const int64_t first = staged_trees ? 0 : c0, shift = staged_trees ? c0 << f.depth : 0;
-      for (int64_t t0 = 0; active && t0 < n; t0 += ILP) {
-        const int64_t count = n - t0 < ILP ? n - t0 : ILP;
-        lw.template walk<ILP>(first + t0, count, row, vr);
-        PYZERO_UNROLL
-        for (int k = 0; k < ILP; ++k) {
-          if (k >= count) break;
-          if (want_leaves) {
-            leaves[r * n_trees + c0 + t0 + k] = w.leaf_id(vr[k] + shift);
-          } else if constexpr (NOUT > 0) {
-            PYZERO_UNROLL
-            for (int o = 0; o < NOUT; ++o) {
-              const int64_t i = vr[k] * NOUT + o;
-              if (acc32) {
-                a32[o] += v32 != nullptr ? v32[i] : static_cast<float>(v64[i]);
-              } else {
-                a[o] += v64[i];
+      // Perfect layouts with tree_chunk > 0: the block copies chunks of trees (nodes, and leaf values in the
+      // type the sum adds) into shared memory and walks them there, as trees 0 .. n - 1 of a local forest.
+      // Otherwise one chunk of every tree, read where it is.
+      constexpr bool kPerfectWalker =
+          std::is_same_v<Walker, trees::PerfectWalker> || std::is_same_v<Walker, trees::PerfectBlockedWalker>;
+      const bool staged_trees = kPerfectWalker && tree_chunk > 0;
+      const int64_t step = staged_trees ? tree_chunk : (n_trees > 0 ? n_trees : 1);
+      auto* tn = reinterpret_cast<trees::Node8*>(smem + cv.acc + cv.buf + cv.rows);
+      unsigned char* tv = smem + cv.acc + cv.buf + cv.rows + cv.tree_nodes;
+      WalkForest local = f;
+      if (staged_trees) local.nodes = reinterpret_cast<const uint32_t*>(tn);
+      const Walker lw{local};
+      const int64_t per_tree = (int64_t{1} << f.depth) * outs;  // perfect layouts: values of one tree
+      for (int64_t c0 = 0; c0 < n_trees; c0 += step) {
+        const int64_t n = n_trees - c0 < step ? n_trees - c0 : step;
+        if (staged_trees) {
+          const auto* src = reinterpret_cast<const trees::Node8*>(f.nodes) + c0 * f.node_stride;
+          for (int64_t i = tid; i < n * f.node_stride; i += nt) tn[i] = src[i];
+          for (int64_t i = tid; !want_leaves && i < n * per_tree; i += nt) {
+            const double v = trees::leaf_value(f, c0 * per_tree + i);
+            if (acc32) {
+              reinterpret_cast<float*>(tv)[i] = static_cast<float>(v);
+            } else {
+              reinterpret_cast<double*>(tv)[i] = v;
+            }
+          }
+          PYZERO_SYNC();
+        }
+        // staged: local tree and value-row numbers (global value row = local + shift); else global ones
+        const float* v32 = staged_trees ? (acc32 ? reinterpret_cast<const float*>(tv) : nullptr) : f.values32;
+        const double* v64 = staged_trees ? (acc32 ? nullptr : reinterpret_cast<const double*>(tv)) : f.values;
+        const int64_t first = staged_trees ? 0 : c0, shift = staged_trees ? c0 << f.depth : 0;
+        for (int64_t t0 = 0; active && t0 < n; t0 += ILP) {
+          const int64_t count = n - t0 < ILP ? n - t0 : ILP;
+          lw.template walk<ILP>(first + t0, count, row, vr);
+          PYZERO_UNROLL
+          for (int k = 0; k < ILP; ++k) {
+            if (k >= count) break;
+            if (want_leaves) {
+              leaves[r * n_trees + c0 + t0 + k] = w.leaf_id(vr[k] + shift);
+            } else if constexpr (NOUT > 0) {
+              PYZERO_UNROLL
+              for (int o = 0; o < NOUT; ++o) {
+                const int64_t i = vr[k] * NOUT + o;
+                if (acc32) {
+                  a32[o] += v32 != nullptr ? v32[i] : static_cast<float>(v64[i]);
+                } else {
+                  a[o] += v64[i];
+                }
+              }
+            } else {
+              for (int64_t o = 0; o < outs; ++o) {
+                const int64_t i = vr[k] * outs + o;
+                const double v = v32 != nullptr ? static_cast<double>(v32[i]) : v64[i];
+                double& s = acc_s[rl * outs + o];
+                s = acc32 ? static_cast<double>(static_cast<float>(s) + static_cast<float>(v)) : s + v;
               }
             }
-          } else {
-            for (int64_t o = 0; o < outs; ++o) {
-              const int64_t i = vr[k] * outs + o;
-              const double v = v32 != nullptr ? static_cast<double>(v32[i]) : v64[i];
-              double& s = acc_s[rl * outs + o];
-              s = acc32 ? static_cast<double>(static_cast<float>(s) + static_cast<float>(v)) : s + v;
-            }
           }
         }
+        if (staged_trees) PYZERO_SYNC();
       }
-      if (staged_trees) PYZERO_SYNC();
-    }
-    if (!active || want_leaves) return;
-    if constexpr (NOUT > 0) {
-      PYZERO_UNROLL
-      for (int o = 0; o < NOUT; ++o) {
-        trees::store_output(f, acc32, base, raw, r, o, acc32 ? static_cast<double>(a32[o]) : a[o]);
+      if (!active || want_leaves) return;
+      if constexpr (NOUT > 0) {
+        PYZERO_UNROLL
+        for (int o = 0; o < NOUT; ++o) {
+          trees::store_output(f, acc32, base, raw, r, o, acc32 ? static_cast<double>(a32[o]) : a[o]);
+        }
+      } else {
+        for (int64_t o = 0; o < outs; ++o)
+          trees::store_output(f, acc32, base, raw, r, o, acc_s[rl * outs + o]);
       }
+    };
+    if (stage) {
+      const T* staged = xs + rl * xstride;
+      per_row([staged](int64_t c) -> T { return staged[c]; });
     } else {
-      for (int64_t o = 0; o < outs; ++o) trees::store_output(f, acc32, base, raw, r, o, acc_s[rl * outs + o]);
+      per_row([&f, xrow](int64_t c) -> T { return trees::prepare_value(f, xrow[c], c); });
     }
     return;
   }

@@ -242,13 +242,14 @@ struct PerfectWalkerT {
   const WalkForest& f;
   template <int N, typename Row>
   PYZERO_HD void walk(int64_t t0, int64_t count, const Row& row, int64_t* out) const {
-    const Node8* tree[N];
-    int32_t i[N];
+    // node slot of tree k's root: 32-bit (tree_walk_op.cpp checks the slot count), one register a tree
+    const Node8* nodes = reinterpret_cast<const Node8*>(f.nodes);
+    int32_t root[N], i[N];
     NodePair block[kBlocked ? N : 1][2];
     PYZERO_UNROLL
     for (int k = 0; k < N; ++k) {
       i[k] = 0;
-      tree[k] = reinterpret_cast<const Node8*>(f.nodes) + (t0 + (k < count ? k : 0)) * f.node_stride;
+      root[k] = static_cast<int32_t>((t0 + (k < count ? k : 0)) * f.node_stride);
     }
     const int32_t last = static_cast<int32_t>(f.n_features - 1);
     for (int32_t d = 0; d < f.depth; ++d) {
@@ -257,7 +258,7 @@ struct PerfectWalkerT {
         Node8 nd;
         if constexpr (kBlocked) {  // a block's three nodes in one 32-byte read every second level
           if ((d & 1) == 0) {
-            const auto* half = reinterpret_cast<const NodePair*>(tree[k] + blocked_slot(d, i[k]));
+            const auto* half = reinterpret_cast<const NodePair*>(nodes + (root[k] + blocked_slot(d, i[k])));
             block[k][0] = half[0];
             block[k][1] = half[1];
             nd = block[k][0].first;
@@ -265,7 +266,7 @@ struct PerfectWalkerT {
             nd = (i[k] & 1) ? block[k][0].second : block[k][1].first;  // left child 2p + 1 is odd
           }
         } else {
-          nd = tree[k][i[k]];
+          nd = nodes[root[k] + i[k]];
         }
         i[k] = perfect_child(nd, row, last, i[k]);
       }

@@ -169,6 +169,8 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
         format == trees::kPerfect ? int64_t{1} << depth : trees::blocked_slots(static_cast<int32_t>(depth));
     TORCH_CHECK(nodes.size(1) >= slots, "pyzero.tree_walk: perfect layout: depth ", depth, " needs ", slots,
                 " node slots per tree, nodes has ", nodes.size(1));
+    TORCH_CHECK(nodes.size(0) * nodes.size(1) < (int64_t{1} << 31),
+                "pyzero.tree_walk: perfect layout: forest too large for 32-bit node slots");
     TORCH_CHECK(
         format == trees::kPerfect ||
             (reinterpret_cast<uintptr_t>(nodes.data_ptr()) % 16 == 0 && nodes.size(1) % 2 == 0),
