@@ -39,11 +39,22 @@ inline bool go_left(const ForestView& f, const Node& nd, int32_t n, T v) {
 }
 
 // One step from node n: a leaf (which points to itself) stays where it is, so every row can take the
-// same number of steps (the tree's depth).
+// same number of steps (the tree's depth). Categorical nodes take go_left; numeric ones go_left's rules
+// written out again as selects (Note [Deep trees on the CPU]): calling go_left here, or a helper both
+// share, compiled to slower code (8-40% on deep LightGBM forests, measured).
 template <typename T>
 inline int32_t step(const ForestView& f, int32_t n, const T* row) {
   const Node nd = f.nodes[n];
-  return go_left(f, nd, n, row[nd.meta & kFeatureMask]) ? nd.left : nd.right;
+  const T v = row[nd.meta & kFeatureMask];
+  if (nd.meta & kCategorical) return go_left(f, nd, n, v) ? nd.left : nd.right;
+  const int kind = (nd.meta >> kMissingShift) & 3;
+  const bool nan = std::isnan(v);
+  const T read = nan && kind == 1 ? T(0) : v;
+  const bool missing = kind == 2 ? nan || std::fabs(v) <= static_cast<T>(kZeroThreshold) : nan && kind != 1;
+  const T t = sizeof(T) == 8 ? static_cast<T>(f.threshold64[n]) : static_cast<T>(nd.threshold);
+  const bool below = (nd.meta & kCmpLt) ? read < t : read <= t;
+  const bool left = missing ? (nd.meta & kDefaultLeft) != 0 : below;
+  return left ? nd.left : nd.right;
 }
 
 template <typename T>
@@ -52,6 +63,43 @@ inline int32_t leaf_of(const ForestView& f, int32_t n, const T* row) {
     const Node nd = f.nodes[n];
     if (nd.left == n && nd.right == n) return n;
     n = go_left(f, nd, n, row[nd.meta & kFeatureMask]) ? nd.left : nd.right;
+  }
+}
+
+// Note [Deep trees on the CPU]
+// ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+// Leaf-wise LightGBM trees are deep and unbalanced (31-255 leaves, depth 18-37): too deep for the
+// perfect kernel, and a fixed number of lockstep steps would walk most rows far past their leaves.
+// Walked row by row, each step waits for the previous node's load and its direction is a branch the
+// processor mispredicts about half the time. Here kWalkGroup rows walk together until every one of them
+// stands on its leaf (a leaf points to itself, so finished rows just stay): the group's kWalkGroup
+// chains of loads overlap, and `step` picks the child with selects. A group takes as many rounds as its
+// deepest row, one more to see that none moved. On this 2-core CPU, 100 trees, predict_proba against
+// LightGBM's own: breast_cancer x 20, 31 leaves 0.79x -> 1.26x, 63 leaves 0.65x -> 1.10x, 255 leaves
+// 0.59x -> 0.96x; 28 features, 255 leaves 1.04x -> 1.77x (groups of 4 and 16 were slower than 8, and
+// fully bitwise selects much slower). Sums still go tree by tree in order: the outputs are unchanged.
+
+// Leaves of rows r0 .. r0 + nr - 1 in the tree at `root` (Note [Deep trees on the CPU]).
+template <typename T>
+inline void leaves_in_groups(const ForestView& f, int32_t root, const T* x, int64_t n_features, int64_t r0,
+                             int64_t nr, int32_t* leaves) {
+  for (int64_t g0 = 0; g0 < nr; g0 += kWalkGroup) {
+    const int64_t gn = nr - g0 < kWalkGroup ? nr - g0 : kWalkGroup;
+    int32_t n[kWalkGroup];
+    const T* row[kWalkGroup];
+    for (int j = 0; j < kWalkGroup; ++j) {
+      n[j] = root;
+      row[j] = x + (r0 + g0 + (j < gn ? j : gn - 1)) * n_features;  // a short group repeats its last row
+    }
+    for (bool moved = true; moved;) {
+      moved = false;
+      for (int j = 0; j < kWalkGroup; ++j) {
+        const int32_t next = step(f, n[j], row[j]);
+        moved |= next != n[j];
+        n[j] = next;
+      }
+    }
+    for (int64_t j = 0; j < gn; ++j) leaves[g0 + j] = n[j];
   }
 }
 
@@ -85,7 +133,7 @@ void predict_raw(const ForestView& f, const T* x, int64_t rows, int64_t n_featur
           for (int64_t j = 0; j < nr; ++j) leaves[j] = step(f, leaves[j], x + (r0 + j) * n_features);
         }
       } else {
-        for (int64_t j = 0; j < nr; ++j) leaves[j] = leaf_of(f, root, x + (r0 + j) * n_features);
+        leaves_in_groups(f, root, x, n_features, r0, nr, leaves);
       }
       for (int64_t r = r0; r < r1; ++r) {
         const double* v = f.values + static_cast<int64_t>(leaves[r - r0]) * outs;

@@ -59,6 +59,39 @@ def test_cpu_kernel_ignores_batch_size_and_threads():
         assert np.array_equal(full, one)
 
 
+def test_deep_unbalanced_trees_walk_in_groups_with_every_batch_split():
+    """Note [Deep trees on the CPU]: leaf-wise LightGBM trees deeper than kLockstepMaxDepth (and than the
+    perfect kernel takes) walk on the node kernel in groups of rows; batches split into 1, 7 and 37 rows
+    (groups cut short) and one thread give the same bits, equal to the GPU layouts' host twin (row by
+    row, the same summation order) and within 1e-6 of LightGBM, NaN, zeros and values at the thresholds
+    included."""
+    from pyzero.trees import gpu_layout
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3000, 6)).astype(np.float32)
+    X[rng.random(X.shape) < 0.05] = np.nan
+    X[rng.random(X.shape) < 0.05] = 0.0
+    y = (np.nan_to_num(X[:, 0]) * np.nan_to_num(X[:, 1]) + np.sin(3 * np.nan_to_num(X[:, 2])) > 0).astype(int)
+    model = lgb.LGBMClassifier(n_estimators=20, num_leaves=255, min_child_samples=2, verbose=-1).fit(X, y)
+    cf = trees.compile(model, backend="cpu")
+    assert cf.strategy == "traverse" and cf.forest.max_depth > 14, (cf.strategy, cf.forest.max_depth)
+    rows, _ = trees.compiled.verification_rows(model, cf, X[:300])
+    x, _ = cf._input(rows)
+    twin = gpu_layout.GpuLayout(cf.forest, "wide", cf._input_dtype, torch.device("cpu"))
+    full = cf.decision_function(rows)
+    assert np.array_equal(full, twin.walk(x, cf._base, False, False, [256, 1, 1, 1])[:, 0].numpy())
+    np.testing.assert_allclose(cf.predict_proba(rows), model.predict_proba(rows), atol=1e-6, rtol=0)
+    for size in (1, 7, 37):
+        parts = np.concatenate([cf.decision_function(rows[i : i + size]) for i in range(0, len(rows), size)])
+        assert np.array_equal(parts, full), size
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert np.array_equal(cf.decision_function(rows), full)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_tree_ops_opcheck():
     X, models = fitted()
     packed = trees.compile(models[0], backend="cpu", strategy="traverse")._kernel
