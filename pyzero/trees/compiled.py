@@ -95,7 +95,8 @@ class CompiledForest:
         self._plain_inputs: bool | None = None  # see _as_is
         self._launches: dict[str, tuple[tuple[float, ...], bool] | None] = {}  # see _launch
         # Note [Prepared walks] (csrc/trees/tree_walk_plan.h): per output kind, the CUDA kernel's calls
-        # prepared per batch-size bucket for device rows taken as they are (_as_is)
+        # prepared per batch-size bucket for rows taken as they are (_as_is): device rows, and host rows
+        # of small batches (staged)
         self._plans: dict[str, Any] = {}
         self._tune = tune
         if self.backend == "cpu":
