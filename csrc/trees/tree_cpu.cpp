@@ -57,15 +57,6 @@ inline int32_t step(const ForestView& f, int32_t n, const T* row) {
   return left ? nd.left : nd.right;
 }
 
-template <typename T>
-inline int32_t leaf_of(const ForestView& f, int32_t n, const T* row) {
-  for (;;) {
-    const Node nd = f.nodes[n];
-    if (nd.left == n && nd.right == n) return n;
-    n = go_left(f, nd, n, row[nd.meta & kFeatureMask]) ? nd.left : nd.right;
-  }
-}
-
 // Note [Deep trees on the CPU]
 // ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 // Leaf-wise LightGBM trees are deep and unbalanced (31-255 leaves, depth 18-37): too deep for the
@@ -103,6 +94,24 @@ inline void leaves_in_groups(const ForestView& f, int32_t root, const T* x, int6
   }
 }
 
+// Leaves of rows r0 .. r0 + nr - 1 (nr <= kRowBlock) in tree t: shallow trees in lockstep, depth
+// steps each, so independent loads overlap; deeper ones (often unbalanced) in groups of rows that stop
+// when all of them stand on their leaves (Note [Deep trees on the CPU]).
+template <typename T>
+inline void block_leaves(const ForestView& f, int64_t t, const T* x, int64_t n_features, int64_t r0,
+                         int64_t nr, int32_t* leaves) {
+  const int32_t root = f.roots[t];
+  const int32_t depth = f.depths[t];
+  if (depth > kLockstepMaxDepth) {
+    leaves_in_groups(f, root, x, n_features, r0, nr, leaves);
+    return;
+  }
+  for (int64_t j = 0; j < nr; ++j) leaves[j] = root;
+  for (int32_t d = 0; d < depth; ++d) {
+    for (int64_t j = 0; j < nr; ++j) leaves[j] = step(f, leaves[j], x + (r0 + j) * n_features);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -122,19 +131,7 @@ void predict_raw(const ForestView& f, const T* x, int64_t rows, int64_t n_featur
     }
     int32_t leaves[kRowBlock];
     for (int64_t t = 0; t < f.n_trees; ++t) {
-      // Shallow trees: all rows of the block walk in lockstep, depth steps each, so independent loads
-      // overlap. Deep trees (often unbalanced): each row stops at its leaf.
-      const int32_t root = f.roots[t];
-      const int32_t depth = f.depths[t];
-      const int64_t nr = r1 - r0;
-      if (depth <= kLockstepMaxDepth) {
-        for (int64_t j = 0; j < nr; ++j) leaves[j] = root;
-        for (int32_t d = 0; d < depth; ++d) {
-          for (int64_t j = 0; j < nr; ++j) leaves[j] = step(f, leaves[j], x + (r0 + j) * n_features);
-        }
-      } else {
-        leaves_in_groups(f, root, x, n_features, r0, nr, leaves);
-      }
+      block_leaves(f, t, x, n_features, r0, r1 - r0, leaves);
       for (int64_t r = r0; r < r1; ++r) {
         const double* v = f.values + static_cast<int64_t>(leaves[r - r0]) * outs;
         const size_t at = static_cast<size_t>((r - r0) * outs);
@@ -155,10 +152,15 @@ void predict_raw(const ForestView& f, const T* x, int64_t rows, int64_t n_featur
 template <typename T>
 void predict_leaves(const ForestView& f, const T* x, int64_t rows, int64_t n_features, int32_t* leaves,
                     int num_threads) {
+  const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
 #pragma omp parallel for schedule(static) num_threads(num_threads)
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = b * kRowBlock;
+    const int64_t nr = r0 + kRowBlock < rows ? kRowBlock : rows - r0;
+    int32_t block[kRowBlock];
     for (int64_t t = 0; t < f.n_trees; ++t) {
-      leaves[r * f.n_trees + t] = leaf_of(f, f.roots[t], x + r * n_features);
+      block_leaves(f, t, x, n_features, r0, nr, block);
+      for (int64_t j = 0; j < nr; ++j) leaves[(r0 + j) * f.n_trees + t] = block[j];
     }
   }
 }

@@ -63,8 +63,8 @@ def test_deep_unbalanced_trees_walk_in_groups_with_every_batch_split():
     """Note [Deep trees on the CPU]: leaf-wise LightGBM trees deeper than kLockstepMaxDepth (and than the
     perfect kernel takes) walk on the node kernel in groups of rows; batches split into 1, 7 and 37 rows
     (groups cut short) and one thread give the same bits, equal to the GPU layouts' host twin (row by
-    row, the same summation order) and within 1e-6 of LightGBM, NaN, zeros and values at the thresholds
-    included."""
+    row, the same summation order) and within 1e-6 of LightGBM, with LightGBM's leaves (apply), NaN,
+    zeros and values at the thresholds included."""
     from pyzero.trees import gpu_layout
 
     rng = np.random.default_rng(5)
@@ -81,6 +81,9 @@ def test_deep_unbalanced_trees_walk_in_groups_with_every_batch_split():
     full = cf.decision_function(rows)
     assert np.array_equal(full, twin.walk(x, cf._base, False, False, [256, 1, 1, 1])[:, 0].numpy())
     np.testing.assert_allclose(cf.predict_proba(rows), model.predict_proba(rows), atol=1e-6, rtol=0)
+    leaves = cf.apply(rows)
+    assert np.array_equal(leaves, model.predict(rows, pred_leaf=True))
+    assert np.array_equal(np.concatenate([cf.apply(rows[i : i + 7]) for i in range(0, len(rows), 7)]), leaves)
     for size in (1, 7, 37):
         parts = np.concatenate([cf.decision_function(rows[i : i + size]) for i in range(0, len(rows), size)])
         assert np.array_equal(parts, full), size
