@@ -61,5 +61,7 @@ constexpr int32_t kLockstepMaxDepth = 8;
 // Deeper trees: rows walk in groups of this many until each stands on its leaf (Note [Deep trees on
 // the CPU] in tree_cpu.cpp).
 constexpr int kWalkGroup = 8;
+// A group whose last round moved at most this many rows finishes them one by one.
+constexpr int kWalkGroupTail = 2;
 
 }  // namespace pyzero::trees
