@@ -193,9 +193,14 @@ class GpuLayout:
         pair).
         emulate=True runs the CUDA kernel's own code on CPU tensors (Note [Kernel emulation] in
         csrc/trees/kernel_emu.h; slow, for tests)."""
-        nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = self.tensors
         op = torch.ops.pyzero.tree_walk_emulated if emulate else torch.ops.pyzero.tree_walk
-        return op(
+        return op(*self._forest_args(), x, base, float32_accum, leaves, config, list(finish))
+
+    def _forest_args(self) -> tuple:
+        """The leading arguments of pyzero::tree_walk (and of a WalkPlan): the layout's format, tensors,
+        categorical domain, depth and feature count."""
+        nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = self.tensors
+        return (
             self.format,
             nodes,
             roots,
@@ -207,12 +212,6 @@ class GpuLayout:
             column_kind,
             self.depth,
             self.n_features,
-            x,
-            base,
-            float32_accum,
-            leaves,
-            config,
-            list(finish),
         )
 
     def plan(
@@ -234,19 +233,8 @@ class GpuLayout:
         on x_like's device, outputs back on the host."""
         from pyzero import _native
 
-        nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = self.tensors
         return _native.require("pyzero.trees prepared walks").WalkPlan(
-            self.format,
-            nodes,
-            roots,
-            leaf_nodes,
-            values,
-            threshold64,
-            cat_bits,
-            self.cat_domain,
-            column_kind,
-            self.depth,
-            self.n_features,
+            *self._forest_args(),
             x_like,
             base,
             float32_accum,
