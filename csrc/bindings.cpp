@@ -274,11 +274,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       m, "WalkPlan", "A pyzero::tree_walk call with every argument but x bound and checked once.")
       .def(py::init<int64_t, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                     const at::Tensor&, const at::Tensor&, const std::vector<double>&, const at::Tensor&,
-                    int64_t, int64_t, const at::Tensor&, const at::Tensor&, bool, bool,
+                    int64_t, int64_t, int64_t, const at::Tensor&, const at::Tensor&, bool, bool,
                     const std::vector<int64_t>&, const std::vector<double>&, bool, bool, int64_t>(),
            py::arg("format"), py::arg("nodes"), py::arg("roots"), py::arg("leaf_nodes"), py::arg("values"),
            py::arg("threshold64"), py::arg("cat_bits"), py::arg("cat_domain"), py::arg("column_kind"),
-           py::arg("depth"), py::arg("n_features"), py::arg("x_like"), py::arg("base"),
+           py::arg("depth"), py::arg("n_features"), py::arg("copies"), py::arg("x_like"), py::arg("base"),
            py::arg("float32_accum"), py::arg("leaves"), py::arg("config"), py::arg("finish"),
            py::arg("emulate") = false, py::arg("flat") = false, py::arg("host_rows") = 0)
       .def("takes", &pyzero::WalkPlan::takes, py::arg("x"), "Whether the plan takes x as it is.")

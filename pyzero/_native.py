@@ -74,12 +74,13 @@ if C is not None:
     @torch.library.register_fake("pyzero::tree_walk")
     def _tree_walk_fake(
         format, nodes, roots, leaf_nodes, values, threshold64, cat_bits, cat_domain, column_kind,
-        depth, n_features, x, base, float32_accum, leaves, config, finish,
+        depth, n_features, copies, x, base, float32_accum, leaves, config, finish,
     ):  # fmt: skip
         if leaves:
-            return x.new_empty(
-                (x.shape[0], nodes.shape[0] if format in (0, 3) else roots.shape[0]), dtype=torch.int32
-            )
+            trees = nodes.shape[0] if format in (0, 3) else roots.shape[0]
+            if format == 4:  # tiled: trees * 2^depth leaf slots
+                trees = leaf_nodes.shape[0] >> depth
+            return x.new_empty((x.shape[0], trees), dtype=torch.int32)
         pair = len(finish) == 4 and finish[3] != 0
         return x.new_empty((x.shape[0], 2 if pair else values.shape[1]), dtype=torch.float64)
 

@@ -4,11 +4,13 @@
 //
 // Note [GPU tree kernel]
 // A block of `threads` threads takes R = threads / lanes rows; thread i walks row i % R with tree lane
-// i / R. Rows are staged in shared memory (prepared for the perfect layout) when they fit. A lane walks
+// i / R. Rows are staged in shared memory (every slot of Note [Row slots]) when they fit. A lane walks
 // `ilp` trees at once in lockstep (independent loads in flight):
 //   lanes == 1: a thread walks every tree of its row in order and adds each leaf value as it goes (its
 //     loop compiled twice, for staged rows and for rows read in global memory: one kind of feature
-//     read per node visit: about 17 instructions a visit in the sm_90 SASS, from about 32);
+//     read per node visit). A visit of a perfect tree on staged rows is about 10.4 instructions in the
+//     sm_90 SASS (a node load, the slot's clamp and shared load, one compare, the child), from about 17
+//     before Note [Row slots] and 32 before that;
 //   lanes == 1 with tree_chunk > 0 (perfect layout): the block copies tree_chunk trees at a time (nodes,
 //     and leaf values in the type the sum adds) into shared memory, then every thread walks them there;
 //   lanes > 1: the trees go in chunks of lanes * ilp; each (row, tree) pair of a chunk leaves its leaf
@@ -44,6 +46,10 @@ namespace pyzero::cuda {
 // Largest block, and the shared memory a launch may use without opting in to more.
 constexpr int kTreeMaxThreads = 512;
 constexpr int64_t kTreeMaxSharedBytes = 48 * 1024;
+// A launch whose rows fit this much shared memory stages them, opting in above kTreeMaxSharedBytes (every
+// GPU from sm_80 on allows at least 99 KB a block): 256 rows of 28 features in two copies (Note [Row
+// slots]) take 58 KB.
+constexpr int64_t kStageMaxSharedBytes = 96 * 1024;
 // Note [Tiled walk]: the padded row pitch of a warp's value buffer (lane l reads row l: distinct banks),
 // and the shared memory a tiled block may opt in to.
 constexpr int kTileBufPitch = trees::kTiledTrees + 1;
@@ -77,15 +83,16 @@ PYZERO_HD int64_t chunk_item_bytes(int64_t n_outputs, bool acc32) {
   return n_outputs == 1 ? (acc32 ? 4 : 8) : 4;
 }
 
-// Staged rows are row_stride(nf) values apart: an odd count, so the threads of a warp reading the same
-// feature of their own rows (every thread at a tree's top levels) hit distinct banks.
-PYZERO_HD int64_t row_stride(int64_t n_features) {
-  return n_features | 1;
+// Staged rows are row_stride(slots) values apart: an odd count, so the threads of a warp reading the
+// same slot of their own rows (every thread at a tree's top levels) hit distinct banks.
+PYZERO_HD int64_t row_stride(int64_t slots) {
+  return slots | 1;
 }
 
 // Shared memory carve-up of one block: accumulators [R * outputs] (double), the chunk buffer [R * chunk]
-// (lanes > 1), staged rows [R * row_stride], staged trees' nodes [tree_chunk * node_stride] and leaf values
-// [tree_chunk * 2^depth * outputs] (float32 when acc32, else double; none for leaves).
+// (lanes > 1), staged rows [R * row_stride(row slots)] (Note [Row slots]), staged trees' nodes
+// [tree_chunk * node_stride] and leaf values [tree_chunk * 2^depth * outputs] (float32 when acc32, else
+// double; none for leaves).
 struct Carve {
   int64_t acc, buf, rows, tree_nodes, tree_values, total;
 };
@@ -96,7 +103,7 @@ PYZERO_HD Carve carve(const trees::WalkForest& f, int64_t item, bool leaves, boo
   c.acc = leaves ? 0 : round_up(r * f.n_outputs * 8, 16);
   const int64_t chunk = static_cast<int64_t>(lanes) * ilp;
   c.buf = (leaves || lanes == 1) ? 0 : round_up(r * chunk * chunk_item_bytes(f.n_outputs, acc32), 16);
-  c.rows = stage ? round_up(r * row_stride(f.n_features) * item, 16) : 0;
+  c.rows = stage ? round_up(r * row_stride(trees::row_slots(f)) * item, 16) : 0;
   c.tree_nodes = tree_chunk > 0 ? round_up(tree_chunk * f.node_stride * 8, 16) : 0;
   c.tree_values =
       (tree_chunk > 0 && !leaves) ? round_up((tree_chunk << f.depth) * f.n_outputs * (acc32 ? 4 : 8), 16) : 0;
@@ -104,9 +111,9 @@ PYZERO_HD Carve carve(const trees::WalkForest& f, int64_t item, bool leaves, boo
   return c;
 }
 
-// Note [Tiled walk]: staged rows [threads * row_stride] (float), one tile's nodes [2^D, 32] (Node8) and
-// leaf values [2^D, 32], and each warp's value buffer [32, kTileBufPitch] (values in the type the sum
-// adds; neither for leaves).
+// Note [Tiled walk]: staged rows [threads * row_stride(row slots)] (float), one tile's nodes [2^D, 32]
+// (Node8) and leaf values [2^D, 32], and each warp's value buffer [32, kTileBufPitch] (values in the type the
+// sum adds; neither for leaves).
 struct TileCarve {
   int64_t rows, nodes, values, buf, total;
 };
@@ -114,7 +121,7 @@ struct TileCarve {
 PYZERO_HD TileCarve tile_carve(const trees::WalkForest& f, bool leaves, bool acc32, int threads) {
   TileCarve c{};
   const int64_t vb = acc32 ? 4 : 8;
-  c.rows = round_up(threads * row_stride(f.n_features) * 4, 16);
+  c.rows = round_up(threads * row_stride(trees::row_slots(f)) * 4, 16);
   c.nodes = round_up((int64_t{1} << f.depth) * trees::kTiledTrees * 8, 16);
   c.values = leaves ? 0 : round_up((int64_t{1} << f.depth) * trees::kTiledTrees * vb, 16);
   c.buf = leaves ? 0 : round_up(threads * kTileBufPitch * vb, 16);
@@ -125,8 +132,7 @@ PYZERO_HD TileCarve tile_carve(const trees::WalkForest& f, bool leaves, bool acc
 }  // namespace detail
 
 // Shared memory bytes a launch needs, or -1 when it cannot fit kTreeMaxSharedBytes (kTileMaxSharedBytes
-// when tiled; even unstaged);
-// *staged says whether the rows are staged.
+// when tiled) even unstaged; *staged says whether the rows are staged (up to kStageMaxSharedBytes).
 inline int64_t tree_walk_shared_bytes(const trees::WalkForest& f, int64_t x_item_bytes, bool leaves,
                                       bool acc32, WalkLaunch cfg, bool* staged) {
   if (cfg.tiled) {  // rows always staged; one output or leaves (Note [Tiled walk])
@@ -139,7 +145,7 @@ inline int64_t tree_walk_shared_bytes(const trees::WalkForest& f, int64_t x_item
   if (cfg.stage) {
     const detail::Carve c =
         detail::carve(f, x_item_bytes, leaves, acc32, r, cfg.lanes, cfg.ilp, true, cfg.tree_chunk);
-    if (c.total <= kTreeMaxSharedBytes) {
+    if (c.total <= kStageMaxSharedBytes) {
       *staged = true;
       return c.total;
     }

@@ -3,9 +3,9 @@
 // without a GPU). Torch-free; every function compiles for host and device.
 //
 // Note [GPU layouts]
-// Four layouts (pyzero/trees/gpu_layout.py builds them; `format` below):
-//   kPerfect: Note [Perfect trees] (tree_fast.h) in 8-byte nodes: [trees, stride] of (meta, float32
-//     threshold bits) in heap order, a fixed D steps, every node `isnan(x) ? default_left : x <= t` on
+// Five layouts (pyzero/trees/gpu_layout.py builds them; `format` below):
+//   kPerfect: Note [Perfect trees] (tree_fast.h) in 8-byte nodes: [trees, stride] of (row slot, float32
+//     threshold bits) in heap order, a fixed D steps, every node `slot value <= t` (Note [Row slots]) on
 //     columns prepared by column_kind. A walk ends at a leaf slot j; its value row is t * 2^D + j and
 //     its IR id leaf_nodes[t * 2^D + j].
 //   kPerfectBlocked: the same nodes in blocks of two levels: a node and its two children in one 32-byte
@@ -26,6 +26,21 @@
 // Numeric, missing-value and categorical rules are the C++ node kernel's (tree_cpu.h flags, Note
 // [Categorical splits] in pyzero/trees/forest.py), so all layouts give the same leaf for every row.
 // A walk returns the leaf's value row: values[row * n_outputs + o] is what it adds to output o.
+//
+// Note [Row slots]
+// ~~~~~~~~~~~~~~~~
+// A perfect-layout node compares one *slot* of its row, not a feature, so that a visit is a node load,
+// a row load and one compare: no NaN test and no default-left bit. Slot s = k * n_features + c holds
+// feature c (as prepare_value reads it) in copy k of the row:
+//   k = 0: the value as it is: a NaN goes right (no NaN is <= t);
+//   k = 1: a NaN read as -inf: it goes left (-inf <= t for every t but a NaN);
+//   k = 2: 0 for a NaN, 1 for a number: with threshold 0.5, left iff NaN.
+// gpu_layout.py gives every node the copy that makes `v <= t` its whole rule `isnan(x) ? default_left :
+// x <= t` (Note [Perfect trees]): copy 0 unless the node is default-left on a column that can hold a
+// NaN after prepare_value, then copy 1, or copy 2 when its threshold is NaN (CMP_LT at -inf: left iff
+// NaN, which copy 1 cannot tell from a real -inf). The layout's `copies` (1 to 3: its largest copy plus
+// one) sets the slots of a row, copies * n_features; staged rows hold all of them, unstaged reads
+// compute the one they need (slot_value). Node layouts read copy 0 (copies = 1).
 #pragma once
 
 #include <cmath>
@@ -112,6 +127,7 @@ struct WalkForest {
   double cat_lo, cat_hi;
   int32_t cat_invalid;
   int64_t n_trees, n_outputs, n_features;
+  int32_t copies = 1;   // copies of each row feature (Note [Row slots]): row slots = copies * n_features
   int64_t node_stride;  // perfect
   int32_t depth;        // perfect: D
   Finish finish;        // of this call (Note [Fused finish])
@@ -160,6 +176,27 @@ PYZERO_HD T prepare_value(const WalkForest& f, T v, int64_t c) {
   if (missing == kColumnZeroToNan && (is_nan(v) || abs_of(v) <= static_cast<T>(kFastZeroThreshold)))
     return static_cast<T>(bits_to_float(0x7fc00000u));
   return v;
+}
+
+// Note [Row slots]: the values per row, and the value of slot k * n_features + c for a prepared
+// value v of feature c.
+PYZERO_HD int64_t row_slots(const WalkForest& f) {
+  return f.copies * f.n_features;
+}
+
+template <typename T>
+PYZERO_HD T slot_of(T v, int64_t k) {
+  if (k == 0) return v;
+  if (k == 1) return is_nan(v) ? static_cast<T>(bits_to_float(0xff800000u)) : v;  // -inf
+  return is_nan(v) ? T(0) : T(1);
+}
+
+// Slot s of the row at x (n_features values as given, not prepared).
+template <typename T>
+PYZERO_HD T slot_value(const WalkForest& f, const T* x, int64_t s) {
+  const int64_t k = static_cast<int64_t>(s >= f.n_features) + static_cast<int64_t>(s >= 2 * f.n_features);
+  const int64_t c = s - k * f.n_features;
+  return slot_of(prepare_value(f, x[c], c), k);
 }
 
 // Whether a node with the given decoded fields sends v left (tree_cpu.h's rule).
@@ -223,20 +260,19 @@ PYZERO_HD void store_output(const WalkForest& f, bool acc32, const double* base,
 }
 
 // One step of a perfect-tree walk (Note [Perfect trees]): the heap index of node i's child that row
-// goes to, node nd being (meta, threshold bits); `last` caps the feature index (n_features - 1).
+// goes to, node nd being (row slot, threshold bits) (Note [Row slots]); `last` caps the slot
+// (row_slots - 1), so no node reads outside its row.
 template <typename Row>
-PYZERO_HD int32_t perfect_child(Node8 nd, const Row& row, int32_t last, int32_t i) {
-  int32_t c = static_cast<int32_t>(nd.word0 & kMetaFeatureMask);
-  c = c < last ? c : last;
-  const float v = row(c);
-  const bool left = is_nan(v) ? (nd.word0 >> 31) != 0 : v <= bits_to_float(nd.word1);
-  return 2 * i + (left ? 1 : 2);
+PYZERO_HD int32_t perfect_child(Node8 nd, const Row& row, uint32_t last, int32_t i) {
+  const float v = row(static_cast<int32_t>(nd.word0 < last ? nd.word0 : last));
+  const int32_t left = 2 * i + 1;
+  return v <= bits_to_float(nd.word1) ? left : left + 1;
 }
 
 // The walker of one layout. walk<N>(t0, count, row, out) walks trees t0 .. t0 + count - 1 (count <= N)
 // in lockstep, so one thread has N independent node loads in flight, and writes each tree's leaf value
-// row to out[k]; leaf_id(value row) is the leaf's IR node id. `row(c)` reads feature c of the row
-// (already prepared for the perfect layout).
+// row to out[k]; leaf_id(value row) is the leaf's IR node id. `row(c)` reads feature c of the row, or
+// for the perfect layouts slot c (Note [Row slots]).
 template <bool kBlocked>
 struct PerfectWalkerT {
   const WalkForest& f;
@@ -251,7 +287,7 @@ struct PerfectWalkerT {
       i[k] = 0;
       root[k] = static_cast<int32_t>((t0 + (k < count ? k : 0)) * f.node_stride);
     }
-    const int32_t last = static_cast<int32_t>(f.n_features - 1);
+    const auto last = static_cast<uint32_t>(row_slots(f) - 1);
     for (int32_t d = 0; d < f.depth; ++d) {
       PYZERO_UNROLL
       for (int k = 0; k < N; ++k) {
@@ -295,7 +331,7 @@ struct TiledWalker {
       l[k] = static_cast<int32_t>(t % kTiledTrees);
       tile[k] = reinterpret_cast<const Node8*>(f.nodes) + t / kTiledTrees * tile_nodes;
     }
-    const int32_t last = static_cast<int32_t>(f.n_features - 1);
+    const auto last = static_cast<uint32_t>(row_slots(f) - 1);
     for (int32_t d = 0; d < f.depth; ++d) {
       PYZERO_UNROLL
       for (int k = 0; k < N; ++k) {

@@ -31,12 +31,11 @@ template <typename T>
 void walk_host(const WalkForest& f, const T* x, int64_t rows, const double* base, bool float32_accum,
                double* raw, int32_t* leaves) {
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(static_cast<size_t>(f.n_features));
+    std::vector<T> buf(static_cast<size_t>(row_slots(f)));
     std::vector<double> acc(static_cast<size_t>(f.n_outputs));
     for (int64_t r = begin; r < end; ++r) {
-      for (int64_t c = 0; c < f.n_features; ++c) {
-        T v = x[r * f.n_features + c];
-        buf[static_cast<size_t>(c)] = prepare_value(f, v, c);
+      for (int64_t s = 0; s < row_slots(f); ++s) {  // Note [Row slots]
+        buf[static_cast<size_t>(s)] = slot_value(f, x + r * f.n_features, s);
       }
       const T* row_ptr = buf.data();
       auto row = [row_ptr](int64_t c) { return row_ptr[c]; };
@@ -99,7 +98,7 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
                               const at::Tensor& leaf_nodes, const at::Tensor& values,
                               const at::Tensor& threshold64, const at::Tensor& cat_bits,
                               at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
-                              const at::Tensor& x, int64_t n_features) {
+                              const at::Tensor& x, int64_t n_features, int64_t copies) {
   TORCH_CHECK((x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) && x.dim() == 2 &&
                   x.is_contiguous() && x.size(1) >= n_features && n_features >= 1,
               "pyzero.tree_walk: x must be a contiguous float32 or float64 tensor of shape (rows, ",
@@ -133,6 +132,13 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
                                            column_kind.size(0) == x.size(1) && column_kind.is_contiguous()),
               "pyzero.tree_walk: column_kind must be empty or an int8 vector with one entry per feature");
   f.column_kind = column_kind.numel() ? column_kind.data_ptr<int8_t>() : nullptr;
+  TORCH_CHECK(
+      copies == 1 || (copies >= 1 && copies <= 3 && trees::is_perfect_format(static_cast<int32_t>(format))),
+      "pyzero.tree_walk: copies must be 1, or 1 to 3 for a perfect layout (Note [Row slots]), got ", copies);
+  TORCH_CHECK(copies == 1 || x.size(1) == n_features, "pyzero.tree_walk: a layout of ", copies,
+              " row copies takes x with exactly its ", n_features, " features, got ", x.size(1));
+  TORCH_CHECK(copies * x.size(1) < (int64_t{1} << 24), "pyzero.tree_walk: too many features: ", x.size(1));
+  f.copies = static_cast<int32_t>(copies);
   if (format == trees::kPerfectTiled) {
     check(nodes, at::kInt, 4,
           "tiled perfect layout: nodes must be a contiguous int32 tensor [tiles, 2^depth, 32, 2]");
@@ -271,8 +277,8 @@ WalkPlan::Runner runner_for(const at::Tensor& x_like, bool emulate) {
 WalkPlan::WalkPlan(int64_t format, const at::Tensor& nodes, const at::Tensor& roots,
                    const at::Tensor& leaf_nodes, const at::Tensor& values, const at::Tensor& threshold64,
                    const at::Tensor& cat_bits, const std::vector<double>& cat_domain,
-                   const at::Tensor& column_kind, int64_t depth, int64_t n_features, const at::Tensor& x_like,
-                   const at::Tensor& base, bool float32_accum, bool leaves,
+                   const at::Tensor& column_kind, int64_t depth, int64_t n_features, int64_t copies,
+                   const at::Tensor& x_like, const at::Tensor& base, bool float32_accum, bool leaves,
                    const std::vector<int64_t>& config, const std::vector<double>& finish, bool emulate,
                    bool flat, int64_t host_rows)
     : keep_{nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind, base},
@@ -285,7 +291,7 @@ WalkPlan::WalkPlan(int64_t format, const at::Tensor& nodes, const at::Tensor& ro
       flat_(flat),
       host_rows_(host_rows) {
   f_ = walk_forest(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits, cat_domain, column_kind,
-                   depth, x_like, n_features);
+                   depth, x_like, n_features, copies);
   f_.finish = finish_of(finish, f_, leaves);
   TORCH_CHECK(f_.values32 == nullptr || leaves || float32_accum,
               "pyzero.tree_walk: float32 values need float32_accum (the sums round to float32)");
@@ -446,10 +452,11 @@ at::Tensor tree_walk_impl(int64_t format, const at::Tensor& nodes, const at::Ten
                           const at::Tensor& leaf_nodes, const at::Tensor& values,
                           const at::Tensor& threshold64, const at::Tensor& cat_bits,
                           at::ArrayRef<double> cat_domain, const at::Tensor& column_kind, int64_t depth,
-                          int64_t n_features, const at::Tensor& x, const at::Tensor& base, bool float32_accum,
-                          bool leaves, at::IntArrayRef config, at::ArrayRef<double> finish) {
+                          int64_t n_features, int64_t copies, const at::Tensor& x, const at::Tensor& base,
+                          bool float32_accum, bool leaves, at::IntArrayRef config,
+                          at::ArrayRef<double> finish) {
   const WalkPlan plan(format, nodes, roots, leaf_nodes, values, threshold64, cat_bits, cat_domain.vec(),
-                      column_kind, depth, n_features, x, base, float32_accum, leaves, config.vec(),
+                      column_kind, depth, n_features, copies, x, base, float32_accum, leaves, config.vec(),
                       finish.vec(), kEmulate, false, 0);
   return plan(x);
 }
@@ -461,12 +468,13 @@ TORCH_LIBRARY_FRAGMENT(pyzero, m) {
   m.def(
       "tree_walk(int format, Tensor nodes, Tensor roots, Tensor leaf_nodes, Tensor values, "
       "Tensor threshold64, Tensor cat_bits, float[] cat_domain, Tensor column_kind, int depth, int "
-      "n_features, "
+      "n_features, int copies, "
       "Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config, float[] finish) -> Tensor");
   m.def(
       "tree_walk_emulated(int format, Tensor nodes, Tensor roots, Tensor leaf_nodes, Tensor values, "
       "Tensor threshold64, Tensor cat_bits, float[] cat_domain, Tensor column_kind, int depth, int "
-      "n_features, Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config, float[] finish) -> "
+      "n_features, int copies, Tensor x, Tensor base, bool float32_accum, bool leaves, int[] config, float[] "
+      "finish) -> "
       "Tensor");
 }
 

@@ -49,9 +49,9 @@ class PYZERO_LOCAL WalkPlan {
   WalkPlan(int64_t format, const at::Tensor& nodes, const at::Tensor& roots, const at::Tensor& leaf_nodes,
            const at::Tensor& values, const at::Tensor& threshold64, const at::Tensor& cat_bits,
            const std::vector<double>& cat_domain, const at::Tensor& column_kind, int64_t depth,
-           int64_t n_features, const at::Tensor& x_like, const at::Tensor& base, bool float32_accum,
-           bool leaves, const std::vector<int64_t>& config, const std::vector<double>& finish,
-           bool emulate = false, bool flat = false, int64_t host_rows = 0);
+           int64_t n_features, int64_t copies, const at::Tensor& x_like, const at::Tensor& base,
+           bool float32_accum, bool leaves, const std::vector<int64_t>& config,
+           const std::vector<double>& finish, bool emulate = false, bool flat = false, int64_t host_rows = 0);
 
   // Whether x is what the plan takes: x_like's dtype and columns, 2-d and contiguous, on x_like's
   // device (or, staged, on the host with at most host_rows rows).

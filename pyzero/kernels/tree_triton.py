@@ -192,7 +192,9 @@ def _walk_kernel(
     finish_ptr,
     out_ptr,
     rows,
+    x_stride,
     n_features,
+    n_slots,
     n_outputs,
     node_stride,
     cat_words,
@@ -217,7 +219,7 @@ def _walk_kernel(
     LEAVES = OUT != OUT_SUMS
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < rows
-    row_base = (r.to(tl.int64) * n_features)[:, None]
+    row_base = (r.to(tl.int64) * x_stride)[:, None]
     o = tl.arange(0, OUT_P)
     omask = o < n_outputs
     base = tl.load(base_ptr + o, mask=omask & (not LEAVES), other=0.0)
@@ -248,10 +250,13 @@ def _walk_kernel(
                 thr = tl.load(nodes_ptr + tree_base + 2 * slot + 1, mask=m2, other=0).to(
                     tl.float32, bitcast=True
                 )
-                c = tl.minimum(meta & 2147483647, n_features - 1)
-                v = _read(x_ptr, row_base, c, m2, kinds_ptr, HAS_KINDS, True)
-                left = tl.where(v != v, meta < 0, v <= thr)  # bit 31: default left
-                i = 2 * i + tl.where(left, 1, 2)
+                # Note [Row slots] (csrc/trees/tree_walk.h): slot s = k * n_features + c, copy k
+                s = tl.minimum(tl.maximum(meta, 0), n_slots - 1)
+                k = (s >= n_features).to(tl.int32) + (s >= 2 * n_features).to(tl.int32)
+                v = _read(x_ptr, row_base, s - k * n_features, m2, kinds_ptr, HAS_KINDS, True)
+                v = tl.where((k == 1) & (v != v), float("-inf"), v)
+                v = tl.where(k == 2, tl.where(v != v, 0.0, 1.0), v)
+                i = 2 * i + tl.where(v <= thr, 1, 2)
             vr = (t.to(tl.int64) << STEPS)[None, :] + i - ((1 << STEPS) - 1)
             leaf = tl.load(leaf_nodes_ptr + vr, mask=m2, other=0)
         else:
@@ -356,6 +361,11 @@ def walk(
         )
     if layout.format in (0, 3) and x.dtype != torch.float32:
         raise ValueError("the perfect layout compares float32 inputs only")
+    if layout.copies > 1 and x.shape[1] != layout.n_features:
+        raise ValueError(
+            f"x must have exactly {layout.n_features} features for a layout of {layout.copies} row copies "
+            f"(Note [Row slots]), got {x.shape[1]}"
+        )
     nodes, roots, leaf_nodes, values, threshold64, cat_bits, column_kind = layout.tensors
     x = x.contiguous()
     rows, n_outputs = x.shape[0], values.shape[1]
@@ -406,6 +416,8 @@ def walk(
         walked,
         rows,
         x.shape[1],
+        layout.n_features,
+        layout.n_features * layout.copies,
         n_outputs,
         nodes.shape[1] if layout.format in (0, 3) else 0,
         cat_bits.shape[1],

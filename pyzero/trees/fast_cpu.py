@@ -30,6 +30,7 @@ PERFECT_MAX_BYTES = 256 << 20
 MIN_NODE_STRIDE = 64
 # column_kind values (kColumn* in tree_fast.h): how a feature's column is read.
 COLUMN_AS_IS, COLUMN_NAN_TO_ZERO, COLUMN_ZERO_TO_NAN = 0, 1, 2
+COLUMN_MISSING_MASK = 3  # the three kinds above (kColumnMissingMask)
 COLUMN_LIGHTGBM_READING = 4  # flag: the kernel reads inputs as LightGBM does (tiny -> 0, inf -> max)
 _COLUMN_OF_MISSING = {
     MISSING_NAN: COLUMN_AS_IS,
@@ -37,6 +38,7 @@ _COLUMN_OF_MISSING = {
     MISSING_ZERO: COLUMN_ZERO_TO_NAN,
 }
 DEFAULT_LEFT_BIT = 31
+META_FEATURE_MASK = (1 << DEFAULT_LEFT_BIT) - 1  # kMetaFeatureMask
 MAX_FEATURES = 1 << 26  # the kernel's 32-bit gather offsets (lane * n_features + feature)
 
 

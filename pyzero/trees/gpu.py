@@ -131,14 +131,14 @@ def _round16(n: int) -> int:
 class ForestShape:
     """What a kernel's shared memory and the tuner's candidates depend on: outputs, float32 sums, the
     (node stride, leaf slots) of one tree in a perfect layout (needed for tree_chunk > 0), the tree
-    count (which caps a chunk as the kernel does; None: no cap), and for tiled launches the features
-    and the depth (None: the layout is not tiled)."""
+    count (which caps a chunk as the kernel does; None: no cap), and for tiled launches the row slots
+    (Note [Row slots] in csrc/trees/tree_walk.h) and the depth (None: the layout is not tiled)."""
 
     n_outputs: int
     float32_accum: bool = False
     tree_shape: tuple[int, int] | None = None
     n_trees: int | None = None
-    tiled: tuple[int, int] | None = None  # (n_features, depth) of the perfect-tiled layout
+    tiled: tuple[int, int] | None = None  # (row slots, depth) of the perfect-tiled layout
 
 
 def cuda_max_shared_bytes(cfg: KernelConfig) -> int:
@@ -152,9 +152,9 @@ def cuda_shared_bytes(cfg: KernelConfig, shape: ForestShape, leaves: bool = Fals
     if cfg.tiled:
         if shape.tiled is None:
             raise ValueError("cuda_shared_bytes: a tiled launch needs the perfect-tiled layout's shape")
-        n_features, depth = shape.tiled
+        slots, depth = shape.tiled
         vb = 4 if shape.float32_accum else 8
-        rows = _round16(cfg.threads * (n_features | 1) * 4)
+        rows = _round16(cfg.threads * (slots | 1) * 4)
         nodes = _round16((1 << depth) * gpu_layout.TILED_TREES * 8)
         if leaves:
             return rows + nodes
@@ -433,7 +433,10 @@ class GpuRunner:
         """The forest's ForestShape in `layout`."""
         tree_shape = self.layout(layout).tree_shape if layout in gpu_layout.CHUNKABLE_LAYOUTS else None
         f32 = self.forest.extra.get("accumulate") == "float32"
-        tiled = (self.forest.n_features, self.forest.max_depth) if layout == "perfect-tiled" else None
+        tiled = None
+        if layout == "perfect-tiled":
+            lay = self.layout(layout)
+            tiled = (lay.n_features * lay.copies, lay.max_depth)
         return ForestShape(self.forest.n_outputs, f32, tree_shape, self.forest.n_trees, tiled)
 
     def layout(self, name: str) -> gpu_layout.GpuLayout:

@@ -1,6 +1,6 @@
 """The forest in the GPU layouts of Note [GPU layouts] (csrc/trees/tree_walk.h): perfect trees (heap
-order, or blocks of two levels), compact 8-byte nodes (breadth- or depth-first, children side by side)
-and the 16-byte nodes in IR order.
+order, blocks of two levels, or tiles of 32; their nodes compare row slots, Note [Row slots]), compact
+8-byte nodes (breadth- or depth-first, children side by side) and the 16-byte nodes in IR order.
 
 `build(forest, layout)` converts (or says why the forest does not fit); `GpuLayout.walk` runs
 pyzero::tree_walk, the CUDA kernel on CUDA tensors and its host twin on CPU tensors.
@@ -33,6 +33,9 @@ CHUNKABLE_LAYOUTS = ("perfect", "perfect-blocked")
 # of depth 8 and the rows of a block fill an H100's shared memory: Note [Tiled walk]).
 TILED_TREES = 32
 TILED_MAX_DEPTH = 8
+# Perfect layouts: most values a row holds (Note [Row slots] in csrc/trees/tree_walk.h: up to three
+# copies of every feature; slots are 32-bit in the kernels).
+MAX_ROW_SLOTS = 1 << 24
 # Layouts only the CUDA kernel reads (the Triton twin walks the others).
 CUDA_ONLY_LAYOUTS = ("perfect-tiled",)
 # Compact node fields (kC8* in tree_walk.h).
@@ -55,6 +58,8 @@ def why_not(forest: Forest, layout: str, input_dtype: torch.dtype) -> str | None
         if input_dtype != torch.float32:
             return "the perfect layout compares float32 inputs only"
         why = fast_cpu.why_ineligible(forest)
+        if why is None and 3 * forest.n_features >= MAX_ROW_SLOTS:
+            why = f"more than {MAX_ROW_SLOTS // 3 - 1} features"
         if why is None and layout == "perfect-tiled":
             if forest.n_outputs != 1:
                 return "tiles hold one output per leaf"
@@ -124,7 +129,8 @@ def _positions(forest: Forest, layout: str) -> tuple[np.ndarray, int]:
 
 
 class GpuLayout:
-    """One layout's arrays (on `device`) for pyzero::tree_walk."""
+    """One layout's arrays (on `device`) for pyzero::tree_walk; `copies`: the row copies its nodes read
+    (Note [Row slots]; 1 for node layouts)."""
 
     def __init__(self, forest: Forest, layout: str, input_dtype: torch.dtype, device: torch.device) -> None:
         reason = why_not(forest, layout, input_dtype)
@@ -142,9 +148,10 @@ class GpuLayout:
         cat_bits = torch.zeros((1, 1), dtype=torch.int32)
         column_kind = torch.zeros(0, dtype=torch.int8)
         self.depth = 0
+        self.copies = 1  # Note [Row slots] in csrc/trees/tree_walk.h
         if layout in PERFECT_LAYOUTS:
             p = fast_cpu.PerfectForest(forest)
-            nodes = torch.stack([p.meta, p.threshold.view(torch.int32)], dim=2)
+            nodes, self.copies = _slot_nodes(p, forest.n_features)
             values, threshold64 = p.values.reshape(-1, forest.n_outputs), empty_d
             if layout == "perfect-blocked":
                 nodes = _blocked(nodes, p.depth)
@@ -212,6 +219,7 @@ class GpuLayout:
             column_kind,
             self.depth,
             self.n_features,
+            self.copies,
         )
 
     def plan(
@@ -245,6 +253,23 @@ class GpuLayout:
             flat,
             host_rows,
         )
+
+
+def _slot_nodes(p: fast_cpu.PerfectForest, n_features: int) -> tuple[Tensor, int]:
+    """Perfect nodes [trees, stride, 2] of (row slot, float32 threshold bits) and the row copies they
+    read (Note [Row slots] in csrc/trees/tree_walk.h): a node's rule `isnan(x) ? default_left : x <= t`
+    becomes `slot value <= t` on copy 0 (as is), 1 (NaN as -inf) or 2 (NaN as 0, numbers as 1, t 0.5)."""
+    meta = p.meta.numpy().view(np.uint32)
+    thr = p.threshold.numpy()
+    feature = (meta & fast_cpu.META_FEATURE_MASK).astype(np.int64)
+    default_left = (meta >> fast_cpu.DEFAULT_LEFT_BIT) != 0
+    column = p.column_kind.numpy()
+    can_be_nan = (column[feature] & fast_cpu.COLUMN_MISSING_MASK) != fast_cpu.COLUMN_NAN_TO_ZERO
+    copy = np.where(default_left & can_be_nan, np.where(np.isnan(thr), 2, 1), 0)
+    thr = np.where(copy == 2, np.float32(0.5), thr).astype(np.float32)
+    slot = (copy * n_features + feature).astype(np.int32)
+    nodes = np.stack([slot, thr.view(np.int32)], axis=2)
+    return torch.as_tensor(nodes), int(copy.max(initial=0)) + 1
 
 
 def blocked_slots(depth: int) -> int:

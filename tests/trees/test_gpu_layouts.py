@@ -4,6 +4,7 @@ adversarial rows; layout eligibility; the op's errors; and the autotuner's parts
 
 from __future__ import annotations
 
+import copy
 import json
 
 import lightgbm as lgb
@@ -124,7 +125,7 @@ def test_the_cuda_kernel_emulated_on_the_cpu_equals_the_host_twin(case):
         extra = EMULATED_TREE_CHUNKS if lay in gpu_layout.CHUNKABLE_LAYOUTS else ()
         extra = EMULATED_TILED if lay == "perfect-tiled" else extra
         for cfg in EMULATED_CONFIGS + extra:
-            tiled = (f.n_features, f.max_depth) if lay == "perfect-tiled" else None
+            tiled = (g.copies * f.n_features, f.max_depth) if lay == "perfect-tiled" else None
             shape = gpu.ForestShape(f.n_outputs, f32, g.tree_shape, f.n_trees, tiled)
             kc = gpu.KernelConfig(lay, *cfg[:3], tree_chunk=cfg[4], tiled=len(cfg) > 5 and bool(cfg[5]))
             if gpu.cuda_shared_bytes(kc, shape) > gpu.cuda_max_shared_bytes(
@@ -138,6 +139,65 @@ def test_the_cuda_kernel_emulated_on_the_cpu_equals_the_host_twin(case):
                 lay,
                 cfg,
             )
+
+
+def _row_slot_forests():
+    """(name, forest, base, rows) whose perfect layouts read one and three row copies (Note [Row slots]
+    in csrc/trees/tree_walk.h), with rows full of NaN, +-inf and +-0: LightGBM trained without missing
+    values (its columns read NaN as 0: every node copy 0), and an XGBoost forest (x < t, learned
+    default directions) edited to split at -inf (x < -inf: only a NaN goes left, and only by default:
+    copy 2) and +inf, its default directions flipped at every other split."""
+    X, y = mixed_data(n=400)
+    Xf = np.nan_to_num(X)
+    rng = np.random.default_rng(11)
+    rows = np.concatenate([Xf[:60], X[:60]]).astype(np.float32)
+    specials = np.array([np.nan, -np.inf, np.inf, -0.0, 0.0], dtype=np.float32)
+    pick = rng.random(rows.shape) < 0.4
+    rows[pick] = rng.choice(specials, int(pick.sum()))
+    lgbm = lgb.LGBMRegressor(n_estimators=6, num_leaves=12, verbose=-1).fit(Xf, y["reg"])
+    lgb_cpu = trees.compile(lgbm, backend="cpu", strategy="traverse")
+    booster = xgb.XGBRegressor(n_estimators=6, max_depth=4).fit(X, y["reg"])
+    xgb_cpu = trees.compile(booster, backend="cpu", strategy="traverse")
+    f = copy.deepcopy(xgb_cpu.forest)
+    split = np.flatnonzero(f.feature >= 0)
+    for nodes, t in ((split[::3], -np.inf), (split[1::5], np.inf)):
+        f.threshold32[nodes], f.threshold64[nodes] = t, t
+    f.default_left[split[::2]] = ~f.default_left[split[::2]]
+    return [
+        ("lgb no missing values", lgb_cpu.forest, lgb_cpu._base, rows, 1),
+        ("xgb split at -inf", f, xgb_cpu._base, rows, 3),
+    ]
+
+
+@pytest.mark.parametrize("case", range(2))
+def test_row_slots_keep_every_default_direction(case):
+    """Note [Row slots]: perfect layouts of one and of three row copies give the node kernel's raw
+    scores and leaves bit for bit, through the host twin and the emulated kernel (staged and unstaged
+    rows, a thread per row and lanes, tree chunks, tiles)."""
+    name, f, base, rows, copies = _row_slot_forests()[case]
+    node = compiled.CompiledForest(f, torch.device("cpu"), "traverse", "cpu")
+    x = torch.as_tensor(rows)
+    f32 = f.extra.get("accumulate") == "float32"
+    ref_raw, ref_leaves = node._kernel.raw(x, base, f32), node._kernel.leaves(x)
+    for lay in gpu_layout.PERFECT_LAYOUTS:
+        g = gpu_layout.GpuLayout(f, lay, torch.float32, torch.device("cpu"))
+        assert g.copies == copies, (name, lay)
+        assert torch.equal(g.walk(x, base, f32, False, [32, 1, 1, 1]), ref_raw), (name, lay)
+        assert torch.equal(g.walk(x, base, False, True, [32, 1, 1, 1]).long(), ref_leaves), (name, lay)
+        extra = EMULATED_TREE_CHUNKS if lay in gpu_layout.CHUNKABLE_LAYOUTS else EMULATED_TILED
+        for cfg in EMULATED_CONFIGS + extra:
+            assert torch.equal(g.walk(x, base, f32, False, cfg, emulate=True), ref_raw), (name, lay, cfg)
+            leaves = g.walk(x, base, False, True, cfg, emulate=True).long()
+            assert torch.equal(leaves, ref_leaves), (name, lay, cfg)
+    g = gpu_layout.GpuLayout(f, "perfect", torch.float32, torch.device("cpu"))
+    if copies > 1:
+        wider = torch.cat([x, x[:, :1]], dim=1)
+        with pytest.raises(RuntimeError, match=f"layout of {copies} row copies takes x with exactly"):
+            g.walk(wider, base, f32, False, [32, 1, 1, 1])
+    with pytest.raises(RuntimeError, match=r"copies must be 1, or 1 to 3 for a perfect layout"):
+        torch.ops.pyzero.tree_walk(
+            0, *_forest_args(g), f.n_features, 4, x, base, f32, False, [32, 1, 1, 1], []
+        )
 
 
 def test_the_emulated_kernel_at_0_1_and_17_rows():
@@ -252,7 +312,7 @@ def test_tiled_launches_fit_shared_memory_as_the_tuner_counts():
         model = xgb.XGBRegressor(n_estimators=3, max_depth=8).fit(X, X[:, 0])
         f = trees.compile(model).forest
         g = gpu_layout.GpuLayout(f, "perfect-tiled", torch.float32, torch.device("cpu"))
-        shape = gpu.ForestShape(1, True, None, f.n_trees, (n_features, f.max_depth))
+        shape = gpu.ForestShape(1, True, None, f.n_trees, (g.copies * n_features, f.max_depth))
         need = gpu.cuda_shared_bytes(gpu.KernelConfig("perfect-tiled", threads, tiled=True), shape)
         assert (need <= gpu.CUDA_TILE_MAX_SHARED_BYTES) == fits, need
         base = torch.zeros(1, dtype=torch.float64)
@@ -407,7 +467,9 @@ def test_blocked_perfect_trees_keep_a_node_and_its_children_in_one_sector():
     x = torch.as_tensor(np.nan_to_num(X[:3]))
     args = _forest_args(g, nodes=g.tensors[0][:, :-4].contiguous())
     with pytest.raises(RuntimeError, match=r"perfect layout: depth \d+ needs \d+ node slots per tree"):
-        torch.ops.pyzero.tree_walk(3, *args, x.shape[1], x, cpu._base, False, False, [32, 1, 1, 1], [])
+        torch.ops.pyzero.tree_walk(
+            3, *args, x.shape[1], g.copies, x, cpu._base, False, False, [32, 1, 1, 1], []
+        )
 
 
 def test_compact_layouts_keep_children_side_by_side_and_trees_in_their_ranges():
@@ -478,7 +540,7 @@ def test_tree_walk_op_errors():
     assert g.tensors[3].dtype == torch.float32  # XGBoost sums in float32: float32 leaf values
     with pytest.raises(RuntimeError, match="float32 values need float32_accum"):
         g.walk(x, cpu._base, False, False, [256, 1, 1, 1])
-    args = (*_forest_args(g), 6, x, cpu._base, True, False, [256, 1, 1, 1], [])
+    args = (*_forest_args(g), 6, 1, x, cpu._base, True, False, [256, 1, 1, 1], [])
     with pytest.raises(
         RuntimeError,
         match=r"format must be 0 \(perfect\), 1 \(compact\), 2 \(wide\), 3 \(perfect blocked\) or 4 "
@@ -507,7 +569,7 @@ def test_tree_walk_op_errors():
     t = gpu_layout.GpuLayout(binary, "perfect-tiled", torch.float32, torch.device("cpu"))
     per_tree = gpu_layout.GpuLayout(binary, "perfect", torch.float32, torch.device("cpu"))
     base, xb = torch.zeros(1, dtype=torch.float64), torch.as_tensor(np.nan_to_num(_models()[2][1][:5]))
-    tail = (xb.shape[1], xb, base, False, False, [256, 1, 1, 1], [])
+    tail = (xb.shape[1], t.copies, xb, base, False, False, [256, 1, 1, 1], [])
     with pytest.raises(
         RuntimeError, match=r"nodes must be a contiguous int32 tensor \[tiles, 2\^depth, 32, 2\]"
     ):
@@ -519,7 +581,7 @@ def test_tree_walk_op_errors():
         )
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args))
     torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (1, *args[:-1], [1.0, 1.0, 0.0, 0.0]))
-    torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (0, *_forest_args(p), *args[9:]))
+    torch.library.opcheck(torch.ops.pyzero.tree_walk.default, (0, *_forest_args(p), 6, p.copies, *args[11:]))
 
 
 def test_buckets_shared_memory_and_default_configs():
