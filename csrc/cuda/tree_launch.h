@@ -8,7 +8,7 @@
 // `ilp` trees at once in lockstep (independent loads in flight):
 //   lanes == 1: a thread walks every tree of its row in order and adds each leaf value as it goes (its
 //     loop compiled twice, for staged rows and for rows read in global memory: one kind of feature
-//     read per node visit). A visit of a perfect tree on staged rows is about 10.4 instructions in the
+//     read per node visit). A visit of a perfect tree on staged rows is about 10 instructions in the
 //     sm_90 SASS (a node load, the slot's clamp and shared load, one compare, the child), from about 17
 //     before Note [Row slots] and 32 before that;
 //   lanes == 1 with tree_chunk > 0 (perfect layout): the block copies tree_chunk trees at a time (nodes,

@@ -263,10 +263,14 @@ PYZERO_HD void store_output(const WalkForest& f, bool acc32, const double* base,
 // goes to, node nd being (row slot, threshold bits) (Note [Row slots]); `last` caps the slot
 // (row_slots - 1), so no node reads outside its row.
 template <typename Row>
-PYZERO_HD int32_t perfect_child(Node8 nd, const Row& row, uint32_t last, int32_t i) {
+PYZERO_HD bool perfect_right(Node8 nd, const Row& row, uint32_t last) {
   const float v = row(static_cast<int32_t>(nd.word0 < last ? nd.word0 : last));
-  const int32_t left = 2 * i + 1;
-  return v <= bits_to_float(nd.word1) ? left : left + 1;
+  return !(v <= bits_to_float(nd.word1));
+}
+
+template <typename Row>
+PYZERO_HD int32_t perfect_child(Node8 nd, const Row& row, uint32_t last, int32_t i) {
+  return 2 * i + 1 + static_cast<int32_t>(perfect_right(nd, row, last));
 }
 
 // The walker of one layout. walk<N>(t0, count, row, out) walks trees t0 .. t0 + count - 1 (count <= N)
@@ -301,10 +305,15 @@ struct PerfectWalkerT {
           } else {
             nd = (i[k] & 1) ? block[k][0].second : block[k][1].first;  // left child 2p + 1 is odd
           }
+          i[k] = perfect_child(nd, row, last, i[k]);
         } else {
-          nd = nodes[root[k] + i[k]];
+          // heap order: the walk keeps node slot p = root + i, whose child slot is 2p + 1 - root (+ 1
+          // right), in wrapping 32-bit arithmetic: one add to address the node, none to step
+          const uint32_t p = static_cast<uint32_t>(root[k]) + static_cast<uint32_t>(i[k]);
+          const uint32_t child = 2 * p + (1u - static_cast<uint32_t>(root[k])) +
+                                 static_cast<uint32_t>(perfect_right(nodes[p], row, last));
+          i[k] = static_cast<int32_t>(child - static_cast<uint32_t>(root[k]));
         }
-        i[k] = perfect_child(nd, row, last, i[k]);
       }
     }
     const int32_t first_leaf = (int32_t{1} << f.depth) - 1;
