@@ -191,6 +191,27 @@ def test_cuda_kernel_every_layout_and_config_equals_the_cpu_kernel_bit_for_bit()
                     assert np.array_equal(gpu.apply(x).cpu().numpy(), ref_leaves[:n]), (name, layout, cfg, n)
 
 
+def test_row_slots_on_the_gpu_with_rows_staged_above_48_kb():
+    """Note [Row slots] on the GPU: perfect layouts of one, three and two row copies (the last of 40
+    features: 256 staged rows take 83 KB of shared memory, opted in up to kStageMaxSharedBytes) give the
+    node kernel's raw scores and leaves bit for bit."""
+    from pyzero.trees import compiled
+    from tests.trees.test_gpu_layouts import _row_slot_forests
+
+    for name, f, base, rows, _ in _row_slot_forests():
+        node = compiled.CompiledForest(f, torch.device("cpu"), "traverse", "cpu")
+        x = torch.as_tensor(rows)
+        f32 = f.extra.get("accumulate") == "float32"
+        ref_raw, ref_leaves = node._kernel.raw(x, base, f32), node._kernel.leaves(x)
+        xd, bd = x.cuda(), base.cuda()
+        for lay in gpu_layout.PERFECT_LAYOUTS:
+            g = gpu_layout.GpuLayout(f, lay, torch.float32, torch.device("cuda"))
+            for cfg in ([256, 1, 2, 1], [128, 1, 1, 1], [256, 1, 2, 0], [256, 8, 2, 1]):
+                assert torch.equal(g.walk(xd, bd, f32, False, cfg).cpu(), ref_raw), (name, lay, cfg)
+                leaves = g.walk(xd, bd, False, True, cfg).cpu().long()
+                assert torch.equal(leaves, ref_leaves), (name, lay, cfg)
+
+
 def test_a_million_rows_and_every_batch_size_give_the_same_bits():
     X, models = fitted_models()
     model = models[3] if len(models) > 3 else models[0]  # XGBoost when installed

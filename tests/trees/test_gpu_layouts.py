@@ -142,11 +142,13 @@ def test_the_cuda_kernel_emulated_on_the_cpu_equals_the_host_twin(case):
 
 
 def _row_slot_forests():
-    """(name, forest, base, rows) whose perfect layouts read one and three row copies (Note [Row slots]
-    in csrc/trees/tree_walk.h), with rows full of NaN, +-inf and +-0: LightGBM trained without missing
-    values (its columns read NaN as 0: every node copy 0), and an XGBoost forest (x < t, learned
-    default directions) edited to split at -inf (x < -inf: only a NaN goes left, and only by default:
-    copy 2) and +inf, its default directions flipped at every other split."""
+    """(name, forest, base, rows, copies) whose perfect layouts read one, three and two row copies (Note
+    [Row slots] in csrc/trees/tree_walk.h), with rows full of NaN, +-inf and +-0: LightGBM trained
+    without missing values (its columns read NaN as 0: every node copy 0); an XGBoost forest (x < t,
+    learned default directions) edited to split at -inf (x < -inf: only a NaN goes left, and only by
+    default: copy 2) and +inf, its default directions flipped at every other split; XGBoost on 40
+    features (256 staged rows of two copies: 83 KB of shared memory, over the 48 KB a launch gets
+    without opting in)."""
     X, y = mixed_data(n=400)
     Xf = np.nan_to_num(X)
     rng = np.random.default_rng(11)
@@ -163,15 +165,24 @@ def _row_slot_forests():
     for nodes, t in ((split[::3], -np.inf), (split[1::5], np.inf)):
         f.threshold32[nodes], f.threshold64[nodes] = t, t
     f.default_left[split[::2]] = ~f.default_left[split[::2]]
+    X40 = rng.standard_normal((300, 40)).astype(np.float32)
+    X40[rng.random(X40.shape) < 0.1] = np.nan
+    wide = xgb.XGBRegressor(n_estimators=8, max_depth=5).fit(X40, np.nan_to_num(X40[:, :3]).sum(axis=1))
+    wide_cpu = trees.compile(wide, backend="cpu", strategy="traverse")
     return [
         ("lgb no missing values", lgb_cpu.forest, lgb_cpu._base, rows, 1),
         ("xgb split at -inf", f, xgb_cpu._base, rows, 3),
+        ("xgb 40 features", wide_cpu.forest, wide_cpu._base, X40, 2),
     ]
 
 
-@pytest.mark.parametrize("case", range(2))
+# Note [Row slots]: 256 rows a block, a thread each (the 40-feature forest's rows take 83 KB staged).
+ROW_SLOT_CONFIGS = ([256, 1, 2, 1, 0], [256, 1, 2, 0, 0])
+
+
+@pytest.mark.parametrize("case", range(3))
 def test_row_slots_keep_every_default_direction(case):
-    """Note [Row slots]: perfect layouts of one and of three row copies give the node kernel's raw
+    """Note [Row slots]: perfect layouts of one, three and two row copies give the node kernel's raw
     scores and leaves bit for bit, through the host twin and the emulated kernel (staged and unstaged
     rows, a thread per row and lanes, tree chunks, tiles)."""
     name, f, base, rows, copies = _row_slot_forests()[case]
@@ -185,7 +196,7 @@ def test_row_slots_keep_every_default_direction(case):
         assert torch.equal(g.walk(x, base, f32, False, [32, 1, 1, 1]), ref_raw), (name, lay)
         assert torch.equal(g.walk(x, base, False, True, [32, 1, 1, 1]).long(), ref_leaves), (name, lay)
         extra = EMULATED_TREE_CHUNKS if lay in gpu_layout.CHUNKABLE_LAYOUTS else EMULATED_TILED
-        for cfg in EMULATED_CONFIGS + extra:
+        for cfg in EMULATED_CONFIGS + extra + ROW_SLOT_CONFIGS:
             assert torch.equal(g.walk(x, base, f32, False, cfg, emulate=True), ref_raw), (name, lay, cfg)
             leaves = g.walk(x, base, False, True, cfg, emulate=True).long()
             assert torch.equal(leaves, ref_leaves), (name, lay, cfg)
