@@ -64,9 +64,11 @@ def main() -> int:
             f"{native:>14,.0f} {ours:>14,.0f} {ours / native:>8.1f}x {cf.backend + '/' + cf.strategy:>14}"
         )
     print(
-        "pyzero path: cpu/perfect = the SIMD perfect-tree C++ kernel (Note [Perfect trees]); cpu/traverse ="
+        "pyzero path: cpu/perfect = the SIMD perfect-tree C++ kernel (Note [Perfect trees]);\n"
+        "cpu/bitvector = the bitvector kernel of deep trees of <= 64 leaves (Note [Bitvector trees]);\n"
+        "cpu/traverse = the node kernel (categorical, or deep and wide forests); torch/* = the portable\n"
+        "torch strategies."
     )
-    print("the node kernel (categorical or very deep forests); torch/* = the portable torch strategies.")
     return 0 if ok else 1
 
 

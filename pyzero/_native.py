@@ -89,3 +89,16 @@ if C is not None:
     @torch.library.register_fake("pyzero::tree_perfect_leaves")
     def _tree_perfect_leaves_fake(meta, threshold, leaf_nodes, column_kind, x):
         return x.new_empty((x.shape[0], meta.shape[0]), dtype=torch.int32)
+
+    @torch.library.register_fake("pyzero::tree_qs_raw")
+    def _tree_qs_raw_fake(
+        threshold, tree, mask, start, nan_tree, nan_mask, nan_start, values, values32, leaf_nodes,
+        column_kind, x, base, float32_accum,
+    ):  # fmt: skip
+        return x.new_empty((x.shape[0], values.shape[2]), dtype=torch.float64)
+
+    @torch.library.register_fake("pyzero::tree_qs_leaves")
+    def _tree_qs_leaves_fake(
+        threshold, tree, mask, start, nan_tree, nan_mask, nan_start, leaf_nodes, column_kind, x
+    ):  # fmt: skip
+        return x.new_empty((x.shape[0], leaf_nodes.shape[0]), dtype=torch.int32)

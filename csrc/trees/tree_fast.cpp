@@ -94,37 +94,6 @@ PerfectKernels kernels_for(cpu::Isa isa) {
   }
 }
 
-// Rows [r0, r0 + n) of x, transposed into buf (feature c of row r at buf[(c << shift) + r]) with the
-// column transforms of Note [Perfect trees] applied.
-const float* load_rows(const float* x, int64_t r0, int64_t n, int64_t n_features, int shift,
-                       const int8_t* column_kind, std::vector<float>& buf) {
-  const int64_t ld = int64_t{1} << shift;
-  buf.resize(static_cast<size_t>(n_features * ld));
-  const float* src = x + r0 * n_features;
-  for (int64_t r = 0; r < n; ++r) {
-    for (int64_t c = 0; c < n_features; ++c) buf[(c << shift) + r] = src[r * n_features + c];
-  }
-  if (column_kind == nullptr) return buf.data();
-  for (int64_t c = 0; c < n_features; ++c) {
-    float* col = buf.data() + (c << shift);
-    if (column_kind[c] & kColumnLightgbmReading) {
-      constexpr float kMax = std::numeric_limits<float>::max();
-      for (int64_t r = 0; r < n; ++r) {
-        const float v = std::fabs(col[r]) <= kFastZeroThreshold ? 0.0f : col[r];
-        col[r] = v > kMax ? kMax : (v < -kMax ? -kMax : v);  // NaN stays NaN
-      }
-    }
-    const int8_t missing = column_kind[c] & kColumnMissingMask;
-    if (missing == kColumnNanToZero) {
-      for (int64_t r = 0; r < n; ++r) col[r] = std::isnan(col[r]) ? 0.0f : col[r];
-    } else if (missing == kColumnZeroToNan) {
-      for (int64_t r = 0; r < n; ++r)
-        col[r] = std::isnan(col[r]) || std::fabs(col[r]) <= kFastZeroThreshold ? NAN : col[r];
-    }
-  }
-  return buf.data();
-}
-
 struct Plan {
   PerfectKernels k;
   int64_t block;  // rows per block
@@ -210,6 +179,35 @@ void raw_tree_parallel(const PerfectKernels& k, const PerfectView& f, const floa
 }
 
 }  // namespace
+
+const float* load_rows(const float* x, int64_t r0, int64_t n, int64_t n_features, int shift,
+                       const int8_t* column_kind, std::vector<float>& buf) {
+  const int64_t ld = int64_t{1} << shift;
+  buf.resize(static_cast<size_t>(n_features * ld));
+  const float* src = x + r0 * n_features;
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t c = 0; c < n_features; ++c) buf[(c << shift) + r] = src[r * n_features + c];
+  }
+  if (column_kind == nullptr) return buf.data();
+  for (int64_t c = 0; c < n_features; ++c) {
+    float* col = buf.data() + (c << shift);
+    if (column_kind[c] & kColumnLightgbmReading) {
+      constexpr float kMax = std::numeric_limits<float>::max();
+      for (int64_t r = 0; r < n; ++r) {
+        const float v = std::fabs(col[r]) <= kFastZeroThreshold ? 0.0f : col[r];
+        col[r] = v > kMax ? kMax : (v < -kMax ? -kMax : v);  // NaN stays NaN
+      }
+    }
+    const int8_t missing = column_kind[c] & kColumnMissingMask;
+    if (missing == kColumnNanToZero) {
+      for (int64_t r = 0; r < n; ++r) col[r] = std::isnan(col[r]) ? 0.0f : col[r];
+    } else if (missing == kColumnZeroToNan) {
+      for (int64_t r = 0; r < n; ++r)
+        col[r] = std::isnan(col[r]) || std::fabs(col[r]) <= kFastZeroThreshold ? NAN : col[r];
+    }
+  }
+  return buf.data();
+}
 
 PerfectKernels perfect_kernels_scalar() {
   return {1, raw_rows_scalar, leaves_rows_scalar, row_trees_scalar};

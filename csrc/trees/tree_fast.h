@@ -28,6 +28,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace pyzero::trees {
 
@@ -103,6 +104,11 @@ inline void with_accumulator(const PerfectView& f, bool float32_accum, void* acc
     run(f.values, static_cast<double*>(acc));
   }
 }
+
+// Rows [r0, r0 + n) of x [rows, n_features], transposed into buf (feature c of row r at buf[(c << shift)
+// + r]) with the column transforms of Note [Perfect trees] applied (column_kind nullptr: none).
+const float* load_rows(const float* x, int64_t r0, int64_t n, int64_t n_features, int shift,
+                       const int8_t* column_kind, std::vector<float>& buf);
 
 PerfectKernels perfect_kernels_scalar();
 PerfectKernels perfect_kernels_avx2();

@@ -23,7 +23,9 @@ from pyzero.trees import (
 from pyzero.trees.forest import Forest
 
 BACKENDS = ("auto", "cpu", "cuda", "torch", "triton")
-STRATEGIES = ("auto", "traverse", "perfect", "gemm")
+STRATEGIES = ("auto", "traverse", "perfect", "bitvector", "gemm")
+# C++ kernels that read LightGBM-prepared inputs themselves (column_kind): the caller skips that step.
+_READING_KERNELS = (fast_cpu.PerfectForest, fast_cpu.BitvectorForest, gpu.GpuRunner)
 # verify(): random rows drawn when no X is given, and the cap on adversarial rows.
 VERIFY_RANDOM_ROWS = 2000
 VERIFY_MAX_ADVERSARIAL_ROWS = 20000
@@ -83,6 +85,8 @@ class CompiledForest:
         self._input_dtype_np = np.float64 if self._input_dtype == torch.float64 else np.float32
         self._torch: dict[str, Any] = {}  # torch strategy objects by name, built on first use
         self._profile = torch_strategies.profile(forest) if self.backend == "torch" else None
+        if self.backend == "torch" and strategy == "bitvector":
+            raise ValueError("strategy='bitvector' is a C++ CPU kernel: use backend='cpu'")
         if self.backend == "torch" and strategy != "auto":
             self._torch_strategy(strategy)  # ValueError now when the forest does not fit it
         self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
@@ -130,19 +134,24 @@ class CompiledForest:
             name = torch_strategies.choose_strategy(self.forest, rows, self._profile)
         return self._torch_strategy(name)
 
-    def _cpu_kernel(self) -> strategies.PackedForest | fast_cpu.PerfectForest:
+    def _cpu_kernel(self) -> strategies.PackedForest | fast_cpu.PerfectForest | fast_cpu.BitvectorForest:
         """The C++ kernel for backend "cpu": the perfect-tree SIMD kernel when the forest fits it
-        (Note [Perfect trees]) and the strategy allows, else the node-by-node traversal."""
+        (Note [Perfect trees]) and the strategy allows, else the bitvector kernel of trees of at most 64
+        leaves (Note [Bitvector trees]), else the node-by-node traversal."""
         if self.strategy == "gemm":
             raise ValueError("strategy='gemm' is a torch strategy: use backend='torch'")
-        if self.strategy in ("auto", "perfect"):
-            why = "it compares float64 inputs" if self._input_dtype == torch.float64 else None
-            why = why or fast_cpu.why_ineligible(self.forest)
-            if why is None:
-                self.strategy = "perfect"
-                return fast_cpu.PerfectForest(self.forest)
-            if self.strategy == "perfect":
-                raise ValueError(f"strategy='perfect' does not fit this {self.forest.source}: {why}")
+        f64 = "it compares float64 inputs" if self._input_dtype == torch.float64 else None
+        for name, why_not, build in (
+            ("perfect", fast_cpu.why_ineligible, fast_cpu.PerfectForest),
+            ("bitvector", fast_cpu.why_not_bitvector, fast_cpu.BitvectorForest),
+        ):
+            if self.strategy in ("auto", name):
+                why = f64 or why_not(self.forest)
+                if why is None:
+                    self.strategy = name
+                    return build(self.forest)
+                if self.strategy == name:
+                    raise ValueError(f"strategy={name!r} does not fit this {self.forest.source}: {why}")
         self.strategy = "traverse"
         return strategies.PackedForest(self.forest)
 
@@ -183,8 +192,8 @@ class CompiledForest:
                 return inputs.to_tensor(
                     X, self.forest, torch.device("cpu"), self._input_dtype, lightgbm_reading=not reads
                 )
-        kernel_reads = isinstance(self._kernel, (fast_cpu.PerfectForest, gpu.GpuRunner)) and (
-            fast_cpu.reads_like_lightgbm(self.forest)
+        kernel_reads = isinstance(self._kernel, _READING_KERNELS) and fast_cpu.reads_like_lightgbm(
+            self.forest
         )
         return inputs.to_tensor(
             X, self.forest, self.device, self._input_dtype, lightgbm_reading=not kernel_reads
@@ -196,9 +205,7 @@ class CompiledForest:
         (what inputs.to_tensor would otherwise do)."""
         if self._plain_inputs is None:
             f = self.forest
-            kernel_reads = isinstance(self._kernel, (fast_cpu.PerfectForest, gpu.GpuRunner)) and (
-                fast_cpu.reads_like_lightgbm(f)
-            )
+            kernel_reads = isinstance(self._kernel, _READING_KERNELS) and fast_cpu.reads_like_lightgbm(f)
             lightgbm = bool(f.extra.get("zero_tiny_inputs") or f.extra.get("clamp_inf"))
             self._plain_inputs = (
                 not (f.encode_numeric and f.categories)
@@ -470,6 +477,8 @@ def compile(
 
     backend: "auto" (the C++ kernels on CPU, the CUDA kernel on a CUDA device when pyzero._C has it,
     else Triton, else the torch strategies), "cpu", "cuda", "triton" or "torch".
+    strategy: "auto"; "traverse", "perfect" (cpu, torch, cuda and triton), "bitvector" (cpu: trees of
+    at most 64 leaves, Note [Bitvector trees]) or "gemm" (torch).
     iteration_range: XGBoost boosting rounds [start, end) to keep (as in XGBoost's predict).
     num_iteration: LightGBM iterations to keep (default: the best iteration if early stopping set one).
     tune: GPU backends: autotune the kernel per batch-size bucket (True), use the defaults (False), or

@@ -1,8 +1,10 @@
-"""The forest padded to perfect binary trees for the fast C++ CPU kernel (csrc/trees/tree_fast.h).
+"""The forest padded to perfect binary trees for the fast C++ CPU kernel (csrc/trees/tree_fast.h), and
+as bitvectors for the kernel of small deep trees (csrc/trees/tree_qs.h).
 
 The layout and the one decision rule every node follows are Note [Perfect trees] in
 csrc/trees/tree_fast.h; `PerfectForest.from_forest` converts the IR to it exactly (or returns None)
-and `why_ineligible` says why a forest does not fit.
+and `why_ineligible` says why a forest does not fit. `BitvectorForest` is Note [Bitvector trees]
+(csrc/trees/tree_qs.h) with the same node rule; `why_not_bitvector` says why a forest does not fit.
 
 Tuning constants: PERFECT_MAX_DEPTH and PERFECT_MAX_BYTES below; kGroups, kTopLevels and
 kPermuteLevels (with their measurements) in csrc/trees/tree_fast_avx512.cpp; kFastRowBlock in
@@ -15,7 +17,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyzero.trees.forest import CMP_LE, CMP_LT, MISSING_NAN, MISSING_NONE, MISSING_ZERO, Forest
+from pyzero.trees.forest import (
+    CMP_LE,
+    CMP_LT,
+    MISSING_NAN,
+    MISSING_NONE,
+    MISSING_ZERO,
+    Forest,
+    levels,
+    tree_of,
+)
 
 # Deepest forest the perfect layout takes: every tree walks all D levels and stores 2^D leaves, so
 # cost grows with the deepest tree, not the typical one. Measured with bench/bench_fast_cpu.py (100
@@ -48,8 +59,8 @@ def padded_bytes(n_trees: int, depth: int, n_outputs: int) -> int:
     return n_trees * (stride * 8 + leaves * 4 + leaves * n_outputs * 12)
 
 
-def why_ineligible(forest: Forest) -> str | None:
-    """None when the forest fits Note [Perfect trees], else the reason it does not."""
+def _why_not_numeric(forest: Forest) -> str | None:
+    """None when every split fits the node rule of Note [Perfect trees], else the reason."""
     if forest.n_trees == 0 or forest.n_features < 1:
         return "no trees or no features"
     if forest.n_features >= MAX_FEATURES:
@@ -59,13 +70,21 @@ def why_ineligible(forest: Forest) -> str | None:
         return "a split is neither x <= t nor x < t"
     if not np.isin(forest.missing[split], tuple(_COLUMN_OF_MISSING)).all():
         return "unknown missing-value kind"
+    if _column_kinds(forest) is None:
+        return "a feature mixes missing-value kinds"
+    return None
+
+
+def why_ineligible(forest: Forest) -> str | None:
+    """None when the forest fits Note [Perfect trees], else the reason it does not."""
+    why = _why_not_numeric(forest)
+    if why is not None:
+        return why
     if forest.max_depth > PERFECT_MAX_DEPTH:
         return f"depth {forest.max_depth} > PERFECT_MAX_DEPTH={PERFECT_MAX_DEPTH}"
     size = padded_bytes(forest.n_trees, forest.max_depth, forest.n_outputs)
     if size > PERFECT_MAX_BYTES:
         return f"padded trees need {size} bytes > PERFECT_MAX_BYTES={PERFECT_MAX_BYTES}"
-    if _column_kinds(forest) is None:
-        return "a feature mixes missing-value kinds"
     return None
 
 
@@ -160,3 +179,109 @@ class PerfectForest:
         return torch.ops.pyzero.tree_perfect_leaves(
             self.meta, self.threshold, self.leaf_nodes, self.column_kind, x
         ).long()
+
+
+# Note [Bitvector trees] (csrc/trees/tree_qs.h): leaves a tree may have (bits of a word).
+BITVECTOR_MAX_LEAVES = 64
+
+
+def why_not_bitvector(forest: Forest) -> str | None:
+    """None when the forest fits Note [Bitvector trees], else the reason it does not."""
+    why = _why_not_numeric(forest)
+    if why is not None:
+        return why
+    ids = np.arange(forest.feature.shape[0])
+    leaves = np.bincount(
+        tree_of(forest)[(forest.left == ids) & (forest.right == ids)], minlength=forest.n_trees
+    )
+    if leaves.max() > BITVECTOR_MAX_LEAVES:
+        return f"a tree has {int(leaves.max())} leaves > {BITVECTOR_MAX_LEAVES}"
+    return None
+
+
+class BitvectorForest:
+    """The Forest as Note [Bitvector trees] (csrc/trees/tree_qs.h) for pyzero::tree_qs_raw / _leaves:
+    every split node as (threshold, tree, mask of the leaves it leaves standing when it fails), sorted
+    by threshold within its feature, and the nodes a NaN fails per feature."""
+
+    def __init__(self, forest: Forest) -> None:
+        reason = why_not_bitvector(forest)
+        if reason is not None:
+            raise ValueError(f"forest does not fit the bitvector kernel: {reason}")
+        n = forest.feature.shape[0]
+        ids = np.arange(n)
+        is_leaf = (forest.left == ids) & (forest.right == ids)
+        tree = tree_of(forest)
+        # leaves under each node, then the first leaf of each (leaves numbered left to right per tree)
+        count = is_leaf.astype(np.int64)
+        by_level = levels(forest)
+        for lv in reversed(by_level):
+            inner = lv[~is_leaf[lv]]
+            count[inner] = count[forest.left[inner]] + count[forest.right[inner]]
+        first = np.zeros(n, dtype=np.int64)
+        for lv in by_level:
+            inner = lv[~is_leaf[lv]]
+            first[forest.left[inner]] = first[inner]
+            first[forest.right[inner]] = first[inner] + count[forest.left[inner]]
+        split = ids[~is_leaf]
+        left = forest.left[split]
+        ones = np.uint64(1)
+        span = (np.left_shift(ones, count[left].astype(np.uint64)) - ones) << first[left].astype(np.uint64)
+        mask = ~span  # a failed node rules out its left subtree's leaves
+        thr = _uniform_threshold(forest.threshold32[split], forest.cmp[split] == CMP_LT)
+        feat = forest.feature[split].astype(np.int64)
+        # by feature, then threshold, NaN (x < -inf) first
+        nan_thr = np.isnan(thr)
+        order = np.lexsort((~nan_thr, np.where(nan_thr, -np.inf, thr), feat))
+        starts = np.zeros(forest.n_features + 1, dtype=np.int64)
+        starts[1:] = np.cumsum(np.bincount(feat, minlength=forest.n_features))
+        self.column_kind = torch.as_tensor(_column_kinds(forest))
+        nan_col = (self.column_kind.numpy() & COLUMN_MISSING_MASK) != COLUMN_NAN_TO_ZERO
+        fails_nan = ~forest.default_left[split] & nan_col[feat]  # a NaN goes right there
+        nan_order = np.flatnonzero(fails_nan)[np.argsort(feat[fails_nan], kind="stable")]
+        nan_starts = np.zeros(forest.n_features + 1, dtype=np.int64)
+        nan_starts[1:] = np.cumsum(np.bincount(feat[fails_nan], minlength=forest.n_features))
+        self.threshold = torch.as_tensor(thr[order].astype(np.float32))
+        self.tree = torch.as_tensor(tree[split][order].astype(np.int32))
+        self.mask = torch.as_tensor(mask[order].view(np.int64))
+        self.start = torch.as_tensor(starts)
+        self.nan_tree = torch.as_tensor(tree[split][nan_order].astype(np.int32))
+        self.nan_mask = torch.as_tensor(mask[nan_order].view(np.int64))
+        self.nan_start = torch.as_tensor(nan_starts)
+        leaf = ids[is_leaf]
+        slot = tree[leaf] * BITVECTOR_MAX_LEAVES + first[leaf]
+        leaf_nodes = np.zeros(forest.n_trees * BITVECTOR_MAX_LEAVES, dtype=np.int32)
+        leaf_nodes[slot] = leaf
+        values = np.zeros((forest.n_trees * BITVECTOR_MAX_LEAVES, forest.n_outputs), dtype=np.float64)
+        values[slot] = forest.value[leaf]
+        self.leaf_nodes = torch.as_tensor(leaf_nodes.reshape(forest.n_trees, BITVECTOR_MAX_LEAVES))
+        self.values = torch.as_tensor(values.reshape(forest.n_trees, BITVECTOR_MAX_LEAVES, forest.n_outputs))
+        self.values32 = self.values.to(torch.float32)
+
+    def _nodes(self) -> tuple[Tensor, ...]:
+        return (
+            self.threshold,
+            self.tree,
+            self.mask,
+            self.start,
+            self.nan_tree,
+            self.nan_mask,
+            self.nan_start,
+        )
+
+    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
+        """base + sum of the leaf values over trees in tree order: float64 [rows, outputs]."""
+        return torch.ops.pyzero.tree_qs_raw(
+            *self._nodes(),
+            self.values,
+            self.values32,
+            self.leaf_nodes,
+            self.column_kind,
+            x,
+            base,
+            float32_accum,
+        )
+
+    def leaves(self, x: Tensor) -> Tensor:
+        """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
+        return torch.ops.pyzero.tree_qs_leaves(*self._nodes(), self.leaf_nodes, self.column_kind, x).long()

@@ -283,6 +283,23 @@ def category_bitsets(sets: list[np.ndarray]) -> np.ndarray:
     return bits
 
 
+def levels(forest: Forest) -> list[np.ndarray]:
+    """Node ids level by level, every level in tree order (children in parent order, left first)."""
+    ids = np.arange(forest.feature.shape[0])
+    internal = ~((forest.left == ids) & (forest.right == ids))
+    out, cur = [], forest.roots.astype(np.int64)
+    while cur.size:
+        out.append(cur)
+        inner = cur[internal[cur]]
+        cur = np.stack([forest.left[inner], forest.right[inner]], axis=1).reshape(-1).astype(np.int64)
+    return out
+
+
+def tree_of(forest: Forest) -> np.ndarray:
+    """The tree of every node (trees hold consecutive node ranges from their roots on)."""
+    return np.searchsorted(forest.roots, np.arange(forest.feature.shape[0]), side="right") - 1
+
+
 def _depth(left: np.ndarray, right: np.ndarray) -> int:
     depth = np.zeros(left.shape[0], dtype=np.int64)
     for i in range(left.shape[0]):  # parents precede children in every supported library's order

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pyzero.trees import fast_cpu, strategies
-from pyzero.trees.forest import CMP_CAT_IN_RIGHT, CMP_LT, Forest
+from pyzero.trees.forest import CMP_CAT_IN_RIGHT, CMP_LT, Forest, levels, tree_of
 
 LAYOUTS = ("perfect", "perfect-blocked", "perfect-tiled", "compact-bfs", "compact-dfs", "wide")
 FORMAT = {
@@ -74,42 +74,26 @@ def why_not(forest: Forest, layout: str, input_dtype: torch.dtype) -> str | None
     return None
 
 
-def _levels(forest: Forest) -> list[np.ndarray]:
-    """Node ids level by level, every level in tree order (children in parent order, left first)."""
-    ids = np.arange(forest.feature.shape[0])
-    internal = ~((forest.left == ids) & (forest.right == ids))
-    out, cur = [], forest.roots.astype(np.int64)
-    while cur.size:
-        out.append(cur)
-        inner = cur[internal[cur]]
-        cur = np.stack([forest.left[inner], forest.right[inner]], axis=1).reshape(-1).astype(np.int64)
-    return out
-
-
-def _tree_of(forest: Forest) -> np.ndarray:
-    return np.searchsorted(forest.roots, np.arange(forest.feature.shape[0]), side="right") - 1
-
-
 def _positions(forest: Forest, layout: str) -> tuple[np.ndarray, int]:
     """(position of every IR node in the compact layout, the largest parent-to-children offset)."""
     n = forest.feature.shape[0]
     ids = np.arange(n)
     internal = ~((forest.left == ids) & (forest.right == ids))
-    tree = _tree_of(forest)
-    levels = _levels(forest)
+    tree = tree_of(forest)
+    by_level = levels(forest)
     pos = np.empty(n, dtype=np.int64)
     if layout == "compact-bfs":  # tree by tree, level by level
-        nodes = np.concatenate(levels)
-        level = np.concatenate([np.full(lv.shape[0], i) for i, lv in enumerate(levels)])
+        nodes = np.concatenate(by_level)
+        level = np.concatenate([np.full(lv.shape[0], i) for i, lv in enumerate(by_level)])
         order = nodes[np.lexsort((np.arange(nodes.shape[0]), level, tree[nodes]))]
         pos[order] = np.arange(order.shape[0])
     else:  # depth-first: the root, then the children pair of every split node in preorder
         size = np.ones(n, dtype=np.int64)
-        for lv in reversed(levels):
+        for lv in reversed(by_level):
             inner = lv[internal[lv]]
             size[inner] = 1 + size[forest.left[inner]] + size[forest.right[inner]]
         pre = np.zeros(n, dtype=np.int64)
-        for lv in levels:
+        for lv in by_level:
             inner = lv[internal[lv]]
             pre[forest.left[inner]] = pre[inner] + 1
             pre[forest.right[inner]] = pre[inner] + 1 + size[forest.left[inner]]

@@ -25,6 +25,7 @@ from sklearn.tree import DecisionTreeRegressor
 
 from pyzero import trees
 from pyzero.trees import compiled, gpu, gpu_layout
+from pyzero.trees import forest as forest_mod
 from tests.trees.helpers import mixed_data
 
 
@@ -492,15 +493,15 @@ def test_compact_layouts_keep_children_side_by_side_and_trees_in_their_ranges():
         split = ids[~((f.left == ids) & (f.right == ids))]
         assert np.array_equal(pos[f.right[split]], pos[f.left[split]] + 1)
         assert np.array_equal(np.sort(pos), ids)  # a permutation
-        tree = gpu_layout._tree_of(f)
-        assert np.array_equal(gpu_layout._tree_of(f)[pos], tree)  # each tree keeps its node range
+        tree = forest_mod.tree_of(f)
+        assert np.array_equal(forest_mod.tree_of(f)[pos], tree)  # each tree keeps its node range
         assert 1 <= largest <= gpu_layout.C8_MAX_OFFSET
     bfs, _ = gpu_layout._positions(f, "compact-bfs")
     depth = np.zeros(f.feature.shape[0], dtype=int)
-    for k, lv in enumerate(gpu_layout._levels(f)):
+    for k, lv in enumerate(forest_mod.levels(f)):
         depth[lv] = k
     for t in range(f.n_trees):  # breadth-first: depth never decreases along a tree's positions
-        mine = np.flatnonzero(gpu_layout._tree_of(f) == t)
+        mine = np.flatnonzero(forest_mod.tree_of(f) == t)
         assert np.all(np.diff(depth[mine[np.argsort(bfs[mine])]]) >= 0)
 
 

@@ -1,0 +1,90 @@
+"""Leaf-wise LightGBM forests too deep for the perfect-tree kernel, on the CPU: rows/s of pyzero's
+bitvector kernel (Note [Bitvector trees]) and node kernel (Note [Deep trees on the CPU]) against
+LightGBM's own predict_proba, on the same threads, methods interleaved within every repeat, medians
+reported; and batch-1 latency.
+
+    python bench/bench_deep_cpu.py [--trees 100] [--repeats 21] [--threads 2] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from sklearn.datasets import load_breast_cancer
+
+from pyzero import trees
+
+# (name, LGBMClassifier arguments, rows): breast_cancer tiled 20 times (11k rows), as in trees_demo.py
+FORESTS = (
+    ("31 leaves (the demo's)", {}, 20),
+    ("63 leaves, min_child_samples 5", {"num_leaves": 63, "min_child_samples": 5}, 20),
+    ("63 leaves, NaN in 10 columns", {"num_leaves": 63, "min_child_samples": 5, "nan": True}, 20),
+)
+
+
+def medians(fns: dict, repeats: int, arg) -> dict:
+    times: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn(arg)
+            times[k].append(time.perf_counter() - t)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def main() -> None:
+    import lightgbm as lgb
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trees", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    X0, y = load_breast_cancer(return_X_y=True)
+    X0 = X0.astype(np.float32)
+    results = []
+    for name, kw, tile in FORESTS:
+        kw = dict(kw)
+        X = X0.copy()
+        if kw.pop("nan", False):
+            X[:, :10][np.random.default_rng(0).random((len(X), 10)) < 0.05] = np.nan
+        model = lgb.LGBMClassifier(n_estimators=args.trees, verbose=-1, n_jobs=args.threads, **kw).fit(X, y)
+        batch = np.tile(X, (tile, 1))
+        fns = {"lightgbm": model.predict_proba}
+        for strategy in ("bitvector", "traverse"):
+            cf = trees.compile(model, backend="cpu", strategy=strategy)
+            assert trees.verify(model, cf, X)["ok"]
+            fns[strategy] = cf.predict_proba
+        for fn in fns.values():
+            fn(batch)
+        t = medians(fns, args.repeats, batch)
+        lat = medians(fns, args.repeats * 20, X[:1])
+        depth = trees.compile(model).forest.max_depth
+        row = {
+            "forest": name,
+            "max_depth": depth,
+            "rows": len(batch),
+            "rows_per_s": {k: len(batch) / v for k, v in t.items()},
+            "batch1_us": {k: v * 1e6 for k, v in lat.items()},
+        }
+        results.append(row)
+        r = row["rows_per_s"]
+        print(
+            f"{name:<32} depth {depth:>2}: bitvector {r['bitvector'] / 1e6:.2f} M rows/s "
+            f"({r['bitvector'] / r['lightgbm']:.2f}x LightGBM), node kernel {r['traverse'] / 1e6:.2f} M "
+            f"({r['traverse'] / r['lightgbm']:.2f}x), LightGBM {r['lightgbm'] / 1e6:.2f} M; batch 1 us: "
+            + ", ".join(f"{k} {v:.1f}" for k, v in row["batch1_us"].items())
+        )
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump({"threads": args.threads, "trees": args.trees, "results": results}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

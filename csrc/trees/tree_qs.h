@@ -1,0 +1,53 @@
+// The bitvector CPU kernel (QuickScorer) for forests of small but deep trees. Torch-free.
+//
+// Note [Bitvector trees]
+// ~~~~~~~~~~~~~~~~~~~~~~
+// Lucchese et al.'s QuickScorer (SIGIR 2015) for trees of at most kQsMaxLeaves leaves, whatever their
+// depth (LightGBM's leaf-wise trees: 31 leaves, depth 10-20, too deep for Note [Perfect trees]). A
+// tree's leaves are numbered left to right, leaf j as bit j of a 64-bit word. A split node whose test
+// fails for a row (the row goes right) rules out the leaves of its left subtree: its mask is all ones
+// but those bits. A row starts every tree's word at all ones and ANDs in the mask of every node it
+// fails; the leaf it reaches is then the lowest bit still set (the leftmost leaf no failed node rules
+// out), whatever the order of the ANDs. So the kernel goes feature by feature instead of node by node:
+// the nodes of feature c sorted by threshold, a number v fails exactly those with !(v <= t), a prefix
+// found by binary search, and ANDs their masks into their trees' words with no branch on the data; a
+// NaN fails the nodes of feature c that are not default-left (a second list per feature). Node tests
+// are Note [Perfect trees]' `isnan(x) ? default_left : x <= t`: x < t splits use the float32 below t,
+// NaN when t is -inf (x < -inf: every number fails it), so NaN thresholds sort first; the column
+// transforms are its column_kind. Sums go tree by tree in tree order (base, then tree 0, 1, ...)
+// as in every other kernel: the same bits.
+#pragma once
+
+#include <cstdint>
+
+namespace pyzero::trees {
+
+// Leaves a tree may have (bits of its word).
+constexpr int64_t kQsMaxLeaves = 64;
+// Rows a thread takes at a time (transposed into one buffer, as the perfect kernel's blocks).
+constexpr int64_t kQsRowBlock = 64;
+
+struct QsView {
+  const float* threshold;     // [nodes]: feature 0's nodes by threshold, then feature 1's, ...
+  const int32_t* tree;        // [nodes] the tree of each
+  const uint64_t* mask;       // [nodes] the leaves each leaves standing when it fails (bit j: leaf j)
+  const int64_t* start;       // [n_features + 1]: feature c's nodes are [start[c], start[c + 1])
+  const int32_t* nan_tree;    // [nan nodes]: nodes that a NaN fails (not default-left), by feature
+  const uint64_t* nan_mask;   // [nan nodes]
+  const int64_t* nan_start;   // [n_features + 1]
+  const double* values;       // [trees, kQsMaxLeaves, n_outputs]: leaf j's values (padding: zeros)
+  const float* values32;      // the same in float32
+  const int32_t* leaf_nodes;  // [trees, kQsMaxLeaves]: leaf j's IR node id
+  int64_t n_trees, n_outputs, n_features;
+};
+
+// raw[r, o] = base[o] + the leaf values of tree 0, 1, ... in order (float32 sums when float32_accum,
+// from float(base)); x: [rows, n_features] float32 row-major; column_kind: [n_features] or nullptr.
+void qs_raw(const QsView& f, const float* x, int64_t rows, const int8_t* column_kind, const double* base,
+            bool float32_accum, double* raw, int num_threads);
+
+// leaves[r, t] = IR node id of the leaf row r reaches in tree t.
+void qs_leaves(const QsView& f, const float* x, int64_t rows, const int8_t* column_kind, int32_t* leaves,
+               int num_threads);
+
+}  // namespace pyzero::trees

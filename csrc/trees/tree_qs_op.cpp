@@ -1,0 +1,145 @@
+// torch ops of the bitvector CPU kernel (Note [Bitvector trees], tree_qs.h): pyzero::tree_qs_raw and
+// pyzero::tree_qs_leaves. Light includes only.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include "tree_fast.h"
+#include "tree_qs.h"
+
+namespace pyzero {
+namespace {
+
+void check_vector(const at::Tensor& t, at::ScalarType dtype, const char* what) {
+  TORCH_CHECK(t.scalar_type() == dtype && t.dim() == 1 && t.is_contiguous(), "pyzero.trees: ", what);
+}
+
+// Feature c's nodes [start[c], start[c + 1]) of `count`: starts from 0, never decreasing, ending at count.
+void check_starts(const at::Tensor& start, int64_t n_features, int64_t count, const char* name) {
+  check_vector(start, at::kLong, "bitvector starts must be contiguous int64 vectors");
+  TORCH_CHECK(start.size(0) == n_features + 1, "pyzero.trees: ", name,
+              " needs n_features + 1 = ", n_features + 1, " entries, got ", start.size(0));
+  const int64_t* s = start.data_ptr<int64_t>();
+  bool ok = s[0] == 0 && s[n_features] == count;
+  for (int64_t c = 0; c < n_features && ok; ++c) ok = s[c] <= s[c + 1];
+  TORCH_CHECK(ok, "pyzero.trees: ", name, " must rise from 0 to its list's length ", count);
+}
+
+void check_trees(const at::Tensor& tree, int64_t n_trees, const char* name) {
+  check_vector(tree, at::kInt, "bitvector tree lists must be contiguous int32 vectors");
+  const int32_t* t = tree.data_ptr<int32_t>();
+  bool ok = true;
+  for (int64_t i = 0; i < tree.size(0); ++i) ok &= t[i] >= 0 && t[i] < n_trees;
+  TORCH_CHECK(ok, "pyzero.trees: ", name, " must hold tree numbers in [0, ", n_trees, ")");
+}
+
+trees::QsView qs_view(const at::Tensor& threshold, const at::Tensor& tree, const at::Tensor& mask,
+                      const at::Tensor& start, const at::Tensor& nan_tree, const at::Tensor& nan_mask,
+                      const at::Tensor& nan_start, const at::Tensor& leaf_nodes, const at::Tensor& x,
+                      const at::Tensor& column_kind) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous() && x.size(1) >= 1,
+              "pyzero.trees: x must be a contiguous float32 tensor of shape (rows, features)");
+  TORCH_CHECK(leaf_nodes.scalar_type() == at::kInt && leaf_nodes.dim() == 2 &&
+                  leaf_nodes.size(1) == trees::kQsMaxLeaves && leaf_nodes.is_contiguous(),
+              "pyzero.trees: leaf_nodes must be a contiguous int32 tensor of shape (trees, ",
+              trees::kQsMaxLeaves, ")");
+  const int64_t n_trees = leaf_nodes.size(0), n_features = x.size(1);
+  check_vector(threshold, at::kFloat, "threshold must be a contiguous float32 vector");
+  check_vector(mask, at::kLong, "mask must be a contiguous int64 vector");
+  check_vector(nan_mask, at::kLong, "nan_mask must be a contiguous int64 vector");
+  TORCH_CHECK(tree.size(0) == threshold.size(0) && mask.size(0) == threshold.size(0),
+              "pyzero.trees: threshold, tree and mask need one entry per node");
+  TORCH_CHECK(nan_mask.size(0) == nan_tree.size(0),
+              "pyzero.trees: nan_tree and nan_mask need one entry per node");
+  check_starts(start, n_features, threshold.size(0), "start");
+  check_starts(nan_start, n_features, nan_tree.size(0), "nan_start");
+  check_trees(tree, n_trees, "tree");
+  check_trees(nan_tree, n_trees, "nan_tree");
+  TORCH_CHECK(column_kind.scalar_type() == at::kChar && column_kind.dim() == 1 &&
+                  column_kind.is_contiguous() && column_kind.size(0) == n_features,
+              "pyzero.trees: column_kind must be a contiguous int8 vector with one entry per feature of x");
+  trees::QsView f{};
+  f.threshold = threshold.data_ptr<float>();
+  f.tree = tree.data_ptr<int32_t>();
+  f.mask = reinterpret_cast<const uint64_t*>(mask.data_ptr<int64_t>());
+  f.start = start.data_ptr<int64_t>();
+  f.nan_tree = nan_tree.data_ptr<int32_t>();
+  f.nan_mask = reinterpret_cast<const uint64_t*>(nan_mask.data_ptr<int64_t>());
+  f.nan_start = nan_start.data_ptr<int64_t>();
+  f.leaf_nodes = leaf_nodes.data_ptr<int32_t>();
+  f.n_trees = n_trees;
+  f.n_features = n_features;
+  f.n_outputs = 1;
+  return f;
+}
+
+// column_kind as the kernel takes it: nullptr when every column is read as it is.
+const int8_t* kinds_of(const at::Tensor& column_kind) {
+  const int8_t* k = column_kind.data_ptr<int8_t>();
+  bool any = false;
+  for (int64_t c = 0; c < column_kind.size(0); ++c) {
+    TORCH_CHECK(k[c] >= 0 && (k[c] & ~(trees::kColumnMissingMask | trees::kColumnLightgbmReading)) == 0 &&
+                    (k[c] & trees::kColumnMissingMask) <= trees::kColumnZeroToNan,
+                "pyzero.trees: column_kind entries must be 0, 1 or 2, plus 4 for LightGBM's input reading");
+    any |= k[c] != trees::kColumnAsIs;
+  }
+  return any ? k : nullptr;
+}
+
+at::Tensor tree_qs_raw_cpu(const at::Tensor& threshold, const at::Tensor& tree, const at::Tensor& mask,
+                           const at::Tensor& start, const at::Tensor& nan_tree, const at::Tensor& nan_mask,
+                           const at::Tensor& nan_start, const at::Tensor& values, const at::Tensor& values32,
+                           const at::Tensor& leaf_nodes, const at::Tensor& column_kind, const at::Tensor& x,
+                           const at::Tensor& base, bool float32_accum) {
+  trees::QsView f =
+      qs_view(threshold, tree, mask, start, nan_tree, nan_mask, nan_start, leaf_nodes, x, column_kind);
+  TORCH_CHECK(values.scalar_type() == at::kDouble && values.dim() == 3 && values.size(0) == f.n_trees &&
+                  values.size(1) == trees::kQsMaxLeaves && values.size(2) >= 1 && values.is_contiguous(),
+              "pyzero.trees: values must be a contiguous float64 tensor of shape (trees, ",
+              trees::kQsMaxLeaves, ", outputs)");
+  TORCH_CHECK(
+      values32.scalar_type() == at::kFloat && values32.sizes() == values.sizes() && values32.is_contiguous(),
+      "pyzero.trees: values32 must be a contiguous float32 tensor shaped like values");
+  f.values = values.data_ptr<double>();
+  f.values32 = values32.data_ptr<float>();
+  f.n_outputs = values.size(2);
+  TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous(),
+              "pyzero.trees: base must hold one float64 per output");
+  at::Tensor raw = at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
+  trees::qs_raw(f, x.data_ptr<float>(), x.size(0), kinds_of(column_kind), base.data_ptr<double>(),
+                float32_accum, raw.data_ptr<double>(), at::get_num_threads());
+  return raw;
+}
+
+at::Tensor tree_qs_leaves_cpu(const at::Tensor& threshold, const at::Tensor& tree, const at::Tensor& mask,
+                              const at::Tensor& start, const at::Tensor& nan_tree, const at::Tensor& nan_mask,
+                              const at::Tensor& nan_start, const at::Tensor& leaf_nodes,
+                              const at::Tensor& column_kind, const at::Tensor& x) {
+  const trees::QsView f =
+      qs_view(threshold, tree, mask, start, nan_tree, nan_mask, nan_start, leaf_nodes, x, column_kind);
+  at::Tensor out = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
+  trees::qs_leaves(f, x.data_ptr<float>(), x.size(0), kinds_of(column_kind), out.data_ptr<int32_t>(),
+                   at::get_num_threads());
+  return out;
+}
+
+}  // namespace
+}  // namespace pyzero
+
+TORCH_LIBRARY_FRAGMENT(pyzero, m) {
+  m.def(
+      "tree_qs_raw(Tensor threshold, Tensor tree, Tensor mask, Tensor start, Tensor nan_tree, Tensor "
+      "nan_mask, "
+      "Tensor nan_start, Tensor values, Tensor values32, Tensor leaf_nodes, Tensor column_kind, Tensor x, "
+      "Tensor base, bool float32_accum) -> Tensor");
+  m.def(
+      "tree_qs_leaves(Tensor threshold, Tensor tree, Tensor mask, Tensor start, Tensor nan_tree, Tensor "
+      "nan_mask, Tensor nan_start, Tensor leaf_nodes, Tensor column_kind, Tensor x) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
+  m.impl("tree_qs_raw", &pyzero::tree_qs_raw_cpu);
+  m.impl("tree_qs_leaves", &pyzero::tree_qs_leaves_cpu);
+}

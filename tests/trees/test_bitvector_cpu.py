@@ -1,0 +1,155 @@
+"""The bitvector CPU kernel (Note [Bitvector trees], csrc/trees/tree_qs.h) against the torch reference
+traversal, the node kernel bit for bit, the native libraries, batch sizes and thread counts; when the
+CPU backend picks it; its errors."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from pyzero import trees
+from pyzero.trees import compiled, fast_cpu
+from pyzero.trees.fast_cpu import BitvectorForest, why_not_bitvector
+from pyzero.trees.forest import MISSING_NONE, MISSING_ZERO
+from tests.trees.test_fast_cpu import check, data, models, one_thread, rows_for  # noqa: F401 (fixture)
+
+xgb = pytest.importorskip("xgboost")
+lgb = pytest.importorskip("lightgbm")
+
+
+def deep_models():
+    """Leaf-wise LightGBM classifiers (no depth limit: depth 16-28 on breast_cancer, deeper than the
+    perfect kernel takes) of 31, 63 and 40 leaves, with NaN in the first ten columns (missing type NaN
+    there, None in the others), and zero as missing."""
+    from sklearn.datasets import load_breast_cancer
+
+    X, y = load_breast_cancer(return_X_y=True)
+    X = X.astype(np.float32)
+    X[:, :10][np.random.default_rng(0).random((len(X), 10)) < 0.05] = np.nan
+    return (
+        X,
+        [
+            lgb.LGBMClassifier(n_estimators=12, verbose=-1, n_jobs=1).fit(X, y),
+            lgb.LGBMClassifier(n_estimators=8, num_leaves=63, min_child_samples=5, verbose=-1, n_jobs=1).fit(
+                X, y
+            ),
+            lgb.LGBMClassifier(n_estimators=8, num_leaves=40, zero_as_missing=True, verbose=-1, n_jobs=1).fit(
+                X, y
+            ),
+        ],
+    )
+
+
+@pytest.mark.parametrize("depth", (1, 3, 8, 12))
+def test_matches_reference_on_adversarial_rows(depth):
+    X, ms = models(depth)
+    fitted = 0
+    for model in ms:
+        forest = trees.compile(model, backend="torch").forest
+        if why_not_bitvector(forest) is not None:
+            assert "leaves" in why_not_bitvector(forest)  # only trees of more than 64 leaves stay out
+            continue
+        fitted += 1
+        check(BitvectorForest(forest), forest, rows_for(forest, X))
+    assert fitted >= 4
+
+
+def test_deep_leaf_wise_trees_equal_the_node_kernel_at_every_batch_size_and_thread_count():
+    X, ms = deep_models()
+    threads = torch.get_num_threads()
+    try:
+        for model in ms:
+            node = trees.compile(model, backend="cpu", strategy="traverse")
+            forest = node.forest
+            assert forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH and why_not_bitvector(forest) is None
+            bv = BitvectorForest(forest)
+            x, _ = node._input(rows_for(forest, X).numpy())
+            for f32 in (False, True):
+                want = node._kernel.raw(x, node._base, f32)
+                for n_threads in (1, 2):
+                    torch.set_num_threads(n_threads)
+                    for n in (1, 7, 64, 65, len(x)):
+                        assert torch.equal(bv.raw(x[:n], node._base, f32), want[:n]), (n, n_threads)
+            assert torch.equal(bv.leaves(x), node._kernel.leaves(x))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_cpu_backend_picks_it_for_small_deep_trees_and_agrees_with_the_native_library():
+    X, ms = deep_models()
+    for model in ms:
+        cf = trees.compile(model)
+        assert cf.strategy == "bitvector", fast_cpu.why_ineligible(cf.forest)
+        report = trees.verify(model, cf, X)
+        assert report["ok"], report
+    shallow = trees.compile(models(3)[1][2])
+    assert shallow.strategy == "perfect"  # shallow trees: the perfect kernel first
+    rng = np.random.default_rng(5)  # deep and wide (the node kernel's test in test_backends.py)
+    Xw = rng.standard_normal((3000, 6)).astype(np.float32)
+    yw = (Xw[:, 0] * Xw[:, 1] + np.sin(3 * Xw[:, 2]) > 0).astype(int)
+    wide = lgb.LGBMClassifier(n_estimators=20, num_leaves=255, min_child_samples=2, verbose=-1).fit(Xw, yw)
+    cf = trees.compile(wide)
+    assert cf.forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH, cf.forest.max_depth
+    assert cf.strategy == "traverse" and re.search(r"\d+ leaves > 64", why_not_bitvector(cf.forest))
+    with pytest.raises(ValueError, match=r"strategy='bitvector' does not fit .*\d+ leaves > 64"):
+        trees.compile(wide, strategy="bitvector")
+    with pytest.raises(ValueError, match="strategy='bitvector' is a C\\+\\+ CPU kernel: use backend='cpu'"):
+        trees.compile(ms[0], backend="torch", strategy="bitvector")
+    hgb64 = compiled.CompiledForest(trees.compile(ms[0]).forest, torch.device("cpu"), "auto", "cpu")
+    assert hgb64.strategy == "bitvector"
+
+
+def test_lt_threshold_at_minus_infinity_default_directions_and_column_transforms():
+    """x < -inf never holds (NaN threshold, sorted last: no number fails it, a NaN only when not
+    default-left); NONE columns read NaN as 0 (no NaN list); ZERO columns treat tiny values as missing."""
+    X, ms = models(3)
+    forest = trees.compile(ms[2], backend="torch").forest  # XGBoost: CMP_LT
+    split = np.flatnonzero(forest.feature >= 0)
+    forest.threshold32[split[:3]] = -np.inf
+    forest.default_left[split[1::2]] = ~forest.default_left[split[1::2]]
+    forest.missing[forest.feature == forest.feature[split[0]]] = MISSING_NONE
+    other = forest.feature[split[-1]]
+    if other != forest.feature[split[0]]:
+        forest.missing[forest.feature == other] = MISSING_ZERO
+    rows = rows_for(forest, X).numpy().copy()
+    rows[::7, other] = 1e-36  # tiny: missing under MISSING_ZERO
+    check(BitvectorForest(forest), forest, torch.as_tensor(rows))
+
+
+def test_ops_check_their_arguments():
+    X, ms = deep_models()
+    forest = trees.compile(ms[0], backend="torch").forest
+    bv = BitvectorForest(forest)
+    x = torch.as_tensor(X[:40])
+    base = torch.as_tensor(forest.base, dtype=torch.float64)
+    raw_args = (*bv._nodes(), bv.values, bv.values32, bv.leaf_nodes, bv.column_kind, x, base, True)
+    torch.library.opcheck(torch.ops.pyzero.tree_qs_raw.default, raw_args)
+    torch.library.opcheck(
+        torch.ops.pyzero.tree_qs_leaves.default, (*bv._nodes(), bv.leaf_nodes, bv.column_kind, x)
+    )
+    bad_tree = bv.tree.clone()
+    bad_tree[3] = forest.n_trees
+    with pytest.raises(RuntimeError, match=r"tree must hold tree numbers in \[0, 12\)"):
+        torch.ops.pyzero.tree_qs_raw(bv.threshold, bad_tree, *raw_args[2:])
+    bad_start = bv.start.clone()
+    bad_start[1], bad_start[2] = bad_start[2], bad_start[1]
+    if bad_start[1] != bad_start[2]:
+        with pytest.raises(RuntimeError, match="start must rise from 0 to its list's length"):
+            torch.ops.pyzero.tree_qs_raw(*raw_args[:3], bad_start, *raw_args[4:])
+    with pytest.raises(RuntimeError, match=r"start needs n_features \+ 1 = 31 entries"):
+        torch.ops.pyzero.tree_qs_raw(*raw_args[:3], bv.start[:-1].contiguous(), *raw_args[4:])
+    with pytest.raises(RuntimeError, match="base must hold one float64 per output"):
+        torch.ops.pyzero.tree_qs_raw(*raw_args[:-2], base[:0], True)
+    with pytest.raises(RuntimeError, match="x must be a contiguous float32 tensor"):
+        torch.ops.pyzero.tree_qs_raw(*raw_args[:-3], x.double(), base, True)
+    with pytest.raises(ValueError, match="does not fit the bitvector kernel: a tree has"):
+        BitvectorForest(
+            trees.compile(
+                lgb.LGBMRegressor(n_estimators=2, num_leaves=80, min_child_samples=2, verbose=-1).fit(
+                    X, np.nan_to_num(X[:, 1])
+                )
+            ).forest
+        )
