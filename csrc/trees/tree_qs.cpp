@@ -5,6 +5,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../cpu/adam_cpu.h"
 #include "tree_fast.h"
 
 namespace pyzero::trees {
@@ -23,33 +24,20 @@ inline int64_t failed_prefix(const float* t, int64_t n, float v) {
   return lo;
 }
 
-// words[t] <- the leaves of tree t that the row (feature c at row[c << shift]) leaves standing.
-void leaf_words(const QsView& f, const float* row, int shift, uint64_t* words) {
-  std::fill_n(words, f.n_trees, ~uint64_t{0});
-  for (int64_t c = 0; c < f.n_features; ++c) {
-    const float v = row[c << shift];
-    if (std::isnan(v)) {
-      for (int64_t i = f.nan_start[c]; i < f.nan_start[c + 1]; ++i) words[f.nan_tree[i]] &= f.nan_mask[i];
-      continue;
-    }
-    const int64_t s = f.start[c];
-    const int64_t n = failed_prefix(f.threshold + s, f.start[c + 1] - s, v);
-    for (int64_t i = s; i < s + n; ++i) words[f.tree[i]] &= f.mask[i];
-  }
-}
-
 // The lowest leaf still standing (a tree's word keeps at least its exit leaf; the top bit bounds the
 // answer by 63 whatever the masks hold).
 inline int64_t leaf_of(uint64_t word) {
   return static_cast<int64_t>(__builtin_ctzll(word | (uint64_t{1} << 63)));
 }
 
+// Row g of a group's words (words[t * kQsRowGroup + g]): its sums in tree order.
 template <typename Acc>
 void raw_row(const QsView& f, const uint64_t* words, const double* base, const Acc* values, double* out) {
   const int64_t outs = f.n_outputs;
   for (int64_t o = 0; o < outs; ++o) {
     Acc acc = static_cast<Acc>(base[o]);
-    for (int64_t t = 0; t < f.n_trees; ++t) acc += values[(t * kQsMaxLeaves + leaf_of(words[t])) * outs + o];
+    for (int64_t t = 0; t < f.n_trees; ++t)
+      acc += values[(t * kQsMaxLeaves + leaf_of(words[t * kQsRowGroup])) * outs + o];
     out[o] = static_cast<double>(acc);
   }
 }
@@ -62,24 +50,44 @@ void blocks(const QsView& f, const float* x, int64_t rows, const int8_t* column_
   const int threads = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), n_blocks));
   int shift = 0;
   while ((int64_t{1} << shift) < kQsRowBlock) ++shift;
+  const QsWords vector_words = cpu::active_isa() == cpu::Isa::kAvx512 ? qs_words_avx512 : qs_words_scalar;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     std::vector<float> buf;
-    std::vector<uint64_t> words(static_cast<size_t>(f.n_trees));
+    std::vector<uint64_t> words(static_cast<size_t>(f.n_trees * kQsRowGroup));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t r0 = b * kQsRowBlock;
       const int64_t nr = std::min(kQsRowBlock, rows - r0);
       const float* xb = load_rows(x, r0, nr, f.n_features, shift, column_kind, buf);
-      for (int64_t r = 0; r < nr; ++r) {
-        leaf_words(f, xb + r, shift, words.data());
-        per_row(r0 + r, words.data());
+      for (int64_t g0 = 0; g0 < nr; g0 += kQsRowGroup) {
+        const int64_t n = std::min(kQsRowGroup, nr - g0);
+        (n >= kQsVectorMinRows ? vector_words : qs_words_scalar)(f, xb + g0, shift, n, words.data());
+        for (int64_t g = 0; g < n; ++g) per_row(r0 + g0 + g, words.data() + g);
       }
     }
   }
 }
 
 }  // namespace
+
+void qs_words_scalar(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words) {
+  for (int64_t t = 0; t < f.n_trees; ++t) std::fill_n(words + t * kQsRowGroup, rows, ~uint64_t{0});
+  for (int64_t c = 0; c < f.n_features; ++c) {
+    const int64_t s = f.start[c], n = f.start[c + 1] - s;
+    for (int64_t g = 0; g < rows; ++g) {
+      const float v = xt[(c << shift) + g];
+      uint64_t* w = words + g;
+      if (std::isnan(v)) {
+        for (int64_t i = f.nan_start[c]; i < f.nan_start[c + 1]; ++i)
+          w[f.nan_tree[i] * kQsRowGroup] &= f.nan_mask[i];
+        continue;
+      }
+      const int64_t failed = failed_prefix(f.threshold + s, n, v);
+      for (int64_t i = s; i < s + failed; ++i) w[f.tree[i] * kQsRowGroup] &= f.mask[i];
+    }
+  }
+}
 
 void qs_raw(const QsView& f, const float* x, int64_t rows, const int8_t* column_kind, const double* base,
             bool float32_accum, double* raw, int num_threads) {
@@ -97,7 +105,7 @@ void qs_leaves(const QsView& f, const float* x, int64_t rows, const int8_t* colu
                int num_threads) {
   blocks(f, x, rows, column_kind, num_threads, [&](int64_t r, const uint64_t* words) {
     for (int64_t t = 0; t < f.n_trees; ++t)
-      leaves[r * f.n_trees + t] = f.leaf_nodes[t * kQsMaxLeaves + leaf_of(words[t])];
+      leaves[r * f.n_trees + t] = f.leaf_nodes[t * kQsMaxLeaves + leaf_of(words[t * kQsRowGroup])];
   });
 }
 

@@ -137,14 +137,18 @@ class CompiledForest:
     def _cpu_kernel(self) -> strategies.PackedForest | fast_cpu.PerfectForest | fast_cpu.BitvectorForest:
         """The C++ kernel for backend "cpu": the perfect-tree SIMD kernel when the forest fits it
         (Note [Perfect trees]) and the strategy allows, else the bitvector kernel of trees of at most 64
-        leaves (Note [Bitvector trees]), else the node-by-node traversal."""
+        leaves (Note [Bitvector trees]; first for deep trees of few leaves: fast_cpu.prefers_bitvector),
+        else the node-by-node traversal."""
         if self.strategy == "gemm":
             raise ValueError("strategy='gemm' is a torch strategy: use backend='torch'")
         f64 = "it compares float64 inputs" if self._input_dtype == torch.float64 else None
-        for name, why_not, build in (
+        kernels = [
             ("perfect", fast_cpu.why_ineligible, fast_cpu.PerfectForest),
             ("bitvector", fast_cpu.why_not_bitvector, fast_cpu.BitvectorForest),
-        ):
+        ]
+        if fast_cpu.prefers_bitvector(self.forest):
+            kernels.reverse()
+        for name, why_not, build in kernels:
             if self.strategy in ("auto", name):
                 why = f64 or why_not(self.forest)
                 if why is None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyzero import trees
+from pyzero import _native, trees
 from pyzero.trees import compiled, fast_cpu
 from pyzero.trees.fast_cpu import BitvectorForest, why_not_bitvector
 from pyzero.trees.forest import MISSING_NONE, MISSING_ZERO
@@ -18,6 +18,7 @@ from tests.trees.test_fast_cpu import check, data, models, one_thread, rows_for 
 
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")
+C = _native.require("the bitvector kernel tests")
 
 
 def deep_models():
@@ -57,9 +58,14 @@ def test_matches_reference_on_adversarial_rows(depth):
     assert fitted >= 4
 
 
-def test_deep_leaf_wise_trees_equal_the_node_kernel_at_every_batch_size_and_thread_count():
+# Batch sizes: the scalar code's groups (below kQsVectorMinRows), whole and partial vector groups, blocks.
+BITVECTOR_BATCHES = (1, 5, 6, 16, 17, 64, 65)
+
+
+def test_deep_leaf_wise_trees_equal_the_node_kernel_on_every_isa_batch_size_and_thread_count():
     X, ms = deep_models()
     threads = torch.get_num_threads()
+    isa, ran = C.cpu_isa(), set()
     try:
         for model in ms:
             node = trees.compile(model, backend="cpu", strategy="traverse")
@@ -67,15 +73,27 @@ def test_deep_leaf_wise_trees_equal_the_node_kernel_at_every_batch_size_and_thre
             assert forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH and why_not_bitvector(forest) is None
             bv = BitvectorForest(forest)
             x, _ = node._input(rows_for(forest, X).numpy())
-            for f32 in (False, True):
-                want = node._kernel.raw(x, node._base, f32)
+            want = {f32: node._kernel.raw(x, node._base, f32) for f32 in (False, True)}
+            want_leaves = node._kernel.leaves(x)
+            for name in ("scalar", "avx2", "avx512"):
+                try:
+                    C.set_cpu_isa(name)
+                except ValueError:
+                    continue  # not supported by this processor
+                ran.add(name)
                 for n_threads in (1, 2):
                     torch.set_num_threads(n_threads)
-                    for n in (1, 7, 64, 65, len(x)):
-                        assert torch.equal(bv.raw(x[:n], node._base, f32), want[:n]), (n, n_threads)
-            assert torch.equal(bv.leaves(x), node._kernel.leaves(x))
+                    for f32 in (False, True):
+                        assert torch.equal(bv.raw(x, node._base, f32), want[f32]), (name, n_threads)
+                    assert torch.equal(bv.leaves(x), want_leaves), (name, n_threads)
+                    for b in BITVECTOR_BATCHES:
+                        parts = [bv.raw(x[i : i + b], node._base, True) for i in range(0, 3 * b + 5, b)]
+                        assert torch.equal(torch.cat(parts), want[True][: sum(p.shape[0] for p in parts)])
+                        assert torch.equal(bv.leaves(x[:b]), want_leaves[:b]), (name, b)
     finally:
+        C.set_cpu_isa(isa)
         torch.set_num_threads(threads)
+    assert "scalar" in ran and isa in ran
 
 
 def test_the_cpu_backend_picks_it_for_small_deep_trees_and_agrees_with_the_native_library():
@@ -87,6 +105,14 @@ def test_the_cpu_backend_picks_it_for_small_deep_trees_and_agrees_with_the_nativ
         assert report["ok"], report
     shallow = trees.compile(models(3)[1][2])
     assert shallow.strategy == "perfect"  # shallow trees: the perfect kernel first
+    rng = np.random.default_rng(0)  # depth 11 of <= 31 leaves: both fit, the bitvector kernel first
+    Xd = rng.standard_normal((20000, 28)).astype(np.float32)
+    yd = (Xd[:, 0] * Xd[:, 1] + np.sin(Xd[:, 2]) + 0.5 * Xd[:, 3] > 0).astype(int)
+    deep = lgb.LGBMClassifier(n_estimators=30, max_depth=12, num_leaves=31, verbose=-1).fit(Xd, yd)
+    cf = trees.compile(deep)
+    assert cf.forest.max_depth >= fast_cpu.BITVECTOR_MIN_DEPTH and fast_cpu.why_ineligible(cf.forest) is None
+    assert fast_cpu.prefers_bitvector(cf.forest) and cf.strategy == "bitvector"
+    assert trees.compile(deep, strategy="perfect").strategy == "perfect"
     rng = np.random.default_rng(5)  # deep and wide (the node kernel's test in test_backends.py)
     Xw = rng.standard_normal((3000, 6)).astype(np.float32)
     yw = (Xw[:, 0] * Xw[:, 1] + np.sin(3 * Xw[:, 2]) > 0).astype(int)
