@@ -25,7 +25,7 @@ from pyzero.trees.forest import Forest
 BACKENDS = ("auto", "cpu", "cuda", "torch", "triton")
 STRATEGIES = ("auto", "traverse", "perfect", "bitvector", "gemm")
 # C++ kernels that read LightGBM-prepared inputs themselves (column_kind): the caller skips that step.
-_READING_KERNELS = (fast_cpu.PerfectForest, fast_cpu.BitvectorForest, gpu.GpuRunner)
+_READING_KERNELS = (fast_cpu.PerfectForest, fast_cpu.BitvectorForest, fast_cpu.CpuKernelChoice, gpu.GpuRunner)
 # verify(): random rows drawn when no X is given, and the cap on adversarial rows.
 VERIFY_RANDOM_ROWS = 2000
 VERIFY_MAX_ADVERSARIAL_ROWS = 20000
@@ -77,6 +77,7 @@ class CompiledForest:
         if device.type != "cpu" and device.index is None:  # "cuda" means the current device, by index
             device = torch.empty(0, device=device).device
         self.device = device
+        self._choice: fast_cpu.CpuKernelChoice | None = None  # Note [CPU kernel choice]
         self.strategy = strategy  # resolved below for the cpu backend
         self._requested_strategy = strategy
         self.backend = _resolve_backend(backend, device, forest)
@@ -121,6 +122,19 @@ class CompiledForest:
 
                     self._plans = {kind: _native.C.WalkPlans() for kind in ("raw", "transformed", "proba")}
 
+    @property
+    def strategy(self) -> str:
+        """The strategy in use: on the cpu backend the kernel (perfect, bitvector or traverse), for a
+        forest both the perfect and bitvector kernels take the one of large batches (Note [CPU kernel
+        choice] in fast_cpu.py: timed on the first of them)."""
+        if self._choice is not None:
+            return self._choice.name_for(fast_cpu.CPU_TUNE_MIN_ROWS)
+        return self._strategy
+
+    @strategy.setter
+    def strategy(self, name: str) -> None:
+        self._strategy = name
+
     def _torch_strategy(self, name: str):
         if name not in self._torch:
             self._torch[name] = torch_strategies.build(name, self.forest, self.device)
@@ -134,14 +148,26 @@ class CompiledForest:
             name = torch_strategies.choose_strategy(self.forest, rows, self._profile)
         return self._torch_strategy(name)
 
-    def _cpu_kernel(self) -> strategies.PackedForest | fast_cpu.PerfectForest | fast_cpu.BitvectorForest:
+    def _cpu_kernel(
+        self,
+    ) -> (
+        strategies.PackedForest | fast_cpu.PerfectForest | fast_cpu.BitvectorForest | fast_cpu.CpuKernelChoice
+    ):
         """The C++ kernel for backend "cpu": the perfect-tree SIMD kernel when the forest fits it
         (Note [Perfect trees]) and the strategy allows, else the bitvector kernel of trees of at most 64
         leaves (Note [Bitvector trees]; first for deep trees of few leaves: fast_cpu.prefers_bitvector),
-        else the node-by-node traversal."""
+        else the node-by-node traversal; with strategy "auto", a forest both of the first two take gets
+        both, chosen per batch (Note [CPU kernel choice] in fast_cpu.py)."""
         if self.strategy == "gemm":
             raise ValueError("strategy='gemm' is a torch strategy: use backend='torch'")
         f64 = "it compares float64 inputs" if self._input_dtype == torch.float64 else None
+        if self.strategy == "auto" and f64 is None:
+            if (
+                fast_cpu.why_ineligible(self.forest) is None
+                and fast_cpu.why_not_bitvector(self.forest) is None
+            ):
+                self._choice = fast_cpu.CpuKernelChoice(self.forest)
+                return self._choice
         kernels = [
             ("perfect", fast_cpu.why_ineligible, fast_cpu.PerfectForest),
             ("bitvector", fast_cpu.why_not_bitvector, fast_cpu.BitvectorForest),

@@ -13,6 +13,10 @@ csrc/trees/tree_fast.h.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -304,3 +308,54 @@ class BitvectorForest:
     def leaves(self, x: Tensor) -> Tensor:
         """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
         return torch.ops.pyzero.tree_qs_leaves(*self._nodes(), self.leaf_nodes, self.column_kind, x).long()
+
+
+# Note [CPU kernel choice]
+# ~~~~~~~~~~~~~~~~~~~~~~~~
+# Which of the perfect and bitvector kernels is faster for a forest both take depends on its rows as well
+# as its shape: the bitvector kernel stops a feature's nodes once a vector of rows fails none, so
+# clustered thresholds favour it (breast_cancer, XGBoost depth 6: 19.6 against 9.5 M rows/s) and spread
+# ones do not (28 HIGGS-like features: 3.6 against 9.8). Batches of fewer than CPU_TUNE_MIN_ROWS rows
+# take the static choice (prefers_bitvector); the first batch of at least that many times both kernels
+# on CPU_TUNE_ROWS of its own rows (the best of CPU_TUNE_REPS interleaved calls each) and larger batches
+# keep the other kernel only if it was CPU_TUNE_MARGIN times faster (a noisy timing must not trade a
+# kernel for a slower one). Both give the same bits (the same node rule, sums in tree order), so the
+# choice changes speed only.
+CPU_TUNE_MIN_ROWS = 2048
+CPU_TUNE_ROWS = 2048
+CPU_TUNE_REPS = 5
+CPU_TUNE_MARGIN = 1.25
+
+
+class CpuKernelChoice:
+    """The perfect and bitvector kernels of a forest that fits both, chosen per batch (Note [CPU kernel
+    choice]); raw() and leaves() as theirs."""
+
+    def __init__(self, forest: Forest) -> None:
+        self.kernels = {"perfect": PerfectForest(forest), "bitvector": BitvectorForest(forest)}
+        self.static = "bitvector" if prefers_bitvector(forest) else "perfect"
+        self.large: str | None = None  # the timed choice for large batches, once timed
+
+    def name_for(self, rows: int) -> str:
+        """The kernel a batch of `rows` takes (large batches before the first one: the static choice)."""
+        return (self.large or self.static) if rows >= CPU_TUNE_MIN_ROWS else self.static
+
+    def _run(self, x: Tensor, call: Callable[[Any, Tensor], Tensor]) -> Tensor:
+        """call(kernel, x) with the kernel of x's batch, timing both first on the first large batch."""
+        if x.shape[0] >= CPU_TUNE_MIN_ROWS and self.large is None:
+            sample = x[:CPU_TUNE_ROWS]
+            best = dict.fromkeys(self.kernels, float("inf"))
+            for _ in range(CPU_TUNE_REPS):  # interleaved, the best of each: a busy machine hurts both alike
+                for name, kernel in self.kernels.items():
+                    t0 = time.perf_counter()
+                    call(kernel, sample)
+                    best[name] = min(best[name], time.perf_counter() - t0)
+            other = next(name for name in self.kernels if name != self.static)
+            self.large = other if best[other] * CPU_TUNE_MARGIN < best[self.static] else self.static
+        return call(self.kernels[self.name_for(x.shape[0])], x)
+
+    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
+        return self._run(x, lambda kernel, rows: kernel.raw(rows, base, float32_accum))
+
+    def leaves(self, x: Tensor) -> Tensor:
+        return self._run(x, lambda kernel, rows: kernel.leaves(rows))

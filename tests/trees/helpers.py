@@ -15,6 +15,7 @@ DEVICE = os.environ.get("PYZERO_TEST_DEVICE", "cpu")
 # library; each of these against the default, on the same rows.
 VARIANTS = (
     ("cpu", "perfect"),
+    ("cpu", "bitvector"),
     ("cpu", "traverse"),
     ("torch", "traverse"),
     ("torch", "perfect"),
@@ -51,11 +52,14 @@ def variants(model):
     """CompiledForests of model for every backend and strategy that can run it."""
     forest = trees.compile(model, backend="torch", strategy="traverse").forest
     fits = torch_strategies.eligible(forest)
-    fits_cpu = forest.extra.get("input") != "float64" and fast_cpu.why_ineligible(forest) is None
+    f32 = forest.extra.get("input") != "float64"
+    fits_cpu = {
+        "perfect": f32 and fast_cpu.why_ineligible(forest) is None,
+        "bitvector": f32 and fast_cpu.why_not_bitvector(forest) is None,
+        "traverse": True,
+    }
     for backend, strategy in VARIANTS:
-        if (backend == "cpu" and strategy == "perfect" and not fits_cpu) or (
-            backend == "torch" and not fits[strategy]
-        ):
+        if (backend == "cpu" and not fits_cpu[strategy]) or (backend == "torch" and not fits[strategy]):
             continue
         yield (
             (backend, strategy),

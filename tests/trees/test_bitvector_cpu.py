@@ -5,6 +5,7 @@ CPU backend picks it; its errors."""
 from __future__ import annotations
 
 import re
+import time
 
 import numpy as np
 import pytest
@@ -179,3 +180,38 @@ def test_ops_check_their_arguments():
                 )
             ).forest
         )
+
+
+def test_forests_both_kernels_take_time_them_on_the_first_large_batch(monkeypatch):
+    """Note [CPU kernel choice]: small batches take the static choice; the first batch of at least
+    CPU_TUNE_MIN_ROWS rows times both kernels and keeps the other one only when it is CPU_TUNE_MARGIN
+    times faster; every choice gives the same bits."""
+    X, ms = models(6)
+    model = ms[2]  # XGBoost depth 6: both kernels take it
+    cf = trees.compile(model)
+    choice = cf._kernel
+    assert (
+        isinstance(choice, fast_cpu.CpuKernelChoice) and choice.static == "perfect" and choice.large is None
+    )
+    assert cf.strategy == "perfect"
+    rows = np.tile(rows_for(cf.forest, X).numpy(), (4, 1))[: fast_cpu.CPU_TUNE_MIN_ROWS + 5]
+    want = trees.compile(model, strategy="perfect").decision_function(rows)
+    assert np.array_equal(cf.decision_function(rows[:100]), want[:100]) and choice.large is None
+    assert np.array_equal(cf.decision_function(rows), want) and choice.large in ("perfect", "bitvector")
+    assert cf.strategy == choice.large
+    assert np.array_equal(trees.compile(model, strategy="bitvector").decision_function(rows), want)
+    x = torch.as_tensor(rows)
+    base = torch.as_tensor(cf.forest.base, dtype=torch.float64)
+    ref = choice.kernels["perfect"].raw(x, base, True)
+    for slow, chosen in (("perfect", "bitvector"), ("bitvector", "perfect")):
+        choice = trees.compile(model)._kernel
+        kernel = choice.kernels[slow]
+
+        class Slow:
+            def raw(self, x, base, f32, kernel=kernel):
+                time.sleep(0.02)  # far beyond the margin and any noise
+                return kernel.raw(x, base, f32)
+
+        monkeypatch.setitem(choice.kernels, slow, Slow())
+        assert torch.equal(choice.raw(x, base, True), ref)
+        assert choice.large == chosen and choice.name_for(10) == "perfect", slow
