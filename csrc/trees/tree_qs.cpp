@@ -50,7 +50,10 @@ void blocks(const QsView& f, const float* x, int64_t rows, const int8_t* column_
   const int threads = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), n_blocks));
   int shift = 0;
   while ((int64_t{1} << shift) < kQsRowBlock) ++shift;
-  const QsWords vector_words = cpu::active_isa() == cpu::Isa::kAvx512 ? qs_words_avx512 : qs_words_scalar;
+  const cpu::Isa isa = cpu::active_isa();
+  const QsWords vector_words = isa == cpu::Isa::kAvx512 ? qs_words_avx512
+                               : isa == cpu::Isa::kAvx2 ? qs_words_avx2
+                                                        : qs_words_scalar;
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     std::vector<float> buf;

@@ -25,7 +25,7 @@ namespace pyzero::trees {
 // Leaves a tree may have (bits of its word).
 constexpr int64_t kQsMaxLeaves = 64;
 // Rows a thread takes at a time (transposed into one buffer, as the perfect kernel's blocks), and rows
-// that go through a feature's nodes together (the AVX-512 kernel's vector of 16 floats).
+// that go through a feature's nodes together (one AVX-512 vector of 16 floats, two AVX2 ones).
 constexpr int64_t kQsRowBlock = 64;
 constexpr int64_t kQsRowGroup = 16;
 // Groups of fewer rows take the scalar code, which touches only their words. predict_proba on the
@@ -48,9 +48,11 @@ struct QsView {
 };
 
 // words[t * kQsRowGroup + g] <- the leaves of tree t that row g < rows of a group leaves standing (feature
-// c of row g at xt[(c << shift) + g]); rows <= kQsRowGroup. One per ISA (tree_qs.cpp, tree_qs_avx512.cpp).
+// c of row g at xt[(c << shift) + g]); rows <= kQsRowGroup. One per ISA (tree_qs.cpp, tree_qs_avx2.cpp,
+// tree_qs_avx512.cpp).
 using QsWords = void (*)(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
 void qs_words_scalar(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
+void qs_words_avx2(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
 void qs_words_avx512(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
 
 // raw[r, o] = base[o] + the leaf values of tree 0, 1, ... in order (float32 sums when float32_accum,
