@@ -148,3 +148,28 @@ def test_triton_backend_reads_inputs_like_lightgbm_inside_the_kernel():
         tri = trees.compile(model, backend="triton", device=DEVICE, tune={"layout": layout, "block_r": 128})
         report = trees.verify(model, tri, X[:50])  # tiny values, +-inf and NaN among the adversarial rows
         assert report["ok"], (layout, report)
+
+
+def test_triton_reads_row_slots_like_the_cuda_kernel():
+    """Note [Row slots] in the Triton twin: perfect layouts of one, three and two row copies give the node
+    kernel's raw scores and leaves bit for bit, and x with another column count is refused."""
+    from pyzero.kernels import tree_triton
+    from pyzero.trees import compiled, gpu_layout
+    from tests.trees.test_gpu_layouts import _row_slot_forests
+
+    for name, f, base, rows, copies in _row_slot_forests():
+        node = compiled.CompiledForest(f, torch.device("cpu"), "traverse", "cpu")
+        x = torch.as_tensor(rows[:70])
+        f32 = f.extra.get("accumulate") == "float32"
+        ref_raw, ref_leaves = node._kernel.raw(x, base, f32), node._kernel.leaves(x)
+        xd, bd = x.to(DEVICE), base.to(DEVICE)
+        for lay in ("perfect", "perfect-blocked"):
+            g = gpu_layout.GpuLayout(f, lay, torch.float32, torch.device(DEVICE))
+            assert g.copies == copies, (name, lay)
+            raw = tree_triton.walk(g, xd, bd, f32, False, 64, 8)
+            assert torch.equal(raw.cpu(), ref_raw), (name, lay)
+            leaves = tree_triton.walk(g, xd, bd, False, True, 64, 8)
+            assert torch.equal(leaves.cpu().long(), ref_leaves), (name, lay)
+        if copies > 1:
+            with pytest.raises(ValueError, match=f"exactly {f.n_features} features for a layout of {copies}"):
+                tree_triton.walk(g, torch.cat([xd, xd[:, :1]], dim=1), bd, f32, False, 64, 8)
