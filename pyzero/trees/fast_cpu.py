@@ -355,6 +355,8 @@ class CpuKernelChoice:
         return call(self.kernels[self.name_for(x.shape[0])], x)
 
     def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
+        if x.shape[0] < CPU_TUNE_MIN_ROWS:  # small batches: no timing, no closure (batch-1 latency)
+            return self.kernels[self.static].raw(x, base, float32_accum)
         return self._run(x, lambda kernel, rows: kernel.raw(rows, base, float32_accum))
 
     def leaves(self, x: Tensor) -> Tensor:
