@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "tree_fast.h"
+#include "tree_op_checks.h"
 
 namespace pyzero {
 namespace {
@@ -48,43 +49,16 @@ trees::PerfectView perfect_view(const at::Tensor& meta, const at::Tensor& thresh
                             depth};
 }
 
-const int8_t* check_rows(const at::Tensor& x, const at::Tensor& column_kind) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous() && x.size(1) >= 1,
-              "pyzero.trees: x must be a contiguous float32 tensor of shape (rows, features)");
-  TORCH_CHECK(x.size(1) < (int64_t{1} << 26), "pyzero.trees: too many features");
-  TORCH_CHECK(column_kind.scalar_type() == at::kChar && column_kind.dim() == 1 &&
-                  column_kind.is_contiguous() && column_kind.size(0) == x.size(1),
-              "pyzero.trees: column_kind must be a contiguous int8 vector with one entry per feature of x");
-  const int8_t* kinds = column_kind.data_ptr<int8_t>();
-  bool any = false;
-  for (int64_t c = 0; c < column_kind.size(0); ++c) {
-    TORCH_CHECK(kinds[c] >= 0 &&
-                    (kinds[c] & ~(trees::kColumnMissingMask | trees::kColumnLightgbmReading)) == 0 &&
-                    (kinds[c] & trees::kColumnMissingMask) <= trees::kColumnZeroToNan,
-                "pyzero.trees: column_kind entries must be 0, 1 or 2, plus 4 for LightGBM's input reading");
-    any |= kinds[c] != trees::kColumnAsIs;
-  }
-  return any ? kinds : nullptr;  // nullptr: no transforms, the kernel reads x in place
-}
-
 at::Tensor tree_perfect_raw_cpu(const at::Tensor& meta, const at::Tensor& threshold, const at::Tensor& values,
                                 const at::Tensor& values32, const at::Tensor& leaf_nodes,
                                 const at::Tensor& column_kind, const at::Tensor& x, const at::Tensor& base,
                                 bool float32_accum) {
   trees::PerfectView f = perfect_view(meta, threshold, leaf_nodes);
-  TORCH_CHECK(values.scalar_type() == at::kDouble && values.dim() == 3 && values.size(0) == f.n_trees &&
-                  values.size(1) == leaf_nodes.size(1) && values.size(2) >= 1 && values.is_contiguous(),
-              "pyzero.trees: values must be a contiguous float64 tensor of shape (trees, 2^depth, outputs)");
-  TORCH_CHECK(
-      values32.scalar_type() == at::kFloat && values32.sizes() == values.sizes() && values32.is_contiguous(),
-      "pyzero.trees: values32 must be a contiguous float32 tensor shaped like values");
-  TORCH_CHECK(values.numel() < (int64_t{1} << 31), "pyzero.trees: forest too large for 32-bit leaf indices");
+  f.n_outputs = check_leaf_values(values, values32, f.n_trees, leaf_nodes.size(1), "2^depth");
   f.values = values.data_ptr<double>();
   f.values32 = values32.data_ptr<float>();
-  f.n_outputs = values.size(2);
   const int8_t* kinds = check_rows(x, column_kind);
-  TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous(),
-              "pyzero.trees: base must hold one float64 per output");
+  check_base(base, f.n_outputs);
   at::Tensor raw = at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
   trees::perfect_raw(f, x.data_ptr<float>(), x.size(0), x.size(1), kinds, base.data_ptr<double>(),
                      float32_accum, raw.data_ptr<double>(), at::get_num_threads());

@@ -6,7 +6,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#include "tree_fast.h"
+#include "tree_op_checks.h"
 #include "tree_qs.h"
 
 namespace pyzero {
@@ -35,17 +35,15 @@ void check_trees(const at::Tensor& tree, int64_t n_trees, const char* name) {
   TORCH_CHECK(ok, "pyzero.trees: ", name, " must hold tree numbers in [0, ", n_trees, ")");
 }
 
+// The view of the op's node arrays for rows of n_features (x, checked by check_rows).
 trees::QsView qs_view(const at::Tensor& threshold, const at::Tensor& tree, const at::Tensor& mask,
                       const at::Tensor& start, const at::Tensor& nan_tree, const at::Tensor& nan_mask,
-                      const at::Tensor& nan_start, const at::Tensor& leaf_nodes, const at::Tensor& x,
-                      const at::Tensor& column_kind) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous() && x.size(1) >= 1,
-              "pyzero.trees: x must be a contiguous float32 tensor of shape (rows, features)");
+                      const at::Tensor& nan_start, const at::Tensor& leaf_nodes, int64_t n_features) {
   TORCH_CHECK(leaf_nodes.scalar_type() == at::kInt && leaf_nodes.dim() == 2 &&
                   leaf_nodes.size(1) == trees::kQsMaxLeaves && leaf_nodes.is_contiguous(),
               "pyzero.trees: leaf_nodes must be a contiguous int32 tensor of shape (trees, ",
               trees::kQsMaxLeaves, ")");
-  const int64_t n_trees = leaf_nodes.size(0), n_features = x.size(1);
+  const int64_t n_trees = leaf_nodes.size(0);
   check_vector(threshold, at::kFloat, "threshold must be a contiguous float32 vector");
   check_vector(mask, at::kLong, "mask must be a contiguous int64 vector");
   check_vector(nan_mask, at::kLong, "nan_mask must be a contiguous int64 vector");
@@ -57,9 +55,6 @@ trees::QsView qs_view(const at::Tensor& threshold, const at::Tensor& tree, const
   check_starts(nan_start, n_features, nan_tree.size(0), "nan_start");
   check_trees(tree, n_trees, "tree");
   check_trees(nan_tree, n_trees, "nan_tree");
-  TORCH_CHECK(column_kind.scalar_type() == at::kChar && column_kind.dim() == 1 &&
-                  column_kind.is_contiguous() && column_kind.size(0) == n_features,
-              "pyzero.trees: column_kind must be a contiguous int8 vector with one entry per feature of x");
   trees::QsView f{};
   f.threshold = threshold.data_ptr<float>();
   f.tree = tree.data_ptr<int32_t>();
@@ -75,41 +70,21 @@ trees::QsView qs_view(const at::Tensor& threshold, const at::Tensor& tree, const
   return f;
 }
 
-// column_kind as the kernel takes it: nullptr when every column is read as it is.
-const int8_t* kinds_of(const at::Tensor& column_kind) {
-  const int8_t* k = column_kind.data_ptr<int8_t>();
-  bool any = false;
-  for (int64_t c = 0; c < column_kind.size(0); ++c) {
-    TORCH_CHECK(k[c] >= 0 && (k[c] & ~(trees::kColumnMissingMask | trees::kColumnLightgbmReading)) == 0 &&
-                    (k[c] & trees::kColumnMissingMask) <= trees::kColumnZeroToNan,
-                "pyzero.trees: column_kind entries must be 0, 1 or 2, plus 4 for LightGBM's input reading");
-    any |= k[c] != trees::kColumnAsIs;
-  }
-  return any ? k : nullptr;
-}
-
 at::Tensor tree_qs_raw_cpu(const at::Tensor& threshold, const at::Tensor& tree, const at::Tensor& mask,
                            const at::Tensor& start, const at::Tensor& nan_tree, const at::Tensor& nan_mask,
                            const at::Tensor& nan_start, const at::Tensor& values, const at::Tensor& values32,
                            const at::Tensor& leaf_nodes, const at::Tensor& column_kind, const at::Tensor& x,
                            const at::Tensor& base, bool float32_accum) {
+  const int8_t* kinds = check_rows(x, column_kind);
   trees::QsView f =
-      qs_view(threshold, tree, mask, start, nan_tree, nan_mask, nan_start, leaf_nodes, x, column_kind);
-  TORCH_CHECK(values.scalar_type() == at::kDouble && values.dim() == 3 && values.size(0) == f.n_trees &&
-                  values.size(1) == trees::kQsMaxLeaves && values.size(2) >= 1 && values.is_contiguous(),
-              "pyzero.trees: values must be a contiguous float64 tensor of shape (trees, ",
-              trees::kQsMaxLeaves, ", outputs)");
-  TORCH_CHECK(
-      values32.scalar_type() == at::kFloat && values32.sizes() == values.sizes() && values32.is_contiguous(),
-      "pyzero.trees: values32 must be a contiguous float32 tensor shaped like values");
+      qs_view(threshold, tree, mask, start, nan_tree, nan_mask, nan_start, leaf_nodes, x.size(1));
+  f.n_outputs = check_leaf_values(values, values32, f.n_trees, trees::kQsMaxLeaves, "64");
   f.values = values.data_ptr<double>();
   f.values32 = values32.data_ptr<float>();
-  f.n_outputs = values.size(2);
-  TORCH_CHECK(base.scalar_type() == at::kDouble && base.numel() == f.n_outputs && base.is_contiguous(),
-              "pyzero.trees: base must hold one float64 per output");
+  check_base(base, f.n_outputs);
   at::Tensor raw = at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
-  trees::qs_raw(f, x.data_ptr<float>(), x.size(0), kinds_of(column_kind), base.data_ptr<double>(),
-                float32_accum, raw.data_ptr<double>(), at::get_num_threads());
+  trees::qs_raw(f, x.data_ptr<float>(), x.size(0), kinds, base.data_ptr<double>(), float32_accum,
+                raw.data_ptr<double>(), at::get_num_threads());
   return raw;
 }
 
@@ -117,11 +92,11 @@ at::Tensor tree_qs_leaves_cpu(const at::Tensor& threshold, const at::Tensor& tre
                               const at::Tensor& start, const at::Tensor& nan_tree, const at::Tensor& nan_mask,
                               const at::Tensor& nan_start, const at::Tensor& leaf_nodes,
                               const at::Tensor& column_kind, const at::Tensor& x) {
+  const int8_t* kinds = check_rows(x, column_kind);
   const trees::QsView f =
-      qs_view(threshold, tree, mask, start, nan_tree, nan_mask, nan_start, leaf_nodes, x, column_kind);
+      qs_view(threshold, tree, mask, start, nan_tree, nan_mask, nan_start, leaf_nodes, x.size(1));
   at::Tensor out = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
-  trees::qs_leaves(f, x.data_ptr<float>(), x.size(0), kinds_of(column_kind), out.data_ptr<int32_t>(),
-                   at::get_num_threads());
+  trees::qs_leaves(f, x.data_ptr<float>(), x.size(0), kinds, out.data_ptr<int32_t>(), at::get_num_threads());
   return out;
 }
 

@@ -121,8 +121,43 @@ def _uniform_threshold(t32: np.ndarray, lt: np.ndarray) -> np.ndarray:
     return np.where(lt, below, t32).astype(np.float32)
 
 
-class PerfectForest:
+class _KernelOps:
+    """raw() and leaves() of a C++ CPU kernel whose ops take (its node arrays, values, values32,
+    leaf_nodes, column_kind, x, base, float32_accum) and (its node arrays, leaf_nodes, column_kind, x)."""
+
+    RAW_OP = LEAVES_OP = ""
+    values: Tensor
+    values32: Tensor
+    leaf_nodes: Tensor
+    column_kind: Tensor
+
+    def _nodes(self) -> tuple[Tensor, ...]:
+        raise NotImplementedError
+
+    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
+        """base + sum of the leaf values over trees in tree order: float64 [rows, outputs]."""
+        op = getattr(torch.ops.pyzero, self.RAW_OP)
+        return op(
+            *self._nodes(),
+            self.values,
+            self.values32,
+            self.leaf_nodes,
+            self.column_kind,
+            x,
+            base,
+            float32_accum,
+        )
+
+    def leaves(self, x: Tensor) -> Tensor:
+        """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
+        op = getattr(torch.ops.pyzero, self.LEAVES_OP)
+        return op(*self._nodes(), self.leaf_nodes, self.column_kind, x).long()
+
+
+class PerfectForest(_KernelOps):
     """The Forest as perfect trees (Note [Perfect trees]) for pyzero::tree_perfect_raw / _leaves."""
+
+    RAW_OP, LEAVES_OP = "tree_perfect_raw", "tree_perfect_leaves"
 
     def __init__(self, forest: Forest) -> None:
         reason = why_ineligible(forest)
@@ -164,25 +199,8 @@ class PerfectForest:
         """The perfect-tree form of `forest`, or None when it is ineligible (see why_ineligible)."""
         return PerfectForest(forest) if why_ineligible(forest) is None else None
 
-    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
-        """base + sum of the leaf values over trees (Note [Perfect trees]): float64 [rows, outputs]."""
-        return torch.ops.pyzero.tree_perfect_raw(
-            self.meta,
-            self.threshold,
-            self.values,
-            self.values32,
-            self.leaf_nodes,
-            self.column_kind,
-            x,
-            base,
-            float32_accum,
-        )
-
-    def leaves(self, x: Tensor) -> Tensor:
-        """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
-        return torch.ops.pyzero.tree_perfect_leaves(
-            self.meta, self.threshold, self.leaf_nodes, self.column_kind, x
-        ).long()
+    def _nodes(self) -> tuple[Tensor, ...]:
+        return (self.meta, self.threshold)
 
 
 # Note [Bitvector trees] (csrc/trees/tree_qs.h): leaves a tree may have (bits of a word).
@@ -222,10 +240,12 @@ def why_not_bitvector(forest: Forest) -> str | None:
     return None
 
 
-class BitvectorForest:
+class BitvectorForest(_KernelOps):
     """The Forest as Note [Bitvector trees] (csrc/trees/tree_qs.h) for pyzero::tree_qs_raw / _leaves:
     every split node as (threshold, tree, mask of the leaves it leaves standing when it fails), sorted
     by threshold within its feature, and the nodes a NaN fails per feature."""
+
+    RAW_OP, LEAVES_OP = "tree_qs_raw", "tree_qs_leaves"
 
     def __init__(self, forest: Forest) -> None:
         reason = why_not_bitvector(forest)
@@ -291,23 +311,6 @@ class BitvectorForest:
             self.nan_mask,
             self.nan_start,
         )
-
-    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
-        """base + sum of the leaf values over trees in tree order: float64 [rows, outputs]."""
-        return torch.ops.pyzero.tree_qs_raw(
-            *self._nodes(),
-            self.values,
-            self.values32,
-            self.leaf_nodes,
-            self.column_kind,
-            x,
-            base,
-            float32_accum,
-        )
-
-    def leaves(self, x: Tensor) -> Tensor:
-        """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
-        return torch.ops.pyzero.tree_qs_leaves(*self._nodes(), self.leaf_nodes, self.column_kind, x).long()
 
 
 # Note [CPU kernel choice]

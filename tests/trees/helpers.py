@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
-from pyzero import trees
+from pyzero import _native, trees
 from pyzero.trees import compiled, fast_cpu, torch_strategies
 
 # Device of the torch strategies in the tests (bench/gpu_check.sh sets cuda).
@@ -101,3 +102,37 @@ def _on(rows, cf):
 
 def _np(out):
     return out.cpu().numpy() if hasattr(out, "cpu") else np.asarray(out)
+
+
+def assert_same_on_every_isa(kernel, x, base, want_raw: dict, want_leaves, batches) -> None:
+    """kernel.raw (float64 and float32 sums) and kernel.leaves (a C++ CPU kernel of fast_cpu) on every ISA
+    this processor runs, on 1 and 2 threads, whole and in batches of each of `batches` rows: want_raw[f32]
+    and want_leaves bit for bit. Restores the ISA and the thread count."""
+    C = _native.require("the CPU kernel ISA tests")
+    threads = torch.get_num_threads()
+    isa, ran = C.cpu_isa(), set()
+    try:
+        for name in ("scalar", "avx2", "avx512"):
+            try:
+                C.set_cpu_isa(name)
+            except ValueError:
+                continue  # not supported by this processor
+            ran.add(name)
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                for f32 in (False, True):
+                    assert torch.equal(kernel.raw(x, base, f32), want_raw[f32]), (name, n, f32)
+                assert torch.equal(kernel.leaves(x), want_leaves), (name, n)
+                for b in batches:
+                    parts = [
+                        kernel.raw(x[i : i + b], base, True) for i in range(0, min(x.shape[0], 3 * b + 5), b)
+                    ]
+                    assert torch.equal(torch.cat(parts), want_raw[True][: sum(p.shape[0] for p in parts)]), (
+                        name,
+                        b,
+                    )
+                    assert torch.equal(kernel.leaves(x[:b]), want_leaves[:b]), (name, b)
+    finally:
+        C.set_cpu_isa(isa)
+        torch.set_num_threads(threads)
+    assert "scalar" in ran and isa in ran

@@ -15,6 +15,7 @@ from pyzero import _native, trees
 from pyzero.trees import compiled, fast_cpu
 from pyzero.trees.fast_cpu import BitvectorForest, why_not_bitvector
 from pyzero.trees.forest import MISSING_NONE, MISSING_ZERO
+from tests.trees.helpers import assert_same_on_every_isa
 from tests.trees.test_fast_cpu import check, data, models, one_thread, rows_for  # noqa: F401 (fixture)
 
 xgb = pytest.importorskip("xgboost")
@@ -65,36 +66,14 @@ BITVECTOR_BATCHES = (1, 5, 6, 16, 17, 64, 65)
 
 def test_deep_leaf_wise_trees_equal_the_node_kernel_on_every_isa_batch_size_and_thread_count():
     X, ms = deep_models()
-    threads = torch.get_num_threads()
-    isa, ran = C.cpu_isa(), set()
-    try:
-        for model in ms:
-            node = trees.compile(model, backend="cpu", strategy="traverse")
-            forest = node.forest
-            assert forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH and why_not_bitvector(forest) is None
-            bv = BitvectorForest(forest)
-            x, _ = node._input(rows_for(forest, X).numpy())
-            want = {f32: node._kernel.raw(x, node._base, f32) for f32 in (False, True)}
-            want_leaves = node._kernel.leaves(x)
-            for name in ("scalar", "avx2", "avx512"):
-                try:
-                    C.set_cpu_isa(name)
-                except ValueError:
-                    continue  # not supported by this processor
-                ran.add(name)
-                for n_threads in (1, 2):
-                    torch.set_num_threads(n_threads)
-                    for f32 in (False, True):
-                        assert torch.equal(bv.raw(x, node._base, f32), want[f32]), (name, n_threads)
-                    assert torch.equal(bv.leaves(x), want_leaves), (name, n_threads)
-                    for b in BITVECTOR_BATCHES:
-                        parts = [bv.raw(x[i : i + b], node._base, True) for i in range(0, 3 * b + 5, b)]
-                        assert torch.equal(torch.cat(parts), want[True][: sum(p.shape[0] for p in parts)])
-                        assert torch.equal(bv.leaves(x[:b]), want_leaves[:b]), (name, b)
-    finally:
-        C.set_cpu_isa(isa)
-        torch.set_num_threads(threads)
-    assert "scalar" in ran and isa in ran
+    for model in ms:
+        node = trees.compile(model, backend="cpu", strategy="traverse")
+        forest = node.forest
+        assert forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH and why_not_bitvector(forest) is None
+        x, _ = node._input(rows_for(forest, X).numpy())
+        want = {f32: node._kernel.raw(x, node._base, f32) for f32 in (False, True)}
+        want_leaves = node._kernel.leaves(x)
+        assert_same_on_every_isa(BitvectorForest(forest), x, node._base, want, want_leaves, BITVECTOR_BATCHES)
 
 
 def test_the_cpu_backend_picks_it_for_small_deep_trees_and_agrees_with_the_native_library():

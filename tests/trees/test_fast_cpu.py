@@ -13,6 +13,7 @@ from pyzero.trees import inputs, strategies
 from pyzero.trees.compiled import adversarial_rows
 from pyzero.trees.fast_cpu import PerfectForest, why_ineligible
 from pyzero.trees.forest import CMP_LE, MISSING_NAN, MISSING_NONE, MISSING_ZERO
+from tests.trees.helpers import assert_same_on_every_isa
 
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")
@@ -107,37 +108,13 @@ def test_matches_reference_on_adversarial_rows(depth):
 
 def test_every_isa_batch_size_and_thread_count_agree():
     X, ms = models(8)
-    threads = torch.get_num_threads()
-    isa, ran = C.cpu_isa(), set()
-    try:
-        for model in ms:
-            forest = trees.compile(model, backend="torch").forest
-            pf = PerfectForest.from_forest(forest)
-            x = rows_for(forest, X)
-            base = torch.as_tensor(forest.base, dtype=torch.float64)
-            want = {f32: pf.raw(x, base, f32) for f32 in (False, True)}
-            want_leaves = pf.leaves(x)
-            for name in ("scalar", "avx2", "avx512"):
-                try:
-                    C.set_cpu_isa(name)
-                except ValueError:
-                    continue  # not supported by this processor
-                ran.add(name)
-                for n in (1, 2):
-                    torch.set_num_threads(n)
-                    for f32 in (False, True):
-                        assert torch.equal(pf.raw(x, base, f32), want[f32]), (name, n, f32)
-                    assert torch.equal(pf.leaves(x), want_leaves), (name, n)
-                    for b in BATCHES:
-                        parts = [
-                            pf.raw(x[i : i + b], base, True) for i in range(0, min(x.shape[0], 3 * b + 5), b)
-                        ]
-                        assert torch.equal(torch.cat(parts), want[True][: sum(p.shape[0] for p in parts)])
-                        assert torch.equal(pf.leaves(x[:b]), want_leaves[:b])
-    finally:
-        C.set_cpu_isa(isa)
-        torch.set_num_threads(threads)
-    assert "scalar" in ran and isa in ran
+    for model in ms:
+        forest = trees.compile(model, backend="torch").forest
+        pf = PerfectForest.from_forest(forest)
+        x = rows_for(forest, X)
+        base = torch.as_tensor(forest.base, dtype=torch.float64)
+        want = {f32: pf.raw(x, base, f32) for f32 in (False, True)}
+        assert_same_on_every_isa(pf, x, base, want, pf.leaves(x), BATCHES)
 
 
 def test_xgboost_margins_bit_equal_native():
