@@ -18,12 +18,32 @@ from sklearn.datasets import load_breast_cancer
 
 from pyzero import trees
 
-# (name, LGBMClassifier arguments, rows): breast_cancer tiled 20 times (11k rows), as in trees_demo.py
+# (name, data, LGBMClassifier arguments): "breast_cancer" predicts the training rows tiled 20 times (11k
+# rows), as in trees_demo.py; "synthetic" trains on 20k rows of 28 features and predicts 10k of them.
 FORESTS = (
-    ("31 leaves (the demo's)", {}, 20),
-    ("63 leaves, min_child_samples 5", {"num_leaves": 63, "min_child_samples": 5}, 20),
-    ("63 leaves, NaN in 10 columns", {"num_leaves": 63, "min_child_samples": 5, "nan": True}, 20),
+    ("31 leaves (the demo's)", "breast_cancer", {}),
+    ("63 leaves, min_child_samples 5", "breast_cancer", {"num_leaves": 63, "min_child_samples": 5}),
+    (
+        "63 leaves, NaN in 10 columns",
+        "breast_cancer",
+        {"num_leaves": 63, "min_child_samples": 5, "nan": True},
+    ),
+    ("127 leaves, min_child_samples 3", "breast_cancer", {"num_leaves": 127, "min_child_samples": 3}),
+    ("255 leaves, min_child_samples 2", "breast_cancer", {"num_leaves": 255, "min_child_samples": 2}),
+    ("28 features, 127 leaves", "synthetic", {"num_leaves": 127}),
+    ("28 features, 255 leaves", "synthetic", {"num_leaves": 255}),
 )
+
+
+def dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training rows, labels, the batch to predict), float32 rows."""
+    if name == "breast_cancer":
+        X, y = load_breast_cancer(return_X_y=True)
+        X = X.astype(np.float32)
+        return X, y, np.tile(X, (20, 1))
+    X = np.random.default_rng(0).standard_normal((20000, 28)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] + np.sin(X[:, 2]) + 0.5 * X[:, 3] > 0).astype(int)
+    return X, y, X[:10000]
 
 
 def medians(fns: dict, repeats: int, arg) -> dict:
@@ -46,16 +66,14 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    X0, y = load_breast_cancer(return_X_y=True)
-    X0 = X0.astype(np.float32)
     results = []
-    for name, kw, tile in FORESTS:
+    for name, data, kw in FORESTS:
         kw = dict(kw)
-        X = X0.copy()
+        X, y, batch = dataset(data)
         if kw.pop("nan", False):
             X[:, :10][np.random.default_rng(0).random((len(X), 10)) < 0.05] = np.nan
+            batch = np.tile(X, (20, 1))
         model = lgb.LGBMClassifier(n_estimators=args.trees, verbose=-1, n_jobs=args.threads, **kw).fit(X, y)
-        batch = np.tile(X, (tile, 1))
         fns = {"lightgbm": model.predict_proba}
         for strategy in ("bitvector", "traverse"):
             cf = trees.compile(model, backend="cpu", strategy=strategy)
@@ -65,10 +83,14 @@ def main() -> None:
             fn(batch)
         t = medians(fns, args.repeats, batch)
         lat = medians(fns, args.repeats * 20, X[:1])
-        depth = trees.compile(model).forest.max_depth
+        forest = trees.compile(model).forest
+        depth = forest.max_depth
+        ids = np.arange(forest.feature.shape[0])
+        leaves = int(((forest.left == ids) & (forest.right == ids)).sum())
         row = {
             "forest": name,
             "max_depth": depth,
+            "mean_leaves": leaves / forest.n_trees,
             "rows": len(batch),
             "rows_per_s": {k: len(batch) / v for k, v in t.items()},
             "batch1_us": {k: v * 1e6 for k, v in lat.items()},
@@ -76,7 +98,8 @@ def main() -> None:
         results.append(row)
         r = row["rows_per_s"]
         print(
-            f"{name:<32} depth {depth:>2}: bitvector {r['bitvector'] / 1e6:.2f} M rows/s "
+            f"{name:<32} depth {depth:>2}, {row['mean_leaves']:.0f} leaves: "
+            f"bitvector {r['bitvector'] / 1e6:.2f} M rows/s "
             f"({r['bitvector'] / r['lightgbm']:.2f}x LightGBM), node kernel {r['traverse'] / 1e6:.2f} M "
             f"({r['traverse'] / r['lightgbm']:.2f}x), LightGBM {r['lightgbm'] / 1e6:.2f} M; batch 1 us: "
             + ", ".join(f"{k} {v:.1f}" for k, v in row["batch1_us"].items())

@@ -65,7 +65,7 @@ def main() -> int:
         )
     print(
         "pyzero path: cpu/perfect = the SIMD perfect-tree C++ kernel (Note [Perfect trees]);\n"
-        "cpu/bitvector = the bitvector kernel of trees of <= 64 leaves (Note [Bitvector trees]; timed\n"
+        "cpu/bitvector = the bitvector kernel of trees of <= 256 leaves (Note [Bitvector trees]; timed\n"
         "against the perfect kernel on the first large batch where both fit, Note [CPU kernel choice]);\n"
         "cpu/traverse = the node kernel (categorical, or deep and wide forests); torch/* = the portable\n"
         "torch strategies."

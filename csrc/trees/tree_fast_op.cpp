@@ -54,7 +54,7 @@ at::Tensor tree_perfect_raw_cpu(const at::Tensor& meta, const at::Tensor& thresh
                                 const at::Tensor& column_kind, const at::Tensor& x, const at::Tensor& base,
                                 bool float32_accum) {
   trees::PerfectView f = perfect_view(meta, threshold, leaf_nodes);
-  f.n_outputs = check_leaf_values(values, values32, f.n_trees, leaf_nodes.size(1), "2^depth");
+  f.n_outputs = check_leaf_values(values, values32, f.n_trees, "trees", leaf_nodes.size(1), "2^depth");
   f.values = values.data_ptr<double>();
   f.values32 = values32.data_ptr<float>();
   const int8_t* kinds = check_rows(x, column_kind);

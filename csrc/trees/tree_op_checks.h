@@ -32,14 +32,14 @@ inline const int8_t* check_rows(const at::Tensor& x, const at::Tensor& column_ki
   return any ? kinds : nullptr;  // nullptr: no transforms, the kernel reads x in place
 }
 
-// values [trees, slots, outputs] float64 and values32, the same in float32 (`slots` names the middle
-// dimension in the message): the number of outputs.
-inline int64_t check_leaf_values(const at::Tensor& values, const at::Tensor& values32, int64_t n_trees,
-                                 int64_t slots, const char* slots_name) {
-  TORCH_CHECK(values.scalar_type() == at::kDouble && values.dim() == 3 && values.size(0) == n_trees &&
+// values [units, slots, outputs] float64 and values32, the same in float32 (`units_name` and `slots_name`
+// name the first two dimensions in the message): the number of outputs.
+inline int64_t check_leaf_values(const at::Tensor& values, const at::Tensor& values32, int64_t units,
+                                 const char* units_name, int64_t slots, const char* slots_name) {
+  TORCH_CHECK(values.scalar_type() == at::kDouble && values.dim() == 3 && values.size(0) == units &&
                   values.size(1) == slots && values.size(2) >= 1 && values.is_contiguous(),
-              "pyzero.trees: values must be a contiguous float64 tensor of shape (trees, ", slots_name,
-              ", outputs)");
+              "pyzero.trees: values must be a contiguous float64 tensor of shape (", units_name, ", ",
+              slots_name, ", outputs)");
   TORCH_CHECK(
       values32.scalar_type() == at::kFloat && values32.sizes() == values.sizes() && values32.is_contiguous(),
       "pyzero.trees: values32 must be a contiguous float32 tensor shaped like values");

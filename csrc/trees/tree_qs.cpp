@@ -24,20 +24,23 @@ inline int64_t failed_prefix(const float* t, int64_t n, float v) {
   return lo;
 }
 
-// The lowest leaf still standing (a tree's word keeps at least its exit leaf; the top bit bounds the
-// answer by 63 whatever the masks hold).
-inline int64_t leaf_of(uint64_t word) {
-  return static_cast<int64_t>(__builtin_ctzll(word | (uint64_t{1} << 63)));
+// The slot (word * kQsWordBits + bit) of tree t's lowest leaf still standing in one row's words
+// (words[w * kQsRowGroup]): the tree's words keep at least its exit leaf; whatever the masks hold, the
+// answer stays within the tree's last word.
+inline int64_t leaf_of(const QsView& f, const uint64_t* words, int64_t t) {
+  int64_t w = f.word_start[t];
+  const int64_t last = f.word_start[t + 1] - 1;
+  while (w < last && words[w * kQsRowGroup] == 0) ++w;
+  return w * kQsWordBits + __builtin_ctzll(words[w * kQsRowGroup] | (uint64_t{1} << (kQsWordBits - 1)));
 }
 
-// Row g of a group's words (words[t * kQsRowGroup + g]): its sums in tree order.
+// One row of a group's words (words[w * kQsRowGroup]): its sums in tree order.
 template <typename Acc>
 void raw_row(const QsView& f, const uint64_t* words, const double* base, const Acc* values, double* out) {
   const int64_t outs = f.n_outputs;
   for (int64_t o = 0; o < outs; ++o) {
     Acc acc = static_cast<Acc>(base[o]);
-    for (int64_t t = 0; t < f.n_trees; ++t)
-      acc += values[(t * kQsMaxLeaves + leaf_of(words[t * kQsRowGroup])) * outs + o];
+    for (int64_t t = 0; t < f.n_trees; ++t) acc += values[leaf_of(f, words, t) * outs + o];
     out[o] = static_cast<double>(acc);
   }
 }
@@ -57,7 +60,7 @@ void blocks(const QsView& f, const float* x, int64_t rows, const int8_t* column_
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     std::vector<float> buf;
-    std::vector<uint64_t> words(static_cast<size_t>(f.n_trees * kQsRowGroup));
+    std::vector<uint64_t> words(static_cast<size_t>(f.n_words * kQsRowGroup));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < n_blocks; ++b) {
       const int64_t r0 = b * kQsRowBlock;
@@ -75,7 +78,7 @@ void blocks(const QsView& f, const float* x, int64_t rows, const int8_t* column_
 }  // namespace
 
 void qs_words_scalar(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words) {
-  for (int64_t t = 0; t < f.n_trees; ++t) std::fill_n(words + t * kQsRowGroup, rows, ~uint64_t{0});
+  for (int64_t w = 0; w < f.n_words; ++w) std::fill_n(words + w * kQsRowGroup, rows, ~uint64_t{0});
   for (int64_t c = 0; c < f.n_features; ++c) {
     const int64_t s = f.start[c], n = f.start[c + 1] - s;
     for (int64_t g = 0; g < rows; ++g) {
@@ -83,11 +86,11 @@ void qs_words_scalar(const QsView& f, const float* xt, int shift, int64_t rows, 
       uint64_t* w = words + g;
       if (std::isnan(v)) {
         for (int64_t i = f.nan_start[c]; i < f.nan_start[c + 1]; ++i)
-          w[f.nan_tree[i] * kQsRowGroup] &= f.nan_mask[i];
+          w[f.nan_word[i] * kQsRowGroup] &= f.nan_mask[i];
         continue;
       }
       const int64_t failed = failed_prefix(f.threshold + s, n, v);
-      for (int64_t i = s; i < s + failed; ++i) w[f.tree[i] * kQsRowGroup] &= f.mask[i];
+      for (int64_t i = s; i < s + failed; ++i) w[f.word[i] * kQsRowGroup] &= f.mask[i];
     }
   }
 }
@@ -107,8 +110,7 @@ void qs_raw(const QsView& f, const float* x, int64_t rows, const int8_t* column_
 void qs_leaves(const QsView& f, const float* x, int64_t rows, const int8_t* column_kind, int32_t* leaves,
                int num_threads) {
   blocks(f, x, rows, column_kind, num_threads, [&](int64_t r, const uint64_t* words) {
-    for (int64_t t = 0; t < f.n_trees; ++t)
-      leaves[r * f.n_trees + t] = f.leaf_nodes[t * kQsMaxLeaves + leaf_of(words[t * kQsRowGroup])];
+    for (int64_t t = 0; t < f.n_trees; ++t) leaves[r * f.n_trees + t] = f.leaf_nodes[leaf_of(f, words, t)];
   });
 }
 

@@ -3,15 +3,18 @@
 // Note [Bitvector trees]
 // ~~~~~~~~~~~~~~~~~~~~~~
 // Lucchese et al.'s QuickScorer (SIGIR 2015) for trees of at most kQsMaxLeaves leaves, whatever their
-// depth (LightGBM's leaf-wise trees: 31 leaves, depth 10-20, too deep for Note [Perfect trees]). A
-// tree's leaves are numbered left to right, leaf j as bit j of a 64-bit word. A split node whose test
-// fails for a row (the row goes right) rules out the leaves of its left subtree: its mask is all ones
-// but those bits. A row starts every tree's word at all ones and ANDs in the mask of every node it
-// fails; the leaf it reaches is then the lowest bit still set (the leftmost leaf no failed node rules
-// out), whatever the order of the ANDs. So the kernel goes feature by feature instead of node by node:
-// the nodes of feature c sorted by threshold, a number v fails exactly those with !(v <= t), a prefix
-// found by binary search, and ANDs their masks into their trees' words with no branch on the data; a
-// NaN fails the nodes of feature c that are not default-left (a second list per feature). Node tests
+// depth (LightGBM's leaf-wise trees: 31-255 leaves, depth 10-40, too deep for Note [Perfect trees]). A
+// tree's leaves are numbered left to right, leaf j as bit j % 64 of its word j / 64 (a tree has
+// ceil(leaves / 64) words, at most kQsMaxWords; the forest's words are numbered tree after tree, tree
+// t's from word_start[t]). A split node whose test fails for a row (the row goes right) rules out the
+// leaves of its left subtree, a run of consecutive bits: it becomes one entry per word the run touches,
+// (word, mask of all ones but the run's bits there). A row starts every word at all ones and ANDs in
+// the entries of every node it fails; the leaf it reaches is then the lowest bit still set in its
+// tree's words (the leftmost leaf no failed node rules out), whatever the order of the ANDs. So the
+// kernel goes feature by feature instead of node by node: the entries of feature c sorted by
+// threshold, a number v fails exactly those with !(v <= t), a prefix found by binary search, and ANDs
+// their masks into their words with no branch on the data; a NaN fails the entries of feature c that
+// are not default-left (a second list per feature). Node tests
 // are Note [Perfect trees]' `isnan(x) ? default_left : x <= t`: x < t splits use the float32 below t,
 // NaN when t is -inf (x < -inf: every number fails it), so NaN thresholds sort first; the column
 // transforms are its column_kind. Sums go tree by tree in tree order (base, then tree 0, 1, ...)
@@ -22,8 +25,10 @@
 
 namespace pyzero::trees {
 
-// Leaves a tree may have (bits of its word).
-constexpr int64_t kQsMaxLeaves = 64;
+// Leaves a word holds, and words a tree may have.
+constexpr int64_t kQsWordBits = 64;
+constexpr int64_t kQsMaxWords = 4;
+constexpr int64_t kQsMaxLeaves = kQsWordBits * kQsMaxWords;
 // Rows a thread takes at a time (transposed into one buffer, as the perfect kernel's blocks), and rows
 // that go through a feature's nodes together (one AVX-512 vector of 16 floats, two AVX2 ones).
 constexpr int64_t kQsRowBlock = 64;
@@ -34,22 +39,23 @@ constexpr int64_t kQsRowGroup = 16;
 constexpr int64_t kQsVectorMinRows = 6;
 
 struct QsView {
-  const float* threshold;     // [nodes]: feature 0's nodes by threshold, then feature 1's, ...
-  const int32_t* tree;        // [nodes] the tree of each
-  const uint64_t* mask;       // [nodes] the leaves each leaves standing when it fails (bit j: leaf j)
-  const int64_t* start;       // [n_features + 1]: feature c's nodes are [start[c], start[c + 1])
-  const int32_t* nan_tree;    // [nan nodes]: nodes that a NaN fails (not default-left), by feature
-  const uint64_t* nan_mask;   // [nan nodes]
+  const float* threshold;     // [entries]: feature 0's node entries by threshold, then feature 1's, ...
+  const int32_t* word;        // [entries] the word of each
+  const uint64_t* mask;       // [entries] the leaves it leaves standing there when its node fails
+  const int64_t* start;       // [n_features + 1]: feature c's entries are [start[c], start[c + 1])
+  const int32_t* nan_word;    // [nan entries]: entries of nodes that a NaN fails (not default-left)
+  const uint64_t* nan_mask;   // [nan entries]
   const int64_t* nan_start;   // [n_features + 1]
-  const double* values;       // [trees, kQsMaxLeaves, n_outputs]: leaf j's values (padding: zeros)
+  const int64_t* word_start;  // [n_trees + 1]: tree t's words are [word_start[t], word_start[t + 1])
+  const double* values;       // [words, kQsWordBits, n_outputs]: bit j of word w's leaf values (else 0)
   const float* values32;      // the same in float32
-  const int32_t* leaf_nodes;  // [trees, kQsMaxLeaves]: leaf j's IR node id
-  int64_t n_trees, n_outputs, n_features;
+  const int32_t* leaf_nodes;  // [words, kQsWordBits]: bit j of word w's IR node id
+  int64_t n_trees, n_words, n_outputs, n_features;
 };
 
-// words[t * kQsRowGroup + g] <- the leaves of tree t that row g < rows of a group leaves standing (feature
-// c of row g at xt[(c << shift) + g]); rows <= kQsRowGroup. One per ISA (tree_qs.cpp, tree_qs_avx2.cpp,
-// tree_qs_avx512.cpp).
+// words[w * kQsRowGroup + g] <- the leaves of word w that row g < rows of a group leaves standing
+// (feature c of row g at xt[(c << shift) + g]); rows <= kQsRowGroup. One per ISA (tree_qs.cpp,
+// tree_qs_avx2.cpp, tree_qs_avx512.cpp).
 using QsWords = void (*)(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
 void qs_words_scalar(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
 void qs_words_avx2(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);

@@ -21,7 +21,7 @@ inline void and_rows(uint64_t* w, __m128i failed, __m256i mask) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(w), _mm256_andnot_si256(cut, words));
 }
 
-// The 16 words of one tree (rows 0 .. 15) for the rows failed[0] (rows 0-7) and failed[1] (8-15).
+// One word of the 16 rows (0 .. 15) for the rows failed[0] (rows 0-7) and failed[1] (8-15).
 inline void and_group(uint64_t* w, const __m256i failed[2], uint64_t mask) {
   const __m256i m = _mm256_set1_epi64x(static_cast<long long>(mask));
   for (int h = 0; h < 2; ++h) {
@@ -35,8 +35,8 @@ inline void and_group(uint64_t* w, const __m256i failed[2], uint64_t mask) {
 void qs_words_avx2(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words) {
   static_assert(kQsRowGroup == 16, "a group is two vectors of 8 floats");
   const __m256i all = _mm256_set1_epi64x(-1);
-  for (int64_t t = 0; t < f.n_trees * kQsRowGroup; t += 4)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + t), all);
+  for (int64_t i = 0; i < f.n_words * kQsRowGroup; i += 4)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(words + i), all);
   // live[h]: the group's rows in half h (all ones), so absent rows never fail a node
   __m256i live[2];
   for (int h = 0; h < 2; ++h) {
@@ -55,7 +55,7 @@ void qs_words_avx2(const QsView& f, const float* xt, int shift, int64_t rows, ui
     }
     if (any_nan != 0) {
       for (int64_t i = f.nan_start[c]; i < f.nan_start[c + 1]; ++i)
-        and_group(words + f.nan_tree[i] * kQsRowGroup, nan, f.nan_mask[i]);
+        and_group(words + f.nan_word[i] * kQsRowGroup, nan, f.nan_mask[i]);
     }
     for (int64_t i = f.start[c]; i < f.start[c + 1]; ++i) {
       const __m256 t = _mm256_set1_ps(f.threshold[i]);
@@ -66,7 +66,7 @@ void qs_words_avx2(const QsView& f, const float* xt, int shift, int64_t rows, ui
         any |= _mm256_movemask_ps(_mm256_castsi256_ps(failed[h]));
       }
       if (any == 0) break;  // thresholds ascend: no later node fails a row either
-      and_group(words + f.tree[i] * kQsRowGroup, failed, f.mask[i]);
+      and_group(words + f.word[i] * kQsRowGroup, failed, f.mask[i]);
     }
   }
 }

@@ -14,7 +14,7 @@
 namespace pyzero::trees {
 namespace {
 
-// words of one tree for the 16 rows: lanes whose bit is set in `rows` AND in `mask`.
+// One word for the 16 rows: lanes whose bit is set in `rows` AND in `mask`.
 inline void and_rows(uint64_t* w, __mmask16 rows, uint64_t mask) {
   const __m512i m = _mm512_set1_epi64(static_cast<long long>(mask));
   const __m512i lo = _mm512_loadu_si512(w), hi = _mm512_loadu_si512(w + 8);
@@ -27,9 +27,9 @@ inline void and_rows(uint64_t* w, __mmask16 rows, uint64_t mask) {
 void qs_words_avx512(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words) {
   static_assert(kQsRowGroup == 16, "a group is one vector of 16 floats");
   const __m512i all = _mm512_set1_epi64(-1);
-  for (int64_t t = 0; t < f.n_trees; ++t) {
-    _mm512_storeu_si512(words + t * kQsRowGroup, all);
-    _mm512_storeu_si512(words + t * kQsRowGroup + 8, all);
+  for (int64_t w = 0; w < f.n_words; ++w) {
+    _mm512_storeu_si512(words + w * kQsRowGroup, all);
+    _mm512_storeu_si512(words + w * kQsRowGroup + 8, all);
   }
   const __mmask16 live =
       rows >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << rows) - 1);
@@ -38,13 +38,13 @@ void qs_words_avx512(const QsView& f, const float* xt, int shift, int64_t rows, 
     const __mmask16 nan = _mm512_mask_cmp_ps_mask(live, v, v, _CMP_UNORD_Q);
     if (nan != 0) {
       for (int64_t i = f.nan_start[c]; i < f.nan_start[c + 1]; ++i)
-        and_rows(words + f.nan_tree[i] * kQsRowGroup, nan, f.nan_mask[i]);
+        and_rows(words + f.nan_word[i] * kQsRowGroup, nan, f.nan_mask[i]);
     }
     const __mmask16 num = static_cast<__mmask16>(live & ~nan);
     for (int64_t i = f.start[c]; i < f.start[c + 1]; ++i) {
       const __mmask16 failed = _mm512_mask_cmp_ps_mask(num, v, _mm512_set1_ps(f.threshold[i]), _CMP_NLE_UQ);
       if (failed == 0) break;  // thresholds ascend: no later node fails a row either
-      and_rows(words + f.tree[i] * kQsRowGroup, failed, f.mask[i]);
+      and_rows(words + f.word[i] * kQsRowGroup, failed, f.mask[i]);
     }
   }
 }

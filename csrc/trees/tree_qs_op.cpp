@@ -27,58 +27,71 @@ void check_starts(const at::Tensor& start, int64_t n_features, int64_t count, co
   TORCH_CHECK(ok, "pyzero.trees: ", name, " must rise from 0 to its list's length ", count);
 }
 
-void check_trees(const at::Tensor& tree, int64_t n_trees, const char* name) {
-  check_vector(tree, at::kInt, "bitvector tree lists must be contiguous int32 vectors");
-  const int32_t* t = tree.data_ptr<int32_t>();
+void check_words(const at::Tensor& word, int64_t n_words, const char* name) {
+  check_vector(word, at::kInt, "bitvector word lists must be contiguous int32 vectors");
+  const int32_t* w = word.data_ptr<int32_t>();
   bool ok = true;
-  for (int64_t i = 0; i < tree.size(0); ++i) ok &= t[i] >= 0 && t[i] < n_trees;
-  TORCH_CHECK(ok, "pyzero.trees: ", name, " must hold tree numbers in [0, ", n_trees, ")");
+  for (int64_t i = 0; i < word.size(0); ++i) ok &= w[i] >= 0 && w[i] < n_words;
+  TORCH_CHECK(ok, "pyzero.trees: ", name, " must hold word numbers in [0, ", n_words, ")");
 }
 
 // The view of the op's node arrays for rows of n_features (x, checked by check_rows).
-trees::QsView qs_view(const at::Tensor& threshold, const at::Tensor& tree, const at::Tensor& mask,
-                      const at::Tensor& start, const at::Tensor& nan_tree, const at::Tensor& nan_mask,
-                      const at::Tensor& nan_start, const at::Tensor& leaf_nodes, int64_t n_features) {
+trees::QsView qs_view(const at::Tensor& threshold, const at::Tensor& word, const at::Tensor& mask,
+                      const at::Tensor& start, const at::Tensor& nan_word, const at::Tensor& nan_mask,
+                      const at::Tensor& nan_start, const at::Tensor& word_start, const at::Tensor& leaf_nodes,
+                      int64_t n_features) {
   TORCH_CHECK(leaf_nodes.scalar_type() == at::kInt && leaf_nodes.dim() == 2 &&
-                  leaf_nodes.size(1) == trees::kQsMaxLeaves && leaf_nodes.is_contiguous(),
-              "pyzero.trees: leaf_nodes must be a contiguous int32 tensor of shape (trees, ",
-              trees::kQsMaxLeaves, ")");
-  const int64_t n_trees = leaf_nodes.size(0);
+                  leaf_nodes.size(1) == trees::kQsWordBits && leaf_nodes.is_contiguous(),
+              "pyzero.trees: leaf_nodes must be a contiguous int32 tensor of shape (words, ",
+              trees::kQsWordBits, ")");
+  const int64_t n_words = leaf_nodes.size(0);
+  check_vector(word_start, at::kLong, "word_start must be a contiguous int64 vector");
+  TORCH_CHECK(word_start.size(0) >= 1, "pyzero.trees: word_start needs n_trees + 1 entries");
+  const int64_t n_trees = word_start.size(0) - 1;
+  const int64_t* ws = word_start.data_ptr<int64_t>();
+  bool ok = ws[0] == 0 && ws[n_trees] == n_words;
+  for (int64_t t = 0; t < n_trees && ok; ++t)
+    ok = ws[t + 1] - ws[t] >= 1 && ws[t + 1] - ws[t] <= trees::kQsMaxWords;
+  TORCH_CHECK(ok, "pyzero.trees: word_start must rise from 0 to the ", n_words,
+              " words of leaf_nodes, by 1 to ", trees::kQsMaxWords, " a tree");
   check_vector(threshold, at::kFloat, "threshold must be a contiguous float32 vector");
   check_vector(mask, at::kLong, "mask must be a contiguous int64 vector");
   check_vector(nan_mask, at::kLong, "nan_mask must be a contiguous int64 vector");
-  TORCH_CHECK(tree.size(0) == threshold.size(0) && mask.size(0) == threshold.size(0),
-              "pyzero.trees: threshold, tree and mask need one entry per node");
-  TORCH_CHECK(nan_mask.size(0) == nan_tree.size(0),
-              "pyzero.trees: nan_tree and nan_mask need one entry per node");
+  TORCH_CHECK(word.size(0) == threshold.size(0) && mask.size(0) == threshold.size(0),
+              "pyzero.trees: threshold, word and mask need one entry per node entry");
+  TORCH_CHECK(nan_mask.size(0) == nan_word.size(0),
+              "pyzero.trees: nan_word and nan_mask need one entry per node entry");
   check_starts(start, n_features, threshold.size(0), "start");
-  check_starts(nan_start, n_features, nan_tree.size(0), "nan_start");
-  check_trees(tree, n_trees, "tree");
-  check_trees(nan_tree, n_trees, "nan_tree");
+  check_starts(nan_start, n_features, nan_word.size(0), "nan_start");
+  check_words(word, n_words, "word");
+  check_words(nan_word, n_words, "nan_word");
   trees::QsView f{};
   f.threshold = threshold.data_ptr<float>();
-  f.tree = tree.data_ptr<int32_t>();
+  f.word = word.data_ptr<int32_t>();
   f.mask = reinterpret_cast<const uint64_t*>(mask.data_ptr<int64_t>());
   f.start = start.data_ptr<int64_t>();
-  f.nan_tree = nan_tree.data_ptr<int32_t>();
+  f.nan_word = nan_word.data_ptr<int32_t>();
   f.nan_mask = reinterpret_cast<const uint64_t*>(nan_mask.data_ptr<int64_t>());
   f.nan_start = nan_start.data_ptr<int64_t>();
+  f.word_start = ws;
   f.leaf_nodes = leaf_nodes.data_ptr<int32_t>();
   f.n_trees = n_trees;
+  f.n_words = n_words;
   f.n_features = n_features;
   f.n_outputs = 1;
   return f;
 }
 
-at::Tensor tree_qs_raw_cpu(const at::Tensor& threshold, const at::Tensor& tree, const at::Tensor& mask,
-                           const at::Tensor& start, const at::Tensor& nan_tree, const at::Tensor& nan_mask,
-                           const at::Tensor& nan_start, const at::Tensor& values, const at::Tensor& values32,
-                           const at::Tensor& leaf_nodes, const at::Tensor& column_kind, const at::Tensor& x,
-                           const at::Tensor& base, bool float32_accum) {
+at::Tensor tree_qs_raw_cpu(const at::Tensor& threshold, const at::Tensor& word, const at::Tensor& mask,
+                           const at::Tensor& start, const at::Tensor& nan_word, const at::Tensor& nan_mask,
+                           const at::Tensor& nan_start, const at::Tensor& word_start,
+                           const at::Tensor& values, const at::Tensor& values32, const at::Tensor& leaf_nodes,
+                           const at::Tensor& column_kind, const at::Tensor& x, const at::Tensor& base,
+                           bool float32_accum) {
   const int8_t* kinds = check_rows(x, column_kind);
   trees::QsView f =
-      qs_view(threshold, tree, mask, start, nan_tree, nan_mask, nan_start, leaf_nodes, x.size(1));
-  f.n_outputs = check_leaf_values(values, values32, f.n_trees, trees::kQsMaxLeaves, "64");
+      qs_view(threshold, word, mask, start, nan_word, nan_mask, nan_start, word_start, leaf_nodes, x.size(1));
+  f.n_outputs = check_leaf_values(values, values32, f.n_words, "words", trees::kQsWordBits, "64");
   f.values = values.data_ptr<double>();
   f.values32 = values32.data_ptr<float>();
   check_base(base, f.n_outputs);
@@ -88,13 +101,14 @@ at::Tensor tree_qs_raw_cpu(const at::Tensor& threshold, const at::Tensor& tree, 
   return raw;
 }
 
-at::Tensor tree_qs_leaves_cpu(const at::Tensor& threshold, const at::Tensor& tree, const at::Tensor& mask,
-                              const at::Tensor& start, const at::Tensor& nan_tree, const at::Tensor& nan_mask,
-                              const at::Tensor& nan_start, const at::Tensor& leaf_nodes,
-                              const at::Tensor& column_kind, const at::Tensor& x) {
+at::Tensor tree_qs_leaves_cpu(const at::Tensor& threshold, const at::Tensor& word, const at::Tensor& mask,
+                              const at::Tensor& start, const at::Tensor& nan_word, const at::Tensor& nan_mask,
+                              const at::Tensor& nan_start, const at::Tensor& word_start,
+                              const at::Tensor& leaf_nodes, const at::Tensor& column_kind,
+                              const at::Tensor& x) {
   const int8_t* kinds = check_rows(x, column_kind);
   const trees::QsView f =
-      qs_view(threshold, tree, mask, start, nan_tree, nan_mask, nan_start, leaf_nodes, x.size(1));
+      qs_view(threshold, word, mask, start, nan_word, nan_mask, nan_start, word_start, leaf_nodes, x.size(1));
   at::Tensor out = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
   trees::qs_leaves(f, x.data_ptr<float>(), x.size(0), kinds, out.data_ptr<int32_t>(), at::get_num_threads());
   return out;
@@ -105,13 +119,14 @@ at::Tensor tree_qs_leaves_cpu(const at::Tensor& threshold, const at::Tensor& tre
 
 TORCH_LIBRARY_FRAGMENT(pyzero, m) {
   m.def(
-      "tree_qs_raw(Tensor threshold, Tensor tree, Tensor mask, Tensor start, Tensor nan_tree, Tensor "
+      "tree_qs_raw(Tensor threshold, Tensor word, Tensor mask, Tensor start, Tensor nan_word, Tensor "
       "nan_mask, "
-      "Tensor nan_start, Tensor values, Tensor values32, Tensor leaf_nodes, Tensor column_kind, Tensor x, "
-      "Tensor base, bool float32_accum) -> Tensor");
+      "Tensor nan_start, Tensor word_start, Tensor values, Tensor values32, Tensor leaf_nodes, Tensor "
+      "column_kind, Tensor x, Tensor base, bool float32_accum) -> Tensor");
   m.def(
-      "tree_qs_leaves(Tensor threshold, Tensor tree, Tensor mask, Tensor start, Tensor nan_tree, Tensor "
-      "nan_mask, Tensor nan_start, Tensor leaf_nodes, Tensor column_kind, Tensor x) -> Tensor");
+      "tree_qs_leaves(Tensor threshold, Tensor word, Tensor mask, Tensor start, Tensor nan_word, Tensor "
+      "nan_mask, Tensor nan_start, Tensor word_start, Tensor leaf_nodes, Tensor column_kind, Tensor x) -> "
+      "Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {

@@ -154,7 +154,7 @@ class CompiledForest:
         strategies.PackedForest | fast_cpu.PerfectForest | fast_cpu.BitvectorForest | fast_cpu.CpuKernelChoice
     ):
         """The C++ kernel for backend "cpu": the perfect-tree SIMD kernel when the forest fits it
-        (Note [Perfect trees]) and the strategy allows, else the bitvector kernel of trees of at most 64
+        (Note [Perfect trees]) and the strategy allows, else the bitvector kernel of trees of at most 256
         leaves (Note [Bitvector trees]; first for deep trees of few leaves: fast_cpu.prefers_bitvector),
         else the node-by-node traversal; with strategy "auto", a forest both of the first two take gets
         both, chosen per batch (Note [CPU kernel choice] in fast_cpu.py)."""
@@ -508,7 +508,7 @@ def compile(
     backend: "auto" (the C++ kernels on CPU, the CUDA kernel on a CUDA device when pyzero._C has it,
     else Triton, else the torch strategies), "cpu", "cuda", "triton" or "torch".
     strategy: "auto"; "traverse", "perfect" (cpu, torch, cuda and triton), "bitvector" (cpu: trees of
-    at most 64 leaves, Note [Bitvector trees]) or "gemm" (torch).
+    at most 256 leaves, Note [Bitvector trees]) or "gemm" (torch).
     iteration_range: XGBoost boosting rounds [start, end) to keep (as in XGBoost's predict).
     num_iteration: LightGBM iterations to keep (default: the best iteration if early stopping set one).
     tune: GPU backends: autotune the kernel per batch-size bucket (True), use the defaults (False), or

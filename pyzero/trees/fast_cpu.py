@@ -203,8 +203,9 @@ class PerfectForest(_KernelOps):
         return (self.meta, self.threshold)
 
 
-# Note [Bitvector trees] (csrc/trees/tree_qs.h): leaves a tree may have (bits of a word).
-BITVECTOR_MAX_LEAVES = 64
+# Note [Bitvector trees] (csrc/trees/tree_qs.h): leaves a word holds, and leaves a tree may have.
+BITVECTOR_WORD_BITS = 64
+BITVECTOR_MAX_LEAVES = 256
 # Forests both CPU kernels take: the perfect kernel's cost grows with the depth (every tree walks all
 # of its levels), the bitvector kernel's with the leaves. The cpu backend picks the bitvector kernel
 # from depth BITVECTOR_MIN_DEPTH on when trees average at most BITVECTOR_LEAVES_PER_LEVEL leaves per
@@ -242,8 +243,9 @@ def why_not_bitvector(forest: Forest) -> str | None:
 
 class BitvectorForest(_KernelOps):
     """The Forest as Note [Bitvector trees] (csrc/trees/tree_qs.h) for pyzero::tree_qs_raw / _leaves:
-    every split node as (threshold, tree, mask of the leaves it leaves standing when it fails), sorted
-    by threshold within its feature, and the nodes a NaN fails per feature."""
+    every split node as one entry (threshold, word, mask of the leaves it leaves standing there when it
+    fails) per word of leaves its left subtree touches, sorted by threshold within its feature, and the
+    entries a NaN fails per feature."""
 
     RAW_OP, LEAVES_OP = "tree_qs_raw", "tree_qs_leaves"
 
@@ -266,13 +268,24 @@ class BitvectorForest(_KernelOps):
             inner = lv[~is_leaf[lv]]
             first[forest.left[inner]] = first[inner]
             first[forest.right[inner]] = first[inner] + count[forest.left[inner]]
+        word_start = np.zeros(forest.n_trees + 1, dtype=np.int64)
+        word_start[1:] = np.cumsum(-(-count[forest.roots] // BITVECTOR_WORD_BITS))
         split = ids[~is_leaf]
-        left = forest.left[split]
-        ones = np.uint64(1)
-        span = (np.left_shift(ones, count[left].astype(np.uint64)) - ones) << first[left].astype(np.uint64)
-        mask = ~span  # a failed node rules out its left subtree's leaves
-        thr = _uniform_threshold(forest.threshold32[split], forest.cmp[split] == CMP_LT)
-        feat = forest.feature[split].astype(np.int64)
+        # one entry per word that the left subtree's leaves [lo, hi) touch
+        lo, hi = first[forest.left[split]], first[forest.left[split]] + count[forest.left[split]]
+        w_lo = lo // BITVECTOR_WORD_BITS
+        runs = (hi - 1) // BITVECTOR_WORD_BITS - w_lo + 1
+        node = np.repeat(np.arange(split.size), runs)  # the split node of each entry
+        local = (
+            w_lo[node] + np.arange(node.size) - np.repeat(np.cumsum(runs) - runs, runs)
+        )  # word in its tree
+        bit_lo = np.clip(lo[node] - local * BITVECTOR_WORD_BITS, 0, BITVECTOR_WORD_BITS)
+        bit_hi = np.clip(hi[node] - local * BITVECTOR_WORD_BITS, 0, BITVECTOR_WORD_BITS)
+        mask = ~(_low_bits(bit_hi) & ~_low_bits(bit_lo))  # a failed node rules out its left subtree's leaves
+        word = word_start[tree[split][node]] + local
+        split_thr = _uniform_threshold(forest.threshold32[split], forest.cmp[split] == CMP_LT)
+        thr = split_thr[node]
+        feat = forest.feature[split][node].astype(np.int64)
         # by feature, then threshold, NaN (x < -inf) first
         nan_thr = np.isnan(thr)
         order = np.lexsort((~nan_thr, np.where(nan_thr, -np.inf, thr), feat))
@@ -280,37 +293,47 @@ class BitvectorForest(_KernelOps):
         starts[1:] = np.cumsum(np.bincount(feat, minlength=forest.n_features))
         self.column_kind = torch.as_tensor(_column_kinds(forest))
         nan_col = (self.column_kind.numpy() & COLUMN_MISSING_MASK) != COLUMN_NAN_TO_ZERO
-        fails_nan = ~forest.default_left[split] & nan_col[feat]  # a NaN goes right there
+        fails_nan = ~forest.default_left[split][node] & nan_col[feat]  # a NaN goes right there
         nan_order = np.flatnonzero(fails_nan)[np.argsort(feat[fails_nan], kind="stable")]
         nan_starts = np.zeros(forest.n_features + 1, dtype=np.int64)
         nan_starts[1:] = np.cumsum(np.bincount(feat[fails_nan], minlength=forest.n_features))
         self.threshold = torch.as_tensor(thr[order].astype(np.float32))
-        self.tree = torch.as_tensor(tree[split][order].astype(np.int32))
+        self.word = torch.as_tensor(word[order].astype(np.int32))
         self.mask = torch.as_tensor(mask[order].view(np.int64))
         self.start = torch.as_tensor(starts)
-        self.nan_tree = torch.as_tensor(tree[split][nan_order].astype(np.int32))
+        self.nan_word = torch.as_tensor(word[nan_order].astype(np.int32))
         self.nan_mask = torch.as_tensor(mask[nan_order].view(np.int64))
         self.nan_start = torch.as_tensor(nan_starts)
+        self.word_start = torch.as_tensor(word_start)
         leaf = ids[is_leaf]
-        slot = tree[leaf] * BITVECTOR_MAX_LEAVES + first[leaf]
-        leaf_nodes = np.zeros(forest.n_trees * BITVECTOR_MAX_LEAVES, dtype=np.int32)
+        slot = word_start[tree[leaf]] * BITVECTOR_WORD_BITS + first[leaf]
+        n_slots = int(word_start[-1]) * BITVECTOR_WORD_BITS
+        leaf_nodes = np.zeros(n_slots, dtype=np.int32)
         leaf_nodes[slot] = leaf
-        values = np.zeros((forest.n_trees * BITVECTOR_MAX_LEAVES, forest.n_outputs), dtype=np.float64)
+        values = np.zeros((n_slots, forest.n_outputs), dtype=np.float64)
         values[slot] = forest.value[leaf]
-        self.leaf_nodes = torch.as_tensor(leaf_nodes.reshape(forest.n_trees, BITVECTOR_MAX_LEAVES))
-        self.values = torch.as_tensor(values.reshape(forest.n_trees, BITVECTOR_MAX_LEAVES, forest.n_outputs))
+        self.leaf_nodes = torch.as_tensor(leaf_nodes.reshape(-1, BITVECTOR_WORD_BITS))
+        self.values = torch.as_tensor(values.reshape(-1, BITVECTOR_WORD_BITS, forest.n_outputs))
         self.values32 = self.values.to(torch.float32)
 
     def _nodes(self) -> tuple[Tensor, ...]:
         return (
             self.threshold,
-            self.tree,
+            self.word,
             self.mask,
             self.start,
-            self.nan_tree,
+            self.nan_word,
             self.nan_mask,
             self.nan_start,
+            self.word_start,
         )
+
+
+def _low_bits(k: np.ndarray) -> np.ndarray:
+    """uint64 words of k low bits set, for k in [0, 64]."""
+    ones = np.uint64(1)
+    full = k >= BITVECTOR_WORD_BITS
+    return np.where(full, ~np.uint64(0), (ones << np.where(full, 0, k).astype(np.uint64)) - ones)
 
 
 # Note [CPU kernel choice]

@@ -73,8 +73,8 @@ def test_deep_unbalanced_trees_walk_in_groups_with_every_batch_split():
     X[rng.random(X.shape) < 0.05] = 0.0
     y = (np.nan_to_num(X[:, 0]) * np.nan_to_num(X[:, 1]) + np.sin(3 * np.nan_to_num(X[:, 2])) > 0).astype(int)
     model = lgb.LGBMClassifier(n_estimators=20, num_leaves=255, min_child_samples=2, verbose=-1).fit(X, y)
-    cf = trees.compile(model, backend="cpu")
-    assert cf.strategy == "traverse" and cf.forest.max_depth > 14, (cf.strategy, cf.forest.max_depth)
+    cf = trees.compile(model, backend="cpu", strategy="traverse")  # (the default: the bitvector kernel)
+    assert cf.forest.max_depth > 14, cf.forest.max_depth
     rows, _ = trees.compiled.verification_rows(model, cf, X[:300])
     x, _ = cf._input(rows)
     twin = gpu_layout.GpuLayout(cf.forest, "wide", cf._input_dtype, torch.device("cpu"))

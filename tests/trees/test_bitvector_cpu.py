@@ -14,13 +14,20 @@ import torch
 from pyzero import _native, trees
 from pyzero.trees import compiled, fast_cpu
 from pyzero.trees.fast_cpu import BitvectorForest, why_not_bitvector
-from pyzero.trees.forest import MISSING_NONE, MISSING_ZERO
+from pyzero.trees.forest import MISSING_NONE, MISSING_ZERO, tree_of
 from tests.trees.helpers import assert_same_on_every_isa
 from tests.trees.test_fast_cpu import check, data, models, one_thread, rows_for  # noqa: F401 (fixture)
 
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")
 C = _native.require("the bitvector kernel tests")
+
+
+def wide_data(n=3000, seed=5):
+    """Rows of 6 features whose trees grow wide and deep (num_leaves 255: 3-4 words of leaves a tree)."""
+    rng = np.random.default_rng(seed)
+    Xw = rng.standard_normal((n, 6)).astype(np.float32)
+    return Xw, (Xw[:, 0] * Xw[:, 1] + np.sin(3 * Xw[:, 2]) > 0).astype(int)
 
 
 def deep_models():
@@ -46,6 +53,19 @@ def deep_models():
     )
 
 
+def wide_models():
+    """LightGBM forests of depth 15-16 with NaN in two columns: binary of 255 leaves a tree (four words),
+    three classes of 119-150 leaves (two and three words)."""
+    Xw, yw = wide_data()
+    Xw[:, :2][np.random.default_rng(1).random((len(Xw), 2)) < 0.05] = np.nan
+    y3 = yw + (Xw[:, 3] > 0.5)
+    kw = {"min_child_samples": 2, "verbose": -1, "n_jobs": 1}
+    return Xw, [
+        lgb.LGBMClassifier(n_estimators=6, num_leaves=255, **kw).fit(Xw, yw),
+        lgb.LGBMClassifier(n_estimators=3, num_leaves=150, **kw).fit(Xw, y3),
+    ]
+
+
 @pytest.mark.parametrize("depth", (1, 3, 8, 12))
 def test_matches_reference_on_adversarial_rows(depth):
     X, ms = models(depth)
@@ -53,7 +73,7 @@ def test_matches_reference_on_adversarial_rows(depth):
     for model in ms:
         forest = trees.compile(model, backend="torch").forest
         if why_not_bitvector(forest) is not None:
-            assert "leaves" in why_not_bitvector(forest)  # only trees of more than 64 leaves stay out
+            assert "leaves" in why_not_bitvector(forest)  # only trees of more than 256 leaves stay out
             continue
         fitted += 1
         check(BitvectorForest(forest), forest, rows_for(forest, X))
@@ -64,16 +84,27 @@ def test_matches_reference_on_adversarial_rows(depth):
 BITVECTOR_BATCHES = (1, 5, 6, 16, 17, 64, 65)
 
 
+def tree_leaves(forest):
+    ids = np.arange(forest.feature.shape[0])
+    return np.bincount(
+        tree_of(forest)[(forest.left == ids) & (forest.right == ids)], minlength=forest.n_trees
+    )
+
+
 def test_deep_leaf_wise_trees_equal_the_node_kernel_on_every_isa_batch_size_and_thread_count():
     X, ms = deep_models()
-    for model in ms:
+    Xw, wide = wide_models()
+    words_seen = set()
+    for X, model in [(X, m) for m in ms] + [(Xw, m) for m in wide]:
         node = trees.compile(model, backend="cpu", strategy="traverse")
         forest = node.forest
         assert forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH and why_not_bitvector(forest) is None
+        words_seen |= set(np.diff(BitvectorForest(forest).word_start.numpy()).tolist())
         x, _ = node._input(rows_for(forest, X).numpy())
         want = {f32: node._kernel.raw(x, node._base, f32) for f32 in (False, True)}
         want_leaves = node._kernel.leaves(x)
         assert_same_on_every_isa(BitvectorForest(forest), x, node._base, want, want_leaves, BITVECTOR_BATCHES)
+    assert words_seen == {1, 2, 3, 4}, words_seen  # trees of one to four words of leaves
 
 
 def test_the_cpu_backend_picks_it_for_small_deep_trees_and_agrees_with_the_native_library():
@@ -93,15 +124,17 @@ def test_the_cpu_backend_picks_it_for_small_deep_trees_and_agrees_with_the_nativ
     assert cf.forest.max_depth >= fast_cpu.BITVECTOR_MIN_DEPTH and fast_cpu.why_ineligible(cf.forest) is None
     assert fast_cpu.prefers_bitvector(cf.forest) and cf.strategy == "bitvector"
     assert trees.compile(deep, strategy="perfect").strategy == "perfect"
-    rng = np.random.default_rng(5)  # deep and wide (the node kernel's test in test_backends.py)
-    Xw = rng.standard_normal((3000, 6)).astype(np.float32)
-    yw = (Xw[:, 0] * Xw[:, 1] + np.sin(3 * Xw[:, 2]) > 0).astype(int)
-    wide = lgb.LGBMClassifier(n_estimators=20, num_leaves=255, min_child_samples=2, verbose=-1).fit(Xw, yw)
-    cf = trees.compile(wide)
-    assert cf.forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH, cf.forest.max_depth
-    assert cf.strategy == "traverse" and re.search(r"\d+ leaves > 64", why_not_bitvector(cf.forest))
-    with pytest.raises(ValueError, match=r"strategy='bitvector' does not fit .*\d+ leaves > 64"):
-        trees.compile(wide, strategy="bitvector")
+    Xw, wide = wide_models()
+    for model in wide:  # up to 255 leaves a tree
+        cf = trees.compile(model)
+        assert cf.forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH and tree_leaves(cf.forest).max() > 128
+        assert cf.strategy == "bitvector" and trees.verify(model, cf, Xw)["ok"]
+    Xw, yw = wide_data(12000)  # wider still (depth 18): the node kernel
+    wider = lgb.LGBMClassifier(n_estimators=3, num_leaves=400, min_child_samples=2, verbose=-1).fit(Xw, yw)
+    cf = trees.compile(wider)
+    assert cf.strategy == "traverse" and re.search(r"\d+ leaves > 256", why_not_bitvector(cf.forest))
+    with pytest.raises(ValueError, match=r"strategy='bitvector' does not fit .*\d+ leaves > 256"):
+        trees.compile(wider, strategy="bitvector")
     with pytest.raises(ValueError, match="strategy='bitvector' is a C\\+\\+ CPU kernel: use backend='cpu'"):
         trees.compile(ms[0], backend="torch", strategy="bitvector")
     hgb64 = compiled.CompiledForest(trees.compile(ms[0]).forest, torch.device("cpu"), "auto", "cpu")
@@ -126,9 +159,11 @@ def test_lt_threshold_at_minus_infinity_default_directions_and_column_transforms
 
 
 def test_ops_check_their_arguments():
-    X, ms = deep_models()
-    forest = trees.compile(ms[0], backend="torch").forest
+    X, ms = wide_models()
+    forest = trees.compile(ms[1], backend="torch").forest  # two and three words a tree
     bv = BitvectorForest(forest)
+    n_words = int(bv.word_start[-1])
+    assert n_words > forest.n_trees
     x = torch.as_tensor(X[:40])
     base = torch.as_tensor(forest.base, dtype=torch.float64)
     raw_args = (*bv._nodes(), bv.values, bv.values32, bv.leaf_nodes, bv.column_kind, x, base, True)
@@ -136,16 +171,36 @@ def test_ops_check_their_arguments():
     torch.library.opcheck(
         torch.ops.pyzero.tree_qs_leaves.default, (*bv._nodes(), bv.leaf_nodes, bv.column_kind, x)
     )
-    bad_tree = bv.tree.clone()
-    bad_tree[3] = forest.n_trees
-    with pytest.raises(RuntimeError, match=r"tree must hold tree numbers in \[0, 12\)"):
-        torch.ops.pyzero.tree_qs_raw(bv.threshold, bad_tree, *raw_args[2:])
+    bad_word = bv.word.clone()
+    bad_word[3] = n_words
+    with pytest.raises(RuntimeError, match=rf"word must hold word numbers in \[0, {n_words}\)"):
+        torch.ops.pyzero.tree_qs_raw(bv.threshold, bad_word, *raw_args[2:])
+    bad_nan_word = bv.nan_word.clone()
+    bad_nan_word[0] = -1
+    with pytest.raises(RuntimeError, match=rf"nan_word must hold word numbers in \[0, {n_words}\)"):
+        torch.ops.pyzero.tree_qs_raw(*raw_args[:4], bad_nan_word, *raw_args[5:])
+    by_words = r"word_start must rise from 0 to the \d+ words of leaf_nodes, by 1 to 4 a tree"
+    for bad in (
+        torch.tensor([0, 5, *bv.word_start[2:].tolist()]),  # a tree of five words
+        torch.tensor([0, 0, *bv.word_start[2:].tolist()]),  # a tree of none
+        bv.word_start[:-1].contiguous(),  # words left over
+    ):
+        with pytest.raises(RuntimeError, match=by_words):
+            torch.ops.pyzero.tree_qs_raw(*raw_args[:7], bad, *raw_args[8:])
+    with pytest.raises(
+        RuntimeError, match=r"leaf_nodes must be a contiguous int32 tensor of shape \(words, 64\)"
+    ):
+        torch.ops.pyzero.tree_qs_leaves(*bv._nodes(), bv.leaf_nodes.reshape(-1, 32), bv.column_kind, x)
+    with pytest.raises(
+        RuntimeError, match=r"values must be a contiguous float64 tensor of shape \(words, 64, outputs\)"
+    ):
+        torch.ops.pyzero.tree_qs_raw(*raw_args[:8], bv.values[1:], *raw_args[9:])
     bad_start = bv.start.clone()
     bad_start[1], bad_start[2] = bad_start[2], bad_start[1]
     if bad_start[1] != bad_start[2]:
         with pytest.raises(RuntimeError, match="start must rise from 0 to its list's length"):
             torch.ops.pyzero.tree_qs_raw(*raw_args[:3], bad_start, *raw_args[4:])
-    with pytest.raises(RuntimeError, match=r"start needs n_features \+ 1 = 31 entries"):
+    with pytest.raises(RuntimeError, match=r"start needs n_features \+ 1 = 7 entries"):
         torch.ops.pyzero.tree_qs_raw(*raw_args[:3], bv.start[:-1].contiguous(), *raw_args[4:])
     with pytest.raises(RuntimeError, match="base must hold one float64 per output"):
         torch.ops.pyzero.tree_qs_raw(*raw_args[:-2], base[:0], True)
@@ -154,8 +209,8 @@ def test_ops_check_their_arguments():
     with pytest.raises(ValueError, match="does not fit the bitvector kernel: a tree has"):
         BitvectorForest(
             trees.compile(
-                lgb.LGBMRegressor(n_estimators=2, num_leaves=80, min_child_samples=2, verbose=-1).fit(
-                    X, np.nan_to_num(X[:, 1])
+                lgb.LGBMRegressor(n_estimators=2, num_leaves=300, min_child_samples=2, verbose=-1).fit(
+                    *wide_data(6000)
                 )
             ).forest
         )
