@@ -26,21 +26,26 @@ inline int64_t failed_prefix(const float* t, int64_t n, float v) {
 
 // The slot (word * kQsWordBits + bit) of tree t's lowest leaf still standing in one row's words
 // (words[w * kQsRowGroup]): the tree's words keep at least its exit leaf; whatever the masks hold, the
-// answer stays within the tree's last word.
+// answer stays within the tree's last word. kOneWord: every tree has one word (word t), the common case,
+// without the word_start reads (the demo's forest, one thread: 2.34 M rows/s with them, 2.53 without).
+template <bool kOneWord>
 inline int64_t leaf_of(const QsView& f, const uint64_t* words, int64_t t) {
-  int64_t w = f.word_start[t];
-  const int64_t last = f.word_start[t + 1] - 1;
-  while (w < last && words[w * kQsRowGroup] == 0) ++w;
+  int64_t w = t;
+  if constexpr (!kOneWord) {
+    w = f.word_start[t];
+    const int64_t last = f.word_start[t + 1] - 1;
+    while (w < last && words[w * kQsRowGroup] == 0) ++w;
+  }
   return w * kQsWordBits + __builtin_ctzll(words[w * kQsRowGroup] | (uint64_t{1} << (kQsWordBits - 1)));
 }
 
 // One row of a group's words (words[w * kQsRowGroup]): its sums in tree order.
-template <typename Acc>
+template <bool kOneWord, typename Acc>
 void raw_row(const QsView& f, const uint64_t* words, const double* base, const Acc* values, double* out) {
   const int64_t outs = f.n_outputs;
   for (int64_t o = 0; o < outs; ++o) {
     Acc acc = static_cast<Acc>(base[o]);
-    for (int64_t t = 0; t < f.n_trees; ++t) acc += values[leaf_of(f, words, t) * outs + o];
+    for (int64_t t = 0; t < f.n_trees; ++t) acc += values[leaf_of<kOneWord>(f, words, t) * outs + o];
     out[o] = static_cast<double>(acc);
   }
 }
@@ -97,20 +102,26 @@ void qs_words_scalar(const QsView& f, const float* xt, int shift, int64_t rows, 
 
 void qs_raw(const QsView& f, const float* x, int64_t rows, const int8_t* column_kind, const double* base,
             bool float32_accum, double* raw, int num_threads) {
+  const bool one_word = f.n_words == f.n_trees;
   blocks(f, x, rows, column_kind, num_threads, [&](int64_t r, const uint64_t* words) {
     double* out = raw + r * f.n_outputs;
-    if (float32_accum) {
-      raw_row(f, words, base, f.values32, out);
+    if (one_word) {
+      float32_accum ? raw_row<true>(f, words, base, f.values32, out)
+                    : raw_row<true>(f, words, base, f.values, out);
     } else {
-      raw_row(f, words, base, f.values, out);
+      float32_accum ? raw_row<false>(f, words, base, f.values32, out)
+                    : raw_row<false>(f, words, base, f.values, out);
     }
   });
 }
 
 void qs_leaves(const QsView& f, const float* x, int64_t rows, const int8_t* column_kind, int32_t* leaves,
                int num_threads) {
+  const bool one_word = f.n_words == f.n_trees;
   blocks(f, x, rows, column_kind, num_threads, [&](int64_t r, const uint64_t* words) {
-    for (int64_t t = 0; t < f.n_trees; ++t) leaves[r * f.n_trees + t] = f.leaf_nodes[leaf_of(f, words, t)];
+    for (int64_t t = 0; t < f.n_trees; ++t)
+      leaves[r * f.n_trees + t] =
+          f.leaf_nodes[one_word ? leaf_of<true>(f, words, t) : leaf_of<false>(f, words, t)];
   });
 }
 
