@@ -1,7 +1,8 @@
-"""Leaf-wise LightGBM forests too deep for the perfect-tree kernel, on the CPU: rows/s of pyzero's
-bitvector kernel (Note [Bitvector trees]) and node kernel (Note [Deep trees on the CPU]) against
-LightGBM's own predict_proba, on the same threads, methods interleaved within every repeat, medians
-reported; and batch-1 latency.
+"""Forests the perfect-tree kernel does not take, on the CPU: leaf-wise LightGBM trees too deep for it,
+and LightGBM and XGBoost forests with categorical splits. Rows/s of pyzero's bitvector kernel (Note
+[Bitvector trees]) and node kernel (Note [Deep trees on the CPU]) against the library's own
+predict_proba, on the same threads, methods interleaved within every repeat, medians reported; and
+batch-1 latency.
 
     python bench/bench_deep_cpu.py [--trees 100] [--repeats 21] [--threads 2] [--out results.json]
 """
@@ -18,21 +19,43 @@ from sklearn.datasets import load_breast_cancer
 
 from pyzero import trees
 
-# (name, data, LGBMClassifier arguments): "breast_cancer" predicts the training rows tiled 20 times (11k
-# rows), as in trees_demo.py; "synthetic" trains on 20k rows of 28 features and predicts 10k of them.
+# (name, library, data, classifier arguments): "breast_cancer" predicts the training rows tiled 20 times
+# (11k rows), as in trees_demo.py; "synthetic" trains on 20k rows of 28 features and predicts 10k of
+# them; "categorical" the same with 12 features, the first CATEGORICAL of them categories.
 FORESTS = (
-    ("31 leaves (the demo's)", "breast_cancer", {}),
-    ("63 leaves, min_child_samples 5", "breast_cancer", {"num_leaves": 63, "min_child_samples": 5}),
+    ("31 leaves (the demo's)", "lightgbm", "breast_cancer", {}),
+    (
+        "63 leaves, min_child_samples 5",
+        "lightgbm",
+        "breast_cancer",
+        {"num_leaves": 63, "min_child_samples": 5},
+    ),
     (
         "63 leaves, NaN in 10 columns",
+        "lightgbm",
         "breast_cancer",
         {"num_leaves": 63, "min_child_samples": 5, "nan": True},
     ),
-    ("127 leaves, min_child_samples 3", "breast_cancer", {"num_leaves": 127, "min_child_samples": 3}),
-    ("255 leaves, min_child_samples 2", "breast_cancer", {"num_leaves": 255, "min_child_samples": 2}),
-    ("28 features, 127 leaves", "synthetic", {"num_leaves": 127}),
-    ("28 features, 255 leaves", "synthetic", {"num_leaves": 255}),
+    (
+        "127 leaves, min_child_samples 3",
+        "lightgbm",
+        "breast_cancer",
+        {"num_leaves": 127, "min_child_samples": 3},
+    ),
+    (
+        "255 leaves, min_child_samples 2",
+        "lightgbm",
+        "breast_cancer",
+        {"num_leaves": 255, "min_child_samples": 2},
+    ),
+    ("28 features, 127 leaves", "lightgbm", "synthetic", {"num_leaves": 127}),
+    ("28 features, 255 leaves", "lightgbm", "synthetic", {"num_leaves": 255}),
+    ("categorical, 31 leaves", "lightgbm", "categorical", {}),
+    ("categorical, depth 6", "xgboost", "categorical", {"max_depth": 6}),
+    ("categorical, depth 8", "xgboost", "categorical", {"max_depth": 8}),
 )
+# "categorical" data: its first four columns are categories (30, 30, 200 and 200 of them).
+CATEGORICAL = (30, 30, 200, 200)
 
 
 def dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -41,9 +64,33 @@ def dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X, y = load_breast_cancer(return_X_y=True)
         X = X.astype(np.float32)
         return X, y, np.tile(X, (20, 1))
-    X = np.random.default_rng(0).standard_normal((20000, 28)).astype(np.float32)
-    y = (X[:, 0] * X[:, 1] + np.sin(X[:, 2]) + 0.5 * X[:, 3] > 0).astype(int)
+    rng = np.random.default_rng(0)
+    if name == "synthetic":
+        X = rng.standard_normal((20000, 28)).astype(np.float32)
+        y = (X[:, 0] * X[:, 1] + np.sin(X[:, 2]) + 0.5 * X[:, 3] > 0).astype(int)
+        return X, y, X[:10000]
+    X = rng.standard_normal((20000, 12)).astype(np.float32)
+    for c, n in enumerate(CATEGORICAL):
+        X[:, c] = rng.integers(0, n, X.shape[0])
+    y = ((X[:, 0] % 3 == 0) ^ (X[:, 2] > 100) ^ (X[:, 5] > 0)).astype(int)
     return X, y, X[:10000]
+
+
+def fit(library: str, data: str, kw: dict, X: np.ndarray, y: np.ndarray, trees_: int, threads: int):
+    """The classifier of `library`, categorical columns declared on the categorical data."""
+    cats = list(range(len(CATEGORICAL))) if data == "categorical" else []
+    if library == "xgboost":
+        import xgboost as xgb
+
+        types = ["c" if c in cats else "q" for c in range(X.shape[1])]
+        return xgb.XGBClassifier(
+            n_estimators=trees_, n_jobs=threads, tree_method="hist", enable_categorical=True,
+            feature_types=types, max_cat_to_onehot=1, **kw,
+        ).fit(X, y)  # fmt: skip
+    import lightgbm as lgb
+
+    model = lgb.LGBMClassifier(n_estimators=trees_, verbose=-1, n_jobs=threads, **kw)
+    return model.fit(X, y, categorical_feature=cats or "auto")
 
 
 def medians(fns: dict, repeats: int, arg) -> dict:
@@ -57,8 +104,6 @@ def medians(fns: dict, repeats: int, arg) -> dict:
 
 
 def main() -> None:
-    import lightgbm as lgb
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--trees", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=21)
@@ -67,14 +112,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = []
-    for name, data, kw in FORESTS:
+    for name, library, data, kw in FORESTS:
         kw = dict(kw)
         X, y, batch = dataset(data)
         if kw.pop("nan", False):
             X[:, :10][np.random.default_rng(0).random((len(X), 10)) < 0.05] = np.nan
             batch = np.tile(X, (20, 1))
-        model = lgb.LGBMClassifier(n_estimators=args.trees, verbose=-1, n_jobs=args.threads, **kw).fit(X, y)
-        fns = {"lightgbm": model.predict_proba}
+        model = fit(library, data, kw, X, y, args.trees, args.threads)
+        fns = {"native": model.predict_proba}
         for strategy in ("bitvector", "traverse"):
             cf = trees.compile(model, backend="cpu", strategy=strategy)
             assert trees.verify(model, cf, X)["ok"]
@@ -89,6 +134,7 @@ def main() -> None:
         leaves = int(((forest.left == ids) & (forest.right == ids)).sum())
         row = {
             "forest": name,
+            "library": library,
             "max_depth": depth,
             "mean_leaves": leaves / forest.n_trees,
             "rows": len(batch),
@@ -98,10 +144,10 @@ def main() -> None:
         results.append(row)
         r = row["rows_per_s"]
         print(
-            f"{name:<32} depth {depth:>2}, {row['mean_leaves']:.0f} leaves: "
+            f"{library} {name:<32} depth {depth:>2}, {row['mean_leaves']:.0f} leaves: "
             f"bitvector {r['bitvector'] / 1e6:.2f} M rows/s "
-            f"({r['bitvector'] / r['lightgbm']:.2f}x LightGBM), node kernel {r['traverse'] / 1e6:.2f} M "
-            f"({r['traverse'] / r['lightgbm']:.2f}x), LightGBM {r['lightgbm'] / 1e6:.2f} M; batch 1 us: "
+            f"({r['bitvector'] / r['native']:.2f}x {library}), node kernel {r['traverse'] / 1e6:.2f} M "
+            f"({r['traverse'] / r['native']:.2f}x), {library} {r['native'] / 1e6:.2f} M; batch 1 us: "
             + ", ".join(f"{k} {v:.1f}" for k, v in row["batch1_us"].items())
         )
     if args.out:

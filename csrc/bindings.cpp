@@ -7,6 +7,7 @@
 #include "adam.h"
 #include "cpu/adam_cpu.h"
 #include "trees/tree_cpu.h"
+#include "trees/tree_qs_plan.h"
 #include "trees/tree_walk_plan.h"
 
 #ifdef PYZERO_WITH_CUDA
@@ -291,6 +292,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("plan_for", &pyzero::WalkPlans::plan_for, py::arg("x"), "The plan that takes x, or None.")
       .def("__call__", &pyzero::WalkPlans::try_call, py::arg("x"),
            "The walk of x by its bucket's plan, or None when no plan takes x.");
+  // Note [Prepared bitvector calls] in csrc/trees/tree_qs_plan.h
+  py::class_<pyzero::QsPlan, std::shared_ptr<pyzero::QsPlan>>(
+      m, "QsPlan", "pyzero::tree_qs_raw / _leaves calls with the forest's arrays bound and checked once.")
+      .def(py::init<const std::vector<at::Tensor>&, const std::optional<at::Tensor>&,
+                    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, int64_t>(),
+           py::arg("nodes"), py::arg("values"), py::arg("values32"), py::arg("leaf_nodes"),
+           py::arg("column_kind"), py::arg("n_features"))
+      .def("raw", &pyzero::QsPlan::raw, py::arg("x"), py::arg("base"), py::arg("float32_accum"),
+           "float64 [rows, outputs], as tree_qs_raw.")
+      .def("leaves", &pyzero::QsPlan::leaves, py::arg("x"), "int32 [rows, trees], as tree_qs_leaves.");
   m.def("batch_bucket", &pyzero::batch_bucket, py::arg("rows"), "bucket_of(rows) of pyzero.trees.gpu.");
 #ifdef PYZERO_WITH_CUDA
   m.attr("with_cuda") = true;

@@ -92,13 +92,15 @@ if C is not None:
 
     @torch.library.register_fake("pyzero::tree_qs_raw")
     def _tree_qs_raw_fake(
-        threshold, word, mask, start, nan_word, nan_mask, nan_start, word_start, values, values32,
-        leaf_nodes, column_kind, x, base, float32_accum,
+        threshold, word, mask, start, nan_word, nan_mask, nan_start, word_start, cat_feature,
+        cat_row_start, cat_word, cat_mask, cat_domain, values, values32, leaf_nodes, column_kind, x, base,
+        float32_accum,
     ):  # fmt: skip
         return x.new_empty((x.shape[0], values.shape[2]), dtype=torch.float64)
 
     @torch.library.register_fake("pyzero::tree_qs_leaves")
     def _tree_qs_leaves_fake(
-        threshold, word, mask, start, nan_word, nan_mask, nan_start, word_start, leaf_nodes, column_kind, x
+        threshold, word, mask, start, nan_word, nan_mask, nan_start, word_start, cat_feature,
+        cat_row_start, cat_word, cat_mask, cat_domain, leaf_nodes, column_kind, x,
     ):  # fmt: skip
         return x.new_empty((x.shape[0], word_start.shape[0] - 1), dtype=torch.int32)

@@ -11,14 +11,18 @@
 
 namespace pyzero {
 
-// x [rows, features] float32 and column_kind [features] (Note [Perfect trees]'s column transforms): the
-// kinds as the kernels take them.
-inline const int8_t* check_rows(const at::Tensor& x, const at::Tensor& column_kind) {
+// x [rows, features] float32.
+inline void check_x(const at::Tensor& x) {
   TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 2 && x.is_contiguous() && x.size(1) >= 1,
               "pyzero.trees: x must be a contiguous float32 tensor of shape (rows, features)");
   TORCH_CHECK(x.size(1) < (int64_t{1} << 26), "pyzero.trees: too many features");
+}
+
+// column_kind [n_features] (Note [Perfect trees]'s column transforms): the kinds as the kernels take
+// them, nullptr when every column is read as it is.
+inline const int8_t* check_column_kind(const at::Tensor& column_kind, int64_t n_features) {
   TORCH_CHECK(column_kind.scalar_type() == at::kChar && column_kind.dim() == 1 &&
-                  column_kind.is_contiguous() && column_kind.size(0) == x.size(1),
+                  column_kind.is_contiguous() && column_kind.size(0) == n_features,
               "pyzero.trees: column_kind must be a contiguous int8 vector with one entry per feature of x");
   const int8_t* kinds = column_kind.data_ptr<int8_t>();
   bool any = false;
@@ -30,6 +34,12 @@ inline const int8_t* check_rows(const at::Tensor& x, const at::Tensor& column_ki
     any |= kinds[c] != trees::kColumnAsIs;
   }
   return any ? kinds : nullptr;  // nullptr: no transforms, the kernel reads x in place
+}
+
+// x and its column_kind: the kinds as the kernels take them.
+inline const int8_t* check_rows(const at::Tensor& x, const at::Tensor& column_kind) {
+  check_x(x);
+  return check_column_kind(column_kind, x.size(1));
 }
 
 // values [units, slots, outputs] float64 and values32, the same in float32 (`units_name` and `slots_name`

@@ -74,6 +74,7 @@ void blocks(const QsView& f, const float* x, int64_t rows, const int8_t* column_
       for (int64_t g0 = 0; g0 < nr; g0 += kQsRowGroup) {
         const int64_t n = std::min(kQsRowGroup, nr - g0);
         (n >= kQsVectorMinRows ? vector_words : qs_words_scalar)(f, xb + g0, shift, n, words.data());
+        if (f.has_cat) qs_categorical(f, xb + g0, shift, n, words.data());
         for (int64_t g = 0; g < n; ++g) per_row(r0 + g0 + g, words.data() + g);
       }
     }
@@ -96,6 +97,25 @@ void qs_words_scalar(const QsView& f, const float* xt, int shift, int64_t rows, 
       }
       const int64_t failed = failed_prefix(f.threshold + s, n, v);
       for (int64_t i = s; i < s + failed; ++i) w[f.word[i] * kQsRowGroup] &= f.mask[i];
+    }
+  }
+}
+
+void qs_categorical(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words) {
+  for (int64_t c = 0; c < f.n_features; ++c) {
+    const int64_t first = f.cat_feature[2 * c], k = f.cat_feature[2 * c + 1];
+    if (first < 0) continue;
+    for (int64_t g = 0; g < rows; ++g) {
+      const float v = xt[(c << shift) + g];
+      int64_t row = k + 2;  // NaN
+      if (!std::isnan(v)) {
+        // outside the domain, else the category (truncated toward zero: the domain starts above -1)
+        const auto cat = static_cast<int64_t>(v >= f.cat_lo && v < f.cat_hi ? v : 0.0f);
+        row = !(v >= f.cat_lo && v < f.cat_hi) ? k + 1 : std::min(cat, k);
+      }
+      uint64_t* w = words + g;
+      const int64_t* rs = f.cat_row_start + first + row;
+      for (int64_t i = rs[0]; i < rs[1]; ++i) w[f.cat_word[i] * kQsRowGroup] &= f.cat_mask[i];
     }
   }
 }

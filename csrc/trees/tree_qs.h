@@ -19,6 +19,14 @@
 // NaN when t is -inf (x < -inf: every number fails it), so NaN thresholds sort first; the column
 // transforms are its column_kind. Sums go tree by tree in tree order (base, then tree 0, 1, ...)
 // as in every other kernel: the same bits.
+//
+// Categorical features (Note [Categorical splits] in forest.py; a feature's splits are all numeric or
+// all categorical) have no sorted entries: a value picks one row of the feature's table, which holds
+// the entries (one per word, the masks of its failing nodes ANDed) of every node of that feature the
+// value fails. A feature of K table categories (above its sets' highest bit no category is in a set)
+// has rows k < K (category k), K (categories >= K), K + 1 (outside the domain [cat_lo, cat_hi)) and
+// K + 2 (NaN, after the column transform: missing). Rows differ per value, so this pass goes row by
+// row in scalar code for every ISA (qs_categorical), after the numeric features' pass.
 #pragma once
 
 #include <cstdint>
@@ -39,17 +47,23 @@ constexpr int64_t kQsRowGroup = 16;
 constexpr int64_t kQsVectorMinRows = 6;
 
 struct QsView {
-  const float* threshold;     // [entries]: feature 0's node entries by threshold, then feature 1's, ...
-  const int32_t* word;        // [entries] the word of each
-  const uint64_t* mask;       // [entries] the leaves it leaves standing there when its node fails
-  const int64_t* start;       // [n_features + 1]: feature c's entries are [start[c], start[c + 1])
-  const int32_t* nan_word;    // [nan entries]: entries of nodes that a NaN fails (not default-left)
-  const uint64_t* nan_mask;   // [nan entries]
-  const int64_t* nan_start;   // [n_features + 1]
-  const int64_t* word_start;  // [n_trees + 1]: tree t's words are [word_start[t], word_start[t + 1])
-  const double* values;       // [words, kQsWordBits, n_outputs]: bit j of word w's leaf values (else 0)
-  const float* values32;      // the same in float32
-  const int32_t* leaf_nodes;  // [words, kQsWordBits]: bit j of word w's IR node id
+  const float* threshold;        // [entries]: feature 0's node entries by threshold, then feature 1's, ...
+  const int32_t* word;           // [entries] the word of each
+  const uint64_t* mask;          // [entries] the leaves it leaves standing there when its node fails
+  const int64_t* start;          // [n_features + 1]: feature c's entries are [start[c], start[c + 1])
+  const int32_t* nan_word;       // [nan entries]: entries of nodes that a NaN fails (not default-left)
+  const uint64_t* nan_mask;      // [nan entries]
+  const int64_t* nan_start;      // [n_features + 1]
+  const int64_t* word_start;     // [n_trees + 1]: tree t's words are [word_start[t], word_start[t + 1])
+  const int64_t* cat_feature;    // [n_features, 2]: (first table row, K) of a categorical feature, else -1
+  const int64_t* cat_row_start;  // [table rows + 1]: row i's entries are [cat_row_start[i], [i + 1])
+  const int32_t* cat_word;       // [table entries]
+  const uint64_t* cat_mask;      // [table entries]
+  float cat_lo, cat_hi;          // the categorical domain, read as the node kernel reads it for float32
+  bool has_cat;                  // some feature is categorical
+  const double* values;          // [words, kQsWordBits, n_outputs]: bit j of word w's leaf values (else 0)
+  const float* values32;         // the same in float32
+  const int32_t* leaf_nodes;     // [words, kQsWordBits]: bit j of word w's IR node id
   int64_t n_trees, n_words, n_outputs, n_features;
 };
 
@@ -60,6 +74,8 @@ using QsWords = void (*)(const QsView& f, const float* xt, int shift, int64_t ro
 void qs_words_scalar(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
 void qs_words_avx2(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
 void qs_words_avx512(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
+// The categorical features' pass over the same words (after one of the above).
+void qs_categorical(const QsView& f, const float* xt, int shift, int64_t rows, uint64_t* words);
 
 // raw[r, o] = base[o] + the leaf values of tree 0, 1, ... in order (float32 sums when float32_accum,
 // from float(base)); x: [rows, n_features] float32 row-major; column_kind: [n_features] or nullptr.

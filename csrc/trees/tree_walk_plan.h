@@ -10,14 +10,8 @@
 #include <vector>
 
 #include "../cuda/tree_launch.h"
+#include "../local.h"
 #include "tree_walk.h"
-
-// Hidden like pybind11's own types, which bind these (within one shared library only).
-#if defined(__GNUC__)
-#define PYZERO_LOCAL __attribute__((visibility("hidden")))
-#else
-#define PYZERO_LOCAL
-#endif
 
 namespace pyzero {
 

@@ -155,9 +155,9 @@ class CompiledForest:
     ):
         """The C++ kernel for backend "cpu": the perfect-tree SIMD kernel when the forest fits it
         (Note [Perfect trees]) and the strategy allows, else the bitvector kernel of trees of at most 256
-        leaves (Note [Bitvector trees]; first for deep trees of few leaves: fast_cpu.prefers_bitvector),
-        else the node-by-node traversal; with strategy "auto", a forest both of the first two take gets
-        both, chosen per batch (Note [CPU kernel choice] in fast_cpu.py)."""
+        leaves, categorical splits included (Note [Bitvector trees]; first for deep trees of few leaves:
+        fast_cpu.prefers_bitvector), else the node-by-node traversal; with strategy "auto", a forest both
+        of the first two take gets both, chosen per batch (Note [CPU kernel choice] in fast_cpu.py)."""
         if self.strategy == "gemm":
             raise ValueError("strategy='gemm' is a torch strategy: use backend='torch'")
         f64 = "it compares float64 inputs" if self._input_dtype == torch.float64 else None

@@ -21,7 +21,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyzero import _native
 from pyzero.trees.forest import (
+    CAT_INVALID_LEFT,
+    CAT_INVALID_RIGHT,
+    CMP_CAT_IN_LEFT,
+    CMP_CAT_IN_RIGHT,
     CMP_LE,
     CMP_LT,
     MISSING_NAN,
@@ -63,15 +68,19 @@ def padded_bytes(n_trees: int, depth: int, n_outputs: int) -> int:
     return n_trees * (stride * 8 + leaves * 4 + leaves * n_outputs * 12)
 
 
-def _why_not_numeric(forest: Forest) -> str | None:
-    """None when every split fits the node rule of Note [Perfect trees], else the reason."""
+def _why_not_numeric(forest: Forest, categorical: bool = False) -> str | None:
+    """None when every split fits the node rule of Note [Perfect trees] (or, with `categorical`, is a
+    categorical split on a feature with no numeric ones), else the reason."""
     if forest.n_trees == 0 or forest.n_features < 1:
         return "no trees or no features"
     if forest.n_features >= MAX_FEATURES:
         return f"more than {MAX_FEATURES} features"
     split = forest.feature >= 0
-    if not np.isin(forest.cmp[split], (CMP_LE, CMP_LT)).all():
-        return "a split is neither x <= t nor x < t"
+    cat = np.isin(forest.cmp[split], (CMP_CAT_IN_LEFT, CMP_CAT_IN_RIGHT)) if categorical else False
+    if not (np.isin(forest.cmp[split], (CMP_LE, CMP_LT)) | cat).all():
+        return "a split is neither x <= t nor x < t" + (" nor categorical" if categorical else "")
+    if categorical and np.intersect1d(forest.feature[split][cat], forest.feature[split][~cat]).size:
+        return "a feature has both numeric and categorical splits"
     if not np.isin(forest.missing[split], tuple(_COLUMN_OF_MISSING)).all():
         return "unknown missing-value kind"
     if _column_kinds(forest) is None:
@@ -206,6 +215,9 @@ class PerfectForest(_KernelOps):
 # Note [Bitvector trees] (csrc/trees/tree_qs.h): leaves a word holds, and leaves a tree may have.
 BITVECTOR_WORD_BITS = 64
 BITVECTOR_MAX_LEAVES = 256
+# Largest categorical tables (Note [Bitvector trees]): the sum over categorical features of (table rows)
+# x (split nodes), which bounds the tables' construction memory and their entries (16M: 16 MB a build).
+BITVECTOR_MAX_CAT_CELLS = 1 << 24
 # Forests both CPU kernels take: the perfect kernel's cost grows with the depth (every tree walks all
 # of its levels), the bitvector kernel's with the leaves. The cpu backend picks the bitvector kernel
 # from depth BITVECTOR_MIN_DEPTH on when trees average at most BITVECTOR_LEAVES_PER_LEVEL leaves per
@@ -229,9 +241,18 @@ def prefers_bitvector(forest: Forest) -> bool:
 
 def why_not_bitvector(forest: Forest) -> str | None:
     """None when the forest fits Note [Bitvector trees], else the reason it does not."""
-    why = _why_not_numeric(forest)
+    why = _why_not_numeric(forest, categorical=True)
     if why is not None:
         return why
+    cat = forest.cat_set >= 0
+    if cat.any():
+        if not np.float32(forest.cat_domain[0]) > -1 or not np.float32(forest.cat_domain[1]) <= 2.0**31:
+            return "the categorical domain is not within (-1, 2**31]"
+        k = _set_categories(forest)[forest.cat_set[cat]]
+        feat = forest.feature[cat]
+        cells = sum((k[feat == c].max() + 3) * (feat == c).sum() for c in np.unique(feat))
+        if cells > BITVECTOR_MAX_CAT_CELLS:
+            return f"categorical tables of {cells} (value, node) cells > {BITVECTOR_MAX_CAT_CELLS}"
     ids = np.arange(forest.feature.shape[0])
     leaves = np.bincount(
         tree_of(forest)[(forest.left == ids) & (forest.right == ids)], minlength=forest.n_trees
@@ -243,9 +264,10 @@ def why_not_bitvector(forest: Forest) -> str | None:
 
 class BitvectorForest(_KernelOps):
     """The Forest as Note [Bitvector trees] (csrc/trees/tree_qs.h) for pyzero::tree_qs_raw / _leaves:
-    every split node as one entry (threshold, word, mask of the leaves it leaves standing there when it
-    fails) per word of leaves its left subtree touches, sorted by threshold within its feature, and the
-    entries a NaN fails per feature."""
+    every numeric split node as one entry (threshold, word, mask of the leaves it leaves standing there
+    when it fails) per word of leaves its left subtree touches, sorted by threshold within its feature,
+    the entries a NaN fails per feature, and each categorical feature's table of the entries each kind
+    of value fails."""
 
     RAW_OP, LEAVES_OP = "tree_qs_raw", "tree_qs_leaves"
 
@@ -275,35 +297,16 @@ class BitvectorForest(_KernelOps):
         lo, hi = first[forest.left[split]], first[forest.left[split]] + count[forest.left[split]]
         w_lo = lo // BITVECTOR_WORD_BITS
         runs = (hi - 1) // BITVECTOR_WORD_BITS - w_lo + 1
-        node = np.repeat(np.arange(split.size), runs)  # the split node of each entry
-        local = (
-            w_lo[node] + np.arange(node.size) - np.repeat(np.cumsum(runs) - runs, runs)
-        )  # word in its tree
-        bit_lo = np.clip(lo[node] - local * BITVECTOR_WORD_BITS, 0, BITVECTOR_WORD_BITS)
-        bit_hi = np.clip(hi[node] - local * BITVECTOR_WORD_BITS, 0, BITVECTOR_WORD_BITS)
+        node = split[np.repeat(np.arange(split.size), runs)]  # the split node of each entry
+        local = w_lo.repeat(runs) + np.arange(node.size) - np.repeat(np.cumsum(runs) - runs, runs)
+        bit_lo = np.clip(lo.repeat(runs) - local * BITVECTOR_WORD_BITS, 0, BITVECTOR_WORD_BITS)
+        bit_hi = np.clip(hi.repeat(runs) - local * BITVECTOR_WORD_BITS, 0, BITVECTOR_WORD_BITS)
         mask = ~(_low_bits(bit_hi) & ~_low_bits(bit_lo))  # a failed node rules out its left subtree's leaves
-        word = word_start[tree[split][node]] + local
-        split_thr = _uniform_threshold(forest.threshold32[split], forest.cmp[split] == CMP_LT)
-        thr = split_thr[node]
-        feat = forest.feature[split][node].astype(np.int64)
-        # by feature, then threshold, NaN (x < -inf) first
-        nan_thr = np.isnan(thr)
-        order = np.lexsort((~nan_thr, np.where(nan_thr, -np.inf, thr), feat))
-        starts = np.zeros(forest.n_features + 1, dtype=np.int64)
-        starts[1:] = np.cumsum(np.bincount(feat, minlength=forest.n_features))
+        word = word_start[tree[node]] + local
         self.column_kind = torch.as_tensor(_column_kinds(forest))
-        nan_col = (self.column_kind.numpy() & COLUMN_MISSING_MASK) != COLUMN_NAN_TO_ZERO
-        fails_nan = ~forest.default_left[split][node] & nan_col[feat]  # a NaN goes right there
-        nan_order = np.flatnonzero(fails_nan)[np.argsort(feat[fails_nan], kind="stable")]
-        nan_starts = np.zeros(forest.n_features + 1, dtype=np.int64)
-        nan_starts[1:] = np.cumsum(np.bincount(feat[fails_nan], minlength=forest.n_features))
-        self.threshold = torch.as_tensor(thr[order].astype(np.float32))
-        self.word = torch.as_tensor(word[order].astype(np.int32))
-        self.mask = torch.as_tensor(mask[order].view(np.int64))
-        self.start = torch.as_tensor(starts)
-        self.nan_word = torch.as_tensor(word[nan_order].astype(np.int32))
-        self.nan_mask = torch.as_tensor(mask[nan_order].view(np.int64))
-        self.nan_start = torch.as_tensor(nan_starts)
+        numeric = np.isin(forest.cmp[node], (CMP_LE, CMP_LT))
+        self._numeric_lists(forest, node[numeric], word[numeric], mask[numeric])
+        self._categorical_tables(forest, node[~numeric], word[~numeric], mask[~numeric])
         self.word_start = torch.as_tensor(word_start)
         leaf = ids[is_leaf]
         slot = word_start[tree[leaf]] * BITVECTOR_WORD_BITS + first[leaf]
@@ -315,6 +318,94 @@ class BitvectorForest(_KernelOps):
         self.leaf_nodes = torch.as_tensor(leaf_nodes.reshape(-1, BITVECTOR_WORD_BITS))
         self.values = torch.as_tensor(values.reshape(-1, BITVECTOR_WORD_BITS, forest.n_outputs))
         self.values32 = self.values.to(torch.float32)
+        # Note [Prepared bitvector calls] (csrc/trees/tree_qs_plan.h): the arrays checked once
+        self._plan = _native.require("the bitvector kernel").QsPlan(
+            list(self._nodes()),
+            self.values,
+            self.values32,
+            self.leaf_nodes,
+            self.column_kind,
+            forest.n_features,
+        )
+
+    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
+        """base + sum of the leaf values over trees in tree order: float64 [rows, outputs] (the op's
+        result, from the prepared call)."""
+        return self._plan.raw(x, base, float32_accum)
+
+    def leaves(self, x: Tensor) -> Tensor:
+        """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
+        return self._plan.leaves(x).long()
+
+    def _numeric_lists(self, forest: Forest, node: np.ndarray, word: np.ndarray, mask: np.ndarray) -> None:
+        """The numeric entries (node, word, mask) by feature, then threshold (NaN, x < -inf, first), and
+        the entries a NaN fails by feature."""
+        thr = _uniform_threshold(forest.threshold32[node], forest.cmp[node] == CMP_LT)
+        feat = forest.feature[node].astype(np.int64)
+        nan_thr = np.isnan(thr)
+        order = np.lexsort((~nan_thr, np.where(nan_thr, -np.inf, thr), feat))
+        starts = np.zeros(forest.n_features + 1, dtype=np.int64)
+        starts[1:] = np.cumsum(np.bincount(feat, minlength=forest.n_features))
+        nan_col = (self.column_kind.numpy() & COLUMN_MISSING_MASK) != COLUMN_NAN_TO_ZERO
+        fails_nan = ~forest.default_left[node] & nan_col[feat]  # a NaN goes right there
+        nan_order = np.flatnonzero(fails_nan)[np.argsort(feat[fails_nan], kind="stable")]
+        nan_starts = np.zeros(forest.n_features + 1, dtype=np.int64)
+        nan_starts[1:] = np.cumsum(np.bincount(feat[fails_nan], minlength=forest.n_features))
+        self.threshold = torch.as_tensor(thr[order].astype(np.float32))
+        self.word = torch.as_tensor(word[order].astype(np.int32))
+        self.mask = torch.as_tensor(mask[order].view(np.int64))
+        self.start = torch.as_tensor(starts)
+        self.nan_word = torch.as_tensor(word[nan_order].astype(np.int32))
+        self.nan_mask = torch.as_tensor(mask[nan_order].view(np.int64))
+        self.nan_start = torch.as_tensor(nan_starts)
+
+    def _categorical_tables(
+        self, forest: Forest, node: np.ndarray, word: np.ndarray, mask: np.ndarray
+    ) -> None:
+        """Each categorical feature's table (Note [Bitvector trees]): rows of the K categories below its
+        sets' highest bit, then categories >= K, values outside the domain, NaN; a row's entries are its
+        failing nodes' entries, one per word (masks ANDed)."""
+        cat_feature = np.full((forest.n_features, 2), -1, dtype=np.int64)
+        rows_words, rows_masks, row_counts = [], [], []
+        n_rows = 0
+        invalid = int(forest.cat_domain[2])
+        for c in np.unique(forest.feature[node]):
+            ents = np.flatnonzero(forest.feature[node] == c)
+            nodes, pos = np.unique(node[ents], return_inverse=True)
+            in_set = _category_bits(forest, nodes)  # [nodes, K]
+            k = in_set.shape[1]
+            goes_right = forest.cmp[nodes] == CMP_CAT_IN_RIGHT  # in its set -> right (fails)
+            fails_default = ~forest.default_left[nodes]
+            fails = np.vstack(
+                [
+                    (in_set == goes_right[:, None]).T,  # category k: fails when it goes right
+                    ~goes_right,  # no set holds categories >= K
+                    np.full(nodes.size, invalid == CAT_INVALID_RIGHT)
+                    if invalid in (CAT_INVALID_LEFT, CAT_INVALID_RIGHT)
+                    else fails_default,
+                    fails_default,  # NaN: missing
+                ]
+            )  # [K + 3, nodes]
+            row, e = np.nonzero(fails[:, pos])  # (table row, entry of feature c) pairs
+            w, m = word[ents][e], mask[ents][e]
+            order = np.lexsort((w, row))
+            row, w, m = row[order], w[order], m[order]
+            new = np.ones(row.size, dtype=bool)
+            new[1:] = (row[1:] != row[:-1]) | (w[1:] != w[:-1])
+            at = np.flatnonzero(new)
+            rows_words.append(w[at])
+            rows_masks.append(np.bitwise_and.reduceat(m, at) if at.size else m[:0])
+            row_counts.append(np.bincount(row[at], minlength=k + 3))
+            cat_feature[c] = (n_rows, k)
+            n_rows += k + 3
+        row_start = np.zeros(n_rows + 1, dtype=np.int64)
+        if row_counts:
+            row_start[1:] = np.cumsum(np.concatenate(row_counts))
+        self.cat_feature = torch.as_tensor(cat_feature)
+        self.cat_row_start = torch.as_tensor(row_start)
+        self.cat_word = torch.as_tensor(np.concatenate([np.zeros(0, np.int64), *rows_words]).astype(np.int32))
+        self.cat_mask = torch.as_tensor(np.concatenate([np.zeros(0, np.uint64), *rows_masks]).view(np.int64))
+        self.cat_domain = torch.as_tensor(np.asarray(forest.cat_domain, dtype=np.float64))
 
     def _nodes(self) -> tuple[Tensor, ...]:
         return (
@@ -326,7 +417,33 @@ class BitvectorForest(_KernelOps):
             self.nan_mask,
             self.nan_start,
             self.word_start,
+            self.cat_feature,
+            self.cat_row_start,
+            self.cat_word,
+            self.cat_mask,
+            self.cat_domain,
         )
+
+
+def _set_categories(forest: Forest) -> np.ndarray:
+    """int64 [sets]: one past the highest category each row of cat_bits holds (0 for an empty set)."""
+    bits = forest.cat_bits.astype(np.uint32)
+    if bits.size == 0:
+        return np.zeros(bits.shape[0], dtype=np.int64)
+    nz = bits != 0
+    last = bits.shape[1] - 1 - np.argmax(nz[:, ::-1], axis=1)  # the last non-zero word
+    top = np.frexp(bits[np.arange(bits.shape[0]), last].astype(np.float64))[1]  # its bit length
+    return np.where(nz.any(axis=1), 32 * last + top, 0).astype(np.int64)
+
+
+def _category_bits(forest: Forest, nodes: np.ndarray) -> np.ndarray:
+    """bool [nodes, K]: category k in categorical node n's set, K one past the highest category any of
+    the nodes' sets holds (Note [Categorical splits]: bit k % 32 of word k // 32)."""
+    sets = forest.cat_set[nodes]
+    k = int(_set_categories(forest)[sets].max(initial=0))
+    words = forest.cat_bits[sets, : -(-k // 32)].astype("<u4")
+    bits = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little").astype(bool)
+    return bits[:, :k]
 
 
 def _low_bits(k: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ CPU backend picks it; its errors."""
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 
@@ -194,7 +195,7 @@ def test_ops_check_their_arguments():
     with pytest.raises(
         RuntimeError, match=r"values must be a contiguous float64 tensor of shape \(words, 64, outputs\)"
     ):
-        torch.ops.pyzero.tree_qs_raw(*raw_args[:8], bv.values[1:], *raw_args[9:])
+        torch.ops.pyzero.tree_qs_raw(*raw_args[:13], bv.values[1:], *raw_args[14:])
     bad_start = bv.start.clone()
     bad_start[1], bad_start[2] = bad_start[2], bad_start[1]
     if bad_start[1] != bad_start[2]:
@@ -206,6 +207,22 @@ def test_ops_check_their_arguments():
         torch.ops.pyzero.tree_qs_raw(*raw_args[:-2], base[:0], True)
     with pytest.raises(RuntimeError, match="x must be a contiguous float32 tensor"):
         torch.ops.pyzero.tree_qs_raw(*raw_args[:-3], x.double(), base, True)
+    # Note [Prepared bitvector calls]: the plan gives the op's results and checks x alone
+    assert torch.equal(bv.raw(x, base, True), torch.ops.pyzero.tree_qs_raw(*raw_args))
+    assert torch.equal(
+        bv.leaves(x).int(), torch.ops.pyzero.tree_qs_leaves(*bv._nodes(), bv.leaf_nodes, bv.column_kind, x)
+    )
+    with pytest.raises(RuntimeError, match=r"x has 5 features, the forest takes 6"):
+        bv.raw(x[:, :5].contiguous(), base, True)
+    with pytest.raises(RuntimeError, match="x must be a contiguous float32 tensor"):
+        bv.leaves(x.double())
+    leaves_only = C.QsPlan(list(bv._nodes()), None, None, bv.leaf_nodes, bv.column_kind, 6)
+    with pytest.raises(RuntimeError, match=r"this bitvector plan has no leaf values \(leaves only\)"):
+        leaves_only.raw(x, base, True)
+    with pytest.raises(RuntimeError, match="give both values and values32, or neither"):
+        C.QsPlan(list(bv._nodes()), bv.values, None, bv.leaf_nodes, bv.column_kind, 6)
+    with pytest.raises(RuntimeError, match="a bitvector plan takes the 13 node arrays, got 12"):
+        C.QsPlan(list(bv._nodes())[:12], bv.values, bv.values32, bv.leaf_nodes, bv.column_kind, 6)
     with pytest.raises(ValueError, match="does not fit the bitvector kernel: a tree has"):
         BitvectorForest(
             trees.compile(
@@ -249,3 +266,113 @@ def test_forests_both_kernels_take_time_them_on_the_first_large_batch(monkeypatc
         monkeypatch.setitem(choice.kernels, slow, Slow())
         assert torch.equal(choice.raw(x, base, True), ref)
         assert choice.large == chosen and choice.name_for(10) == "perfect", slow
+
+
+def categorical_models():
+    """test_categorical's coded rows (columns 0 and 2 categorical: 40 and 5 categories, 5% NaN) and
+    models whose categorical splits cover both set directions and every out-of-domain rule: LightGBM
+    (in the set goes left, no depth limit, outside (-1, 2**31) right), XGBoost partition and one-hot
+    splits (in the set goes right, outside [0, 2**24) left)."""
+    from tests.trees.test_categorical import coded
+
+    X, y = coded()
+    lgb_kw = {"verbose": -1, "n_jobs": 1, "min_data_per_group": 5, "cat_smooth": 1.0}
+    xgb_kw = {"n_estimators": 6, "max_depth": 6, "enable_categorical": True, "tree_method": "hist"}
+    ft = ["c", "q", "c", "q"]
+    return X, [
+        lgb.LGBMRegressor(n_estimators=8, **lgb_kw).fit(X, y, categorical_feature=[0, 2]),
+        lgb.LGBMClassifier(n_estimators=8, num_leaves=100, min_child_samples=3, **lgb_kw).fit(
+            X, (y > 0).astype(int), categorical_feature=[0, 2]
+        ),
+        xgb.XGBRegressor(feature_types=ft, max_cat_to_onehot=1, **xgb_kw).fit(X, y),
+        xgb.XGBClassifier(feature_types=ft, max_cat_to_onehot=64, **xgb_kw).fit(
+            X, np.digitize(y, [-0.5, 0.5])
+        ),
+    ]
+
+
+# Categorical values at every edge of Note [Categorical splits]: negative (inside and outside LightGBM's
+# domain), fractions (truncated), the last categories, beyond every set, at and past each library's
+# domain end, infinities and NaN.
+CATEGORY_EDGES = np.asarray(
+    [-np.inf, -2.0, -1.0, -0.99, -0.5, -0.0, 0.0, 1e-40, 0.5, 1.0, 2.7, 3.0, 4.0, 4.99, 5.0, 31.0, 32.0,
+     33.5, 39.0, 40.0, 41.0, 1e6, 2.0**24 - 1, 2.0**24, 2.0**31 - 128, 2.0**31, 3e38, np.inf, np.nan],
+    dtype=np.float32,
+)  # fmt: skip
+
+
+def categorical_rows(forest, X):
+    """X, the adversarial rows, and every CATEGORY_EDGES value in each categorical column (float32)."""
+    rows = rows_for(forest, X).numpy()
+    edges = np.repeat(rows[: len(CATEGORY_EDGES)], 2, axis=0)
+    for c in np.unique(forest.feature[forest.cat_set >= 0]):
+        edges[: len(CATEGORY_EDGES), c] = CATEGORY_EDGES
+        edges[len(CATEGORY_EDGES) :, c] = CATEGORY_EDGES[::-1]
+    return torch.as_tensor(np.ascontiguousarray(np.concatenate([rows, edges])))
+
+
+def test_categorical_splits_equal_the_node_kernel_for_every_domain_rule_and_direction():
+    """Categorical tables against the node kernel bit for bit (every ISA, batch split and thread count):
+    as converted, with each out-of-domain rule (left, right, the node's default) and with every
+    categorical node's default direction flipped; the cpu backend takes them and agrees with the
+    native libraries."""
+    from pyzero.trees.forest import CAT_INVALID_DEFAULT, CAT_INVALID_LEFT, CAT_INVALID_RIGHT
+
+    X, ms = categorical_models()
+    for model in ms:
+        cf = trees.compile(model)
+        assert cf.forest.has_categorical and cf.strategy == "bitvector", why_not_bitvector(cf.forest)
+        assert trees.verify(model, cf, X)["ok"]
+        base_forest = cf.forest
+        cat = base_forest.cat_set >= 0
+        for invalid in (None, CAT_INVALID_LEFT, CAT_INVALID_RIGHT, CAT_INVALID_DEFAULT, "flip"):
+            forest = copy.deepcopy(base_forest)
+            if invalid == "flip":
+                forest.default_left[cat] = ~forest.default_left[cat]
+            elif invalid is not None:
+                forest.cat_domain = forest.cat_domain.copy()
+                forest.cat_domain[2] = invalid
+            node = compiled.CompiledForest(forest, torch.device("cpu"), "traverse", "cpu")
+            x, _ = node._input(categorical_rows(forest, X).numpy())
+            want = {f32: node._kernel.raw(x, node._base, f32) for f32 in (False, True)}
+            assert_same_on_every_isa(
+                BitvectorForest(forest), x, node._base, want, node._kernel.leaves(x), BITVECTOR_BATCHES
+            )
+
+
+def test_categorical_tables_hold_one_row_per_category_and_edge():
+    """A categorical feature of K table categories has K + 3 rows; a mixed feature, a domain reaching
+    below -1 or an oversized table keeps the forest off the kernel."""
+    X, ms = categorical_models()
+    forest = trees.compile(ms[0]).forest
+    bv = BitvectorForest(forest)
+    k = bv.cat_feature[:, 1]
+    assert (bv.cat_feature[[1, 3], 0] == -1).all() and (bv.cat_feature[[0, 2], 0] >= 0).all()
+    assert bv.cat_row_start.shape[0] == int((k[[0, 2]] + 3).sum()) + 1 and 5 <= k[0] <= 40 and k[2] <= 5
+    assert bv.start[1] == bv.start[0] and bv.start[3] == bv.start[2]  # no sorted entries for them
+    mixed = copy.deepcopy(forest)
+    num = np.flatnonzero((mixed.feature == 1) & (mixed.cat_set < 0))[0]
+    mixed.feature[num] = 0
+    assert why_not_bitvector(mixed) == "a feature has both numeric and categorical splits"
+    low = copy.deepcopy(forest)
+    low.cat_domain = np.asarray([-2.0, 2.0**31, 1.0])
+    assert why_not_bitvector(low) == "the categorical domain is not within (-1, 2**31]"
+    big = copy.deepcopy(forest)
+    big.cat_bits = big.cat_bits.copy()
+    big.cat_bits = np.concatenate([big.cat_bits, np.zeros((big.cat_bits.shape[0], 1 << 14), np.uint32)], 1)
+    big.cat_bits[big.cat_set[big.cat_set >= 0][0], -1] = 1 << 31  # category 2**19 + ...: a huge table
+    assert re.fullmatch(r"categorical tables of \d+ \(value, node\) cells > 16777216", why_not_bitvector(big))
+    x = torch.as_tensor(X[:20])
+    args = (*bv._nodes(), bv.leaf_nodes, bv.column_kind, x)
+    bad = bv.cat_feature.clone()
+    bad[0, 0] = bv.cat_row_start.shape[0]
+    with pytest.raises(RuntimeError, match=r"cat_feature rows must be -1 \(numeric\) or \(first row, K\)"):
+        torch.ops.pyzero.tree_qs_leaves(*args[:8], bad, *args[9:])
+    with pytest.raises(RuntimeError, match=r"cat_domain must lie within \(-1, 2\*\*31\] in float32"):
+        torch.ops.pyzero.tree_qs_leaves(
+            *args[:12], torch.tensor([-1.0, 5.0, 1.0], dtype=torch.float64), *args[13:]
+        )
+    bad_word = bv.cat_word.clone()
+    bad_word[0] = int(bv.word_start[-1])
+    with pytest.raises(RuntimeError, match=r"cat_word must hold word numbers"):
+        torch.ops.pyzero.tree_qs_leaves(*args[:10], bad_word, *args[11:])
