@@ -218,6 +218,9 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
   return f;
 }
 
+// Rows a thread finishes at least (finish_sums): expf or exp of a row takes tens of nanoseconds.
+constexpr int64_t kFinishGrain = 16384;
+
 // Note [Fused finish] from the op's `finish`: empty (raw sums) or [kind, scale, divisor, pair].
 trees::Finish finish_of(at::ArrayRef<double> finish, const trees::WalkForest& f, bool leaves) {
   trees::Finish fin;
@@ -443,6 +446,28 @@ const WalkPlan* WalkPlans::find(const at::Tensor& x) const {
     if (plan != nullptr && plan->takes(x)) return plan;
   }
   return nullptr;
+}
+
+at::Tensor finish_sums(const at::Tensor& raw, const at::Tensor& base, const std::vector<double>& finish,
+                       bool float32_accum) {
+  TORCH_CHECK(raw.scalar_type() == at::kDouble && raw.dim() == 2 && raw.is_contiguous() && raw.is_cpu(),
+              "pyzero.trees: raw must be a contiguous float64 CPU tensor of shape (rows, outputs)");
+  trees::WalkForest f{};
+  f.n_outputs = raw.size(1);
+  f.finish = finish_of(finish, f, false);
+  TORCH_CHECK(base.scalar_type() == at::kDouble && base.is_contiguous() && base.is_cpu() &&
+                  base.numel() == f.n_outputs,
+              "pyzero.trees: base must hold one float64 per output");
+  at::Tensor out = at::empty({raw.size(0), f.finish.pair ? 2 : f.n_outputs}, raw.options());
+  const double* s = raw.data_ptr<double>();
+  const double* b = base.data_ptr<double>();
+  double* o = out.data_ptr<double>();
+  at::parallel_for(0, raw.size(0), kFinishGrain, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t k = 0; k < f.n_outputs; ++k) trees::store_output(f, float32_accum, b, o, r, k, s[r * f.n_outputs + k]);
+    }
+  });
+  return out;
 }
 
 namespace {

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pyzero import _native
 from pyzero.trees import (
     convert_lightgbm,
     convert_sklearn,
@@ -118,8 +119,6 @@ class CompiledForest:
                 self._graphs = gpu.SmallBatchGraphs(device, forest.n_features, self._input_dtype)
                 self._stream = gpu.HostStream(device, forest.n_features, self._input_dtype)
                 if self.backend == "cuda":
-                    from pyzero import _native
-
                     self._plans = {kind: _native.C.WalkPlans() for kind in ("raw", "transformed", "proba")}
 
     @property
@@ -276,7 +275,7 @@ class CompiledForest:
         if kind not in self._launches:
             f = self.forest
             acc32 = f.extra.get("accumulate") == "float32"
-            if self._gpu is None:
+            if self._gpu is None and self.backend != "cpu":
                 launch = None
             elif kind == "raw" and f.aggregation != "mean":
                 launch = ((), acc32)
@@ -348,12 +347,19 @@ class CompiledForest:
         return self._route("raw", self._raw_direct, x)
 
     def _fused(self, x: Tensor, kind: str) -> Tensor | None:
-        """The `kind` outputs as one GPU kernel call (_launch), or None."""
+        """The `kind` outputs as one GPU kernel call (_launch), or on the cpu backend as the C++ kernel's
+        sums finished by one C++ call (Note [Fused finish]); None when they take more steps."""
         launch = self._launch(kind)
         if launch is None:
             return None
         finish, f32 = launch
-        return self._kernel.raw(x, self._base, f32, finish)
+        if self.backend != "cpu":
+            return self._kernel.raw(x, self._base, f32, finish)
+        if not finish:
+            return self._kernel.raw(x, self._base, f32)
+        mean = finish[2] > 0  # the finish divides sums from 0, then adds base
+        raw = self._kernel.raw(x, torch.zeros_like(self._base) if mean else self._base, f32)
+        return _native.C.finish_sums(raw, self._base, list(finish), f32)
 
     def _raw_direct(self, x: Tensor) -> Tensor:
         f = self.forest
@@ -436,7 +442,8 @@ class CompiledForest:
         if self.forest.classes is None:
             raise AttributeError(f"{self.forest.source} is a regressor: it has no predict_proba")
         x, as_torch = self._input(X)
-        if as_torch or self._small(x) or self._streamed(x):
+        cpu_fused = self.backend == "cpu" and self._launch("proba") is not None  # [1 - p, p] in C++
+        if as_torch or self._small(x) or self._streamed(x) or cpu_fused:
             p = self._proba(x)
             self._prepare("proba", X, flat=False)
             return self._output(p, as_torch)
@@ -522,8 +529,6 @@ def compile(
 
 
 def _resolve_backend(backend: str, device: torch.device, forest: Forest) -> str:
-    from pyzero import _native
-
     if backend == "auto":
         if device.type == "cpu":
             return "cpu" if _native.C is not None else "torch"

@@ -157,3 +157,63 @@ def test_tensors_the_kernel_takes_as_they_are_and_those_it_converts():
     assert trees.compile(cases[0], backend="cpu")._input(x)[0] is x  # the C++ kernel reads like LightGBM
     read = trees.compile(cases[1], backend="cpu")._input(x)[0]  # missing=-1.0 becomes NaN first
     assert read is not x and torch.isnan(read[4, 0]) and not torch.isnan(x[4, 0])
+
+
+def test_cpu_outputs_equal_the_native_libraries_bit_for_bit():
+    """Note [Fused finish] on the cpu backend: the kernels' sums go through the same C++ steps as the
+    native libraries (float32 expf for XGBoost, double exp for LightGBM, the mean for forests), so
+    probabilities and transformed predictions equal theirs bit for bit (in the library's dtype), whole
+    and in batches of 1 and 7 rows, on every kernel the forest takes."""
+    from tests.trees.helpers import mixed_data
+
+    X, ys = mixed_data(n=2000)
+    Xd = np.nan_to_num(X)  # scikit-learn's forests: no missing values
+    models = [
+        (xgb.XGBClassifier(n_estimators=30, max_depth=6).fit(X, ys["bin"]), X),
+        (xgb.XGBRegressor(n_estimators=30, max_depth=5, objective="count:poisson").fit(X, ys["count"]), X),
+        (lgb.LGBMClassifier(n_estimators=30, verbose=-1).fit(X, ys["bin"]), X),
+        (
+            lgb.LGBMClassifier(n_estimators=30, verbose=-1, objective="binary", sigmoid=0.7).fit(
+                X, ys["bin"]
+            ),
+            X,
+        ),
+        (lgb.LGBMRegressor(n_estimators=30, verbose=-1, objective="poisson").fit(X, ys["count"]), X),
+        (ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(Xd, ys["bin"]), Xd),
+        (ensemble.RandomForestRegressor(20, max_depth=8, random_state=0).fit(Xd, ys["reg"]), Xd),
+        (ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=3).fit(Xd, ys["bin"]), Xd),
+    ]
+    for model, rows in models:
+        method = "predict_proba" if hasattr(model, "predict_proba") else "predict"
+        want = getattr(model, method)(rows)
+        for strategy in ("auto", "perfect", "bitvector", "traverse"):
+            try:
+                cf = trees.compile(model, backend="cpu", strategy=strategy)
+            except ValueError:
+                continue  # the forest does not fit this kernel
+            got = getattr(cf, method)(rows)
+            assert np.array_equal(got.astype(want.dtype), want), (type(model).__name__, strategy)
+            for size in (1, 7):
+                parts = [getattr(cf, method)(rows[i : i + size]) for i in range(0, 70, size)]
+                assert np.array_equal(np.concatenate(parts), got[:70]), (type(model).__name__, strategy, size)
+
+
+def test_finish_sums_checks_its_arguments():
+    from pyzero import _native
+
+    C = _native.require("finish_sums")
+    raw = torch.zeros((3, 2), dtype=torch.float64)
+    base = torch.zeros(2, dtype=torch.float64)
+    assert C.finish_sums(raw, base, [1.0, 1.0, 0.0, 0.0], True).equal(
+        torch.full((3, 2), 0.5, dtype=torch.float64)
+    )
+    with pytest.raises(
+        RuntimeError, match=r"raw must be a contiguous float64 CPU tensor of shape \(rows, outputs\)"
+    ):
+        C.finish_sums(raw.float(), base, [1.0, 1.0, 0.0, 0.0], True)
+    with pytest.raises(RuntimeError, match="base must hold one float64 per output"):
+        C.finish_sums(raw, base[:1], [1.0, 1.0, 0.0, 0.0], True)
+    with pytest.raises(RuntimeError, match="finish pair needs one output, the forest has 2"):
+        C.finish_sums(raw, base, [1.0, 1.0, 0.0, 1.0], True)
+    with pytest.raises(RuntimeError, match=r"finish must be \[\] or \[kind, scale, divisor, pair\], got 3"):
+        C.finish_sums(raw, base, [1.0, 1.0, 0.0], True)
