@@ -303,7 +303,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "float64 [rows, outputs], as tree_qs_raw.")
       .def("leaves", &pyzero::QsPlan::leaves, py::arg("x"), "int32 [rows, trees], as tree_qs_leaves.");
   m.def("finish_sums", &pyzero::finish_sums, py::arg("raw"), py::arg("base"), py::arg("finish"),
-        py::arg("float32_accum"), "Note [Fused finish] applied to the CPU kernels' sums (float64 [rows, outputs]).");
+        py::arg("float32_accum"),
+        "Note [Fused finish] applied to the CPU kernels' sums (float64 [rows, outputs]).");
   m.def("batch_bucket", &pyzero::batch_bucket, py::arg("rows"), "bucket_of(rows) of pyzero.trees.gpu.");
 #ifdef PYZERO_WITH_CUDA
   m.attr("with_cuda") = true;

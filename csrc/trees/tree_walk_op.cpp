@@ -464,7 +464,8 @@ at::Tensor finish_sums(const at::Tensor& raw, const at::Tensor& base, const std:
   double* o = out.data_ptr<double>();
   at::parallel_for(0, raw.size(0), kFinishGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t k = 0; k < f.n_outputs; ++k) trees::store_output(f, float32_accum, b, o, r, k, s[r * f.n_outputs + k]);
+      for (int64_t k = 0; k < f.n_outputs; ++k)
+        trees::store_output(f, float32_accum, b, o, r, k, s[r * f.n_outputs + k]);
     }
   });
   return out;
