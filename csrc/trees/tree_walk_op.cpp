@@ -6,6 +6,8 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -220,6 +222,8 @@ trees::WalkForest walk_forest(int64_t format, const at::Tensor& nodes, const at:
 
 // Rows a thread finishes at least (finish_sums): expf or exp of a row takes tens of nanoseconds.
 constexpr int64_t kFinishGrain = 16384;
+// finish_sums' own kind beyond trees::FinishKind (no kernel applies it): a row's softmax.
+constexpr double kFinishSoftmax = 3;
 
 // Note [Fused finish] from the op's `finish`: empty (raw sums) or [kind, scale, divisor, pair].
 trees::Finish finish_of(at::ArrayRef<double> finish, const trees::WalkForest& f, bool leaves) {
@@ -448,13 +452,46 @@ const WalkPlan* WalkPlans::find(const at::Tensor& x) const {
   return nullptr;
 }
 
+namespace {
+
+// Note [Fused finish]'s softmax of one row's sums (the cpu backend only), as the libraries write it:
+// in float32 with a double sum when the forest sums in float32 (XGBoost's Softmax), else in double
+// (LightGBM's Common::Softmax, scikit-learn's multinomial loss).
+void softmax_row(const double* s, int64_t n, bool acc32, double* out) {
+  if (acc32) {
+    float wmax = static_cast<float>(s[0]);
+    for (int64_t k = 1; k < n; ++k) wmax = fmaxf(static_cast<float>(s[k]), wmax);
+    double wsum = 0.0;
+    for (int64_t k = 0; k < n; ++k) {
+      const float e = expf(static_cast<float>(s[k]) - wmax);
+      out[k] = e;
+      wsum += e;
+    }
+    for (int64_t k = 0; k < n; ++k) out[k] = static_cast<float>(out[k]) / static_cast<float>(wsum);
+    return;
+  }
+  double wmax = s[0];
+  for (int64_t k = 1; k < n; ++k) wmax = std::max(s[k], wmax);
+  double wsum = 0.0;
+  for (int64_t k = 0; k < n; ++k) {
+    out[k] = std::exp(s[k] - wmax);
+    wsum += out[k];
+  }
+  for (int64_t k = 0; k < n; ++k) out[k] /= wsum;
+}
+
+}  // namespace
+
 at::Tensor finish_sums(const at::Tensor& raw, const at::Tensor& base, const std::vector<double>& finish,
                        bool float32_accum) {
   TORCH_CHECK(raw.scalar_type() == at::kDouble && raw.dim() == 2 && raw.is_contiguous() && raw.is_cpu(),
               "pyzero.trees: raw must be a contiguous float64 CPU tensor of shape (rows, outputs)");
+  const bool softmax = finish.size() == 4 && finish[0] == kFinishSoftmax;
+  TORCH_CHECK(!softmax || (finish[1] == 1 && finish[2] == 0 && finish[3] == 0),
+              "pyzero.trees: softmax takes scale 1, no divisor and no pair");
   trees::WalkForest f{};
   f.n_outputs = raw.size(1);
-  f.finish = finish_of(finish, f, false);
+  if (!softmax) f.finish = finish_of(finish, f, false);
   TORCH_CHECK(base.scalar_type() == at::kDouble && base.is_contiguous() && base.is_cpu() &&
                   base.numel() == f.n_outputs,
               "pyzero.trees: base must hold one float64 per output");
@@ -462,10 +499,14 @@ at::Tensor finish_sums(const at::Tensor& raw, const at::Tensor& base, const std:
   const double* s = raw.data_ptr<double>();
   const double* b = base.data_ptr<double>();
   double* o = out.data_ptr<double>();
+  const int64_t outs = f.n_outputs;
   at::parallel_for(0, raw.size(0), kFinishGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      for (int64_t k = 0; k < f.n_outputs; ++k)
-        trees::store_output(f, float32_accum, b, o, r, k, s[r * f.n_outputs + k]);
+      if (softmax) {
+        softmax_row(s + r * outs, outs, float32_accum, o + r * outs);
+        continue;
+      }
+      for (int64_t k = 0; k < outs; ++k) trees::store_output(f, float32_accum, b, o, r, k, s[r * outs + k]);
     }
   });
   return out;

@@ -95,7 +95,8 @@ int64_t batch_bucket(int64_t rows);
 
 // Note [Fused finish] applied to sums the C++ CPU kernels computed: raw [rows, outputs] float64 on the
 // CPU (summed from 0 when the finish takes a mean, else from base), finish [kind, scale, divisor, pair];
-// the outputs the GPU kernel writes with that finish, [rows, 2] for a pair.
+// the outputs the GPU kernel writes with that finish, [rows, 2] for a pair. Kind 3 is a softmax over
+// each row's outputs (the cpu backend's own).
 at::Tensor finish_sums(const at::Tensor& raw, const at::Tensor& base, const std::vector<double>& finish,
                        bool float32_accum);
 

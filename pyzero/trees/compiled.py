@@ -282,6 +282,13 @@ class CompiledForest:
             else:
                 binary = f.classes is not None and f.n_outputs == 1
                 finish = fused_finish(f, post=kind != "raw", pair=kind == "proba" and binary)
+                if (
+                    finish is None
+                    and self.backend == "cpu"
+                    and kind != "raw"
+                    and f.post_transform == "softmax"
+                ):
+                    finish = (FINISH_SOFTMAX, 1.0, 0.0, 0.0)  # finish_sums only, not the GPU kernels
                 launch = None if finish is None else (finish, acc32 and f.aggregation != "mean")
             self._launches[kind] = launch
         return self._launches[kind]
@@ -485,6 +492,7 @@ class CompiledForest:
 
 # Post-transforms the CUDA kernel applies itself, by its finish kind (kFinish* in tree_walk.h).
 _FUSED_POST = {"identity": 0, "sigmoid": 1, "exp": 2}
+FINISH_SOFTMAX = 3.0  # finish_sums' softmax over a row's outputs (kFinishSoftmax, the cpu backend's own)
 
 
 def fused_finish(forest: Forest, post: bool, pair: bool = False) -> tuple[float, ...] | None:

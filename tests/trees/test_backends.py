@@ -161,9 +161,9 @@ def test_tensors_the_kernel_takes_as_they_are_and_those_it_converts():
 
 def test_cpu_outputs_equal_the_native_libraries_bit_for_bit():
     """Note [Fused finish] on the cpu backend: the kernels' sums go through the same C++ steps as the
-    native libraries (float32 expf for XGBoost, double exp for LightGBM, the mean for forests), so
-    probabilities and transformed predictions equal theirs bit for bit (in the library's dtype), whole
-    and in batches of 1 and 7 rows, on every kernel the forest takes."""
+    native libraries (float32 expf for XGBoost, double exp for LightGBM, their softmax, the mean for
+    forests), so probabilities and transformed predictions equal theirs bit for bit (in the library's
+    dtype), whole and in batches of 1 and 7 rows, on every kernel the forest takes."""
     from tests.trees.helpers import mixed_data
 
     X, ys = mixed_data(n=2000)
@@ -179,6 +179,8 @@ def test_cpu_outputs_equal_the_native_libraries_bit_for_bit():
             X,
         ),
         (lgb.LGBMRegressor(n_estimators=30, verbose=-1, objective="poisson").fit(X, ys["count"]), X),
+        (xgb.XGBClassifier(n_estimators=20, max_depth=6).fit(X, ys["multi"]), X),  # softmax in float32
+        (lgb.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, ys["multi"]), X),  # softmax in double
         (ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(Xd, ys["bin"]), Xd),
         (ensemble.RandomForestRegressor(20, max_depth=8, random_state=0).fit(Xd, ys["reg"]), Xd),
         (ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=3).fit(Xd, ys["bin"]), Xd),
@@ -217,3 +219,9 @@ def test_finish_sums_checks_its_arguments():
         C.finish_sums(raw, base, [1.0, 1.0, 0.0, 1.0], True)
     with pytest.raises(RuntimeError, match=r"finish must be \[\] or \[kind, scale, divisor, pair\], got 3"):
         C.finish_sums(raw, base, [1.0, 1.0, 0.0], True)
+    with pytest.raises(RuntimeError, match="softmax takes scale 1, no divisor and no pair"):
+        C.finish_sums(raw, base, [3.0, 1.0, 2.0, 0.0], True)
+    rows = torch.tensor([[0.5, -1.0], [3.0, 3.0]], dtype=torch.float64)
+    for f32 in (False, True):
+        p = C.finish_sums(rows, base, [3.0, 1.0, 0.0, 0.0], f32)
+        torch.testing.assert_close(p, torch.softmax(rows, dim=1), rtol=0, atol=1e-7)
