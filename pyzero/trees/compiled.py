@@ -287,6 +287,7 @@ class CompiledForest:
                     and self.backend == "cpu"
                     and kind != "raw"
                     and f.post_transform == "softmax"
+                    and f.extra.get("softmax") != "numpy"  # scikit-learn's: numpy in _transformed_direct
                 ):
                     finish = (FINISH_SOFTMAX, 1.0, 0.0, 0.0)  # finish_sums only, not the GPU kernels
                 launch = None if finish is None else (finish, acc32 and f.aggregation != "mean")
@@ -418,6 +419,8 @@ class CompiledForest:
             scale = self.forest.extra.get("sigmoid_scale", 1.0)
             return torch.sigmoid(raw if scale == 1.0 else raw * scale).double()
         if post == "softmax":
+            if self.forest.extra.get("softmax") == "numpy" and raw.device.type == "cpu":
+                return torch.from_numpy(_numpy_softmax(raw.numpy()))
             return torch.softmax(raw, dim=1).double()
         if post == "exp":
             return torch.exp(raw).double()
@@ -488,6 +491,15 @@ class CompiledForest:
         kernel = self._kernel if self._kernel is not None else self._torch_for(x.shape[0])
         leaf_id = torch.as_tensor(self.forest.leaf_id, dtype=torch.int64, device=self.device)
         return self._output(leaf_id[kernel.leaves(x)], as_torch)
+
+
+def _numpy_softmax(raw: np.ndarray) -> np.ndarray:
+    """scikit-learn's softmax (sklearn.utils.extmath.softmax) of float64 [rows, classes], step for step."""
+    p = raw.astype(np.float64, copy=True)
+    p -= p.max(axis=1).reshape(-1, 1)
+    np.exp(p, out=p)
+    p /= p.sum(axis=1).reshape(-1, 1)
+    return p
 
 
 # Post-transforms the CUDA kernel applies itself, by its finish kind (kFinish* in tree_walk.h).

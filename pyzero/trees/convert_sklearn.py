@@ -111,7 +111,7 @@ def _gradient_boosting(model, n_features: int) -> Forest:
         post_transform=post,
         classes=np.asarray(model.classes_) if is_clf else None,
         source=name,
-        extra={"kind": "classifier" if is_clf else "regressor"},
+        extra={"kind": "classifier" if is_clf else "regressor", **SKLEARN_SOFTMAX},
     )
 
 
@@ -143,6 +143,9 @@ def _isolation_forest(model, n_features: int) -> Forest:
 
 
 # HistGradientBoosting loss -> post-transform of the raw prediction.
+# scikit-learn's multiclass probabilities are sklearn.utils.extmath.softmax: numpy's max, exp and sum
+# (CompiledForest takes the same steps on CPU tensors, so its probabilities equal scikit-learn's).
+SKLEARN_SOFTMAX = {"softmax": "numpy"}
 HGB_POST = {
     "HalfSquaredError": "identity",
     "AbsoluteError": "identity",
@@ -207,7 +210,7 @@ def _hist_gradient_boosting(model, n_features: int) -> Forest:
         source=type(model).__name__,
         categories=categories,
         encode_numeric=True,
-        extra={"kind": "classifier" if is_clf else "regressor", "input": "float64"},
+        extra={"kind": "classifier" if is_clf else "regressor", "input": "float64", **SKLEARN_SOFTMAX},
     )
 
 

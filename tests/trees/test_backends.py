@@ -161,8 +161,8 @@ def test_tensors_the_kernel_takes_as_they_are_and_those_it_converts():
 
 def test_cpu_outputs_equal_the_native_libraries_bit_for_bit():
     """Note [Fused finish] on the cpu backend: the kernels' sums go through the same C++ steps as the
-    native libraries (float32 expf for XGBoost, double exp for LightGBM, their softmax, the mean for
-    forests), so probabilities and transformed predictions equal theirs bit for bit (in the library's
+    native libraries (float32 expf for XGBoost, double exp for LightGBM, their softmax, scikit-learn's
+    numpy softmax, the mean for forests), so probabilities and transformed predictions equal theirs bit for bit (in the library's
     dtype), whole and in batches of 1 and 7 rows, on every kernel the forest takes."""
     from tests.trees.helpers import mixed_data
 
@@ -184,6 +184,8 @@ def test_cpu_outputs_equal_the_native_libraries_bit_for_bit():
         (ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(Xd, ys["bin"]), Xd),
         (ensemble.RandomForestRegressor(20, max_depth=8, random_state=0).fit(Xd, ys["reg"]), Xd),
         (ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=3).fit(Xd, ys["bin"]), Xd),
+        (ensemble.GradientBoostingClassifier(n_estimators=10, max_depth=3).fit(Xd, ys["multi"]), Xd),
+        (ensemble.HistGradientBoostingClassifier(max_iter=10).fit(X, ys["multi"]), X),  # numpy's softmax
     ]
     for model, rows in models:
         method = "predict_proba" if hasattr(model, "predict_proba") else "predict"
