@@ -425,6 +425,8 @@ class CompiledForest:
         if post == "exp":
             return torch.exp(raw).double()
         if post == "isolation":
+            if raw.device.type == "cpu":  # scikit-learn's own numpy steps (IsolationForest.score_samples)
+                return torch.from_numpy(-(2 ** -np.divide(raw.numpy(), self.forest.extra["denominator"])))
             return -torch.pow(2.0, -raw / self.forest.extra["denominator"])
         return raw.double()
 

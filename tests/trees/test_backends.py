@@ -160,10 +160,11 @@ def test_tensors_the_kernel_takes_as_they_are_and_those_it_converts():
 
 
 def test_cpu_outputs_equal_the_native_libraries_bit_for_bit():
-    """Note [Fused finish] on the cpu backend: the kernels' sums go through the same C++ steps as the
-    native libraries (float32 expf for XGBoost, double exp for LightGBM, their softmax, scikit-learn's
-    numpy softmax, the mean for forests), so probabilities and transformed predictions equal theirs bit for bit (in the library's
-    dtype), whole and in batches of 1 and 7 rows, on every kernel the forest takes."""
+    """Note [Fused finish] on the cpu backend: the kernels' sums go through the same steps as the native
+    libraries (float32 expf for XGBoost, double exp for LightGBM, their softmax, scikit-learn's numpy
+    softmax and IsolationForest score, the mean for forests), so probabilities, scores and transformed
+    predictions equal theirs bit for bit (in the library's dtype), whole and in batches of 1 and 7
+    rows, on every kernel the forest takes."""
     from tests.trees.helpers import mixed_data
 
     X, ys = mixed_data(n=2000)
@@ -186,9 +187,10 @@ def test_cpu_outputs_equal_the_native_libraries_bit_for_bit():
         (ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=3).fit(Xd, ys["bin"]), Xd),
         (ensemble.GradientBoostingClassifier(n_estimators=10, max_depth=3).fit(Xd, ys["multi"]), Xd),
         (ensemble.HistGradientBoostingClassifier(max_iter=10).fit(X, ys["multi"]), X),  # numpy's softmax
+        (ensemble.IsolationForest(n_estimators=20, random_state=0).fit(Xd), Xd),  # numpy's 2 ** -x
     ]
     for model, rows in models:
-        method = "predict_proba" if hasattr(model, "predict_proba") else "predict"
+        method = next(m for m in ("predict_proba", "score_samples", "predict") if hasattr(model, m))
         want = getattr(model, method)(rows)
         for strategy in ("auto", "perfect", "bitvector", "traverse"):
             try:
