@@ -7,7 +7,7 @@
 #include "adam.h"
 #include "cpu/adam_cpu.h"
 #include "trees/tree_cpu.h"
-#include "trees/tree_qs_plan.h"
+#include "trees/tree_cpu_plan.h"
 #include "trees/tree_walk_plan.h"
 
 #ifdef PYZERO_WITH_CUDA
@@ -292,16 +292,34 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def("plan_for", &pyzero::WalkPlans::plan_for, py::arg("x"), "The plan that takes x, or None.")
       .def("__call__", &pyzero::WalkPlans::try_call, py::arg("x"),
            "The walk of x by its bucket's plan, or None when no plan takes x.");
-  // Note [Prepared bitvector calls] in csrc/trees/tree_qs_plan.h
-  py::class_<pyzero::QsPlan, std::shared_ptr<pyzero::QsPlan>>(
-      m, "QsPlan", "pyzero::tree_qs_raw / _leaves calls with the forest's arrays bound and checked once.")
+  // Note [Prepared CPU calls] in csrc/trees/tree_cpu_plan.h
+  py::class_<pyzero::CpuKernelPlan, std::shared_ptr<pyzero::CpuKernelPlan>>(
+      m, "CpuKernelPlan", "A C++ CPU tree kernel with the forest's arrays bound and checked once.")
+      .def("raw", &pyzero::CpuKernelPlan::raw, py::arg("x"), py::arg("base"), py::arg("float32_accum"),
+           "float64 [rows, outputs], as the kernel's raw op.")
+      .def("leaves", &pyzero::CpuKernelPlan::leaves, py::arg("x"), "int32 [rows, trees], as the leaves op.")
+      .def_property_readonly("n_features", &pyzero::CpuKernelPlan::n_features);
+  py::class_<pyzero::PerfectPlan, pyzero::CpuKernelPlan, std::shared_ptr<pyzero::PerfectPlan>>(
+      m, "PerfectPlan", "pyzero::tree_perfect_raw / _leaves with the forest's arrays bound.")
+      .def(py::init<const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                    const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, int64_t>(),
+           py::arg("meta"), py::arg("threshold"), py::arg("values"), py::arg("values32"),
+           py::arg("leaf_nodes"), py::arg("column_kind"), py::arg("n_features"));
+  py::class_<pyzero::QsPlan, pyzero::CpuKernelPlan, std::shared_ptr<pyzero::QsPlan>>(
+      m, "QsPlan", "pyzero::tree_qs_raw / _leaves with the forest's arrays bound.")
       .def(py::init<const std::vector<at::Tensor>&, const std::optional<at::Tensor>&,
                     const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, int64_t>(),
            py::arg("nodes"), py::arg("values"), py::arg("values32"), py::arg("leaf_nodes"),
-           py::arg("column_kind"), py::arg("n_features"))
-      .def("raw", &pyzero::QsPlan::raw, py::arg("x"), py::arg("base"), py::arg("float32_accum"),
-           "float64 [rows, outputs], as tree_qs_raw.")
-      .def("leaves", &pyzero::QsPlan::leaves, py::arg("x"), "int32 [rows, trees], as tree_qs_leaves.");
+           py::arg("column_kind"), py::arg("n_features"));
+  py::class_<pyzero::CpuPredictPlan, std::shared_ptr<pyzero::CpuPredictPlan>>(
+      m, "CpuPredictPlan",
+      "A kernel plan, base, summation and finish: the outputs of rows taken as they are.")
+      .def(py::init<std::shared_ptr<const pyzero::CpuKernelPlan>, const at::Tensor&, bool,
+                    const std::vector<double>&, bool, int64_t>(),
+           py::arg("kernel"), py::arg("base"), py::arg("float32_accum"), py::arg("finish"), py::arg("flat"),
+           py::arg("max_rows"))
+      .def("__call__", &pyzero::CpuPredictPlan::operator(), py::arg("x"),
+           "The outputs of x, or None when the plan does not take x.");
   m.def("finish_sums", &pyzero::finish_sums, py::arg("raw"), py::arg("base"), py::arg("finish"),
         py::arg("float32_accum"),
         "Note [Fused finish] applied to the CPU kernels' sums (float64 [rows, outputs]).");

@@ -1,5 +1,6 @@
-// torch ops of the perfect-tree CPU kernel (tree_fast.h): pyzero::tree_perfect_raw and
-// pyzero::tree_perfect_leaves. Light includes only, so this unit compiles quickly.
+// torch ops of the perfect-tree CPU kernel (tree_fast.h), pyzero::tree_perfect_raw and
+// pyzero::tree_perfect_leaves, and their prepared calls (PerfectPlan: Note [Prepared CPU calls],
+// tree_cpu_plan.h). Light includes only, so this unit compiles quickly.
 #include <algorithm>
 
 #include <ATen/Parallel.h>
@@ -8,6 +9,7 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "tree_cpu_plan.h"
 #include "tree_fast.h"
 #include "tree_op_checks.h"
 
@@ -49,31 +51,66 @@ trees::PerfectView perfect_view(const at::Tensor& meta, const at::Tensor& thresh
                             depth};
 }
 
+}  // namespace
+
+void CpuKernelPlan::check_x(const at::Tensor& x) const {
+  pyzero::check_x(x);
+  TORCH_CHECK(x.size(1) == n_features_, "pyzero.trees: x has ", x.size(1), " features, the forest takes ",
+              n_features_);
+}
+
+PerfectPlan::PerfectPlan(const at::Tensor& meta, const at::Tensor& threshold,
+                         const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& values32,
+                         const at::Tensor& leaf_nodes, const at::Tensor& column_kind, int64_t n_features)
+    : CpuKernelPlan(n_features) {
+  f_ = perfect_view(meta, threshold, leaf_nodes);
+  kinds_ = check_column_kind(column_kind, n_features);
+  TORCH_CHECK(values.has_value() == values32.has_value(),
+              "pyzero.trees: give both values and values32, or neither");
+  if (values.has_value()) {
+    f_.n_outputs = check_leaf_values(*values, *values32, f_.n_trees, "trees", leaf_nodes.size(1), "2^depth");
+    f_.values = values->data_ptr<double>();
+    f_.values32 = values32->data_ptr<float>();
+    keep_.insert(keep_.end(), {*values, *values32});
+  }
+  keep_.insert(keep_.end(), {meta, threshold, leaf_nodes, column_kind});
+}
+
+at::Tensor PerfectPlan::raw(const at::Tensor& x, const at::Tensor& base, bool float32_accum) const {
+  check_x(x);
+  TORCH_CHECK(f_.values != nullptr, "pyzero.trees: this perfect-tree plan has no leaf values (leaves only)");
+  check_base(base, f_.n_outputs);
+  at::Tensor raw = at::empty({x.size(0), f_.n_outputs}, x.options().dtype(at::kDouble));
+  trees::perfect_raw(f_, x.data_ptr<float>(), x.size(0), x.size(1), kinds_, base.data_ptr<double>(),
+                     float32_accum, raw.data_ptr<double>(), at::get_num_threads());
+  return raw;
+}
+
+at::Tensor PerfectPlan::leaves(const at::Tensor& x) const {
+  check_x(x);
+  at::Tensor out = at::empty({x.size(0), f_.n_trees}, x.options().dtype(at::kInt));
+  trees::perfect_leaves(f_, x.data_ptr<float>(), x.size(0), x.size(1), kinds_, out.data_ptr<int32_t>(),
+                        at::get_num_threads());
+  return out;
+}
+
+namespace {
+
 at::Tensor tree_perfect_raw_cpu(const at::Tensor& meta, const at::Tensor& threshold, const at::Tensor& values,
                                 const at::Tensor& values32, const at::Tensor& leaf_nodes,
                                 const at::Tensor& column_kind, const at::Tensor& x, const at::Tensor& base,
                                 bool float32_accum) {
-  trees::PerfectView f = perfect_view(meta, threshold, leaf_nodes);
-  f.n_outputs = check_leaf_values(values, values32, f.n_trees, "trees", leaf_nodes.size(1), "2^depth");
-  f.values = values.data_ptr<double>();
-  f.values32 = values32.data_ptr<float>();
-  const int8_t* kinds = check_rows(x, column_kind);
-  check_base(base, f.n_outputs);
-  at::Tensor raw = at::empty({x.size(0), f.n_outputs}, x.options().dtype(at::kDouble));
-  trees::perfect_raw(f, x.data_ptr<float>(), x.size(0), x.size(1), kinds, base.data_ptr<double>(),
-                     float32_accum, raw.data_ptr<double>(), at::get_num_threads());
-  return raw;
+  check_x(x);
+  return PerfectPlan(meta, threshold, values, values32, leaf_nodes, column_kind, x.size(1))
+      .raw(x, base, float32_accum);
 }
 
 at::Tensor tree_perfect_leaves_cpu(const at::Tensor& meta, const at::Tensor& threshold,
                                    const at::Tensor& leaf_nodes, const at::Tensor& column_kind,
                                    const at::Tensor& x) {
-  const trees::PerfectView f = perfect_view(meta, threshold, leaf_nodes);
-  const int8_t* kinds = check_rows(x, column_kind);
-  at::Tensor leaves = at::empty({x.size(0), f.n_trees}, x.options().dtype(at::kInt));
-  trees::perfect_leaves(f, x.data_ptr<float>(), x.size(0), x.size(1), kinds, leaves.data_ptr<int32_t>(),
-                        at::get_num_threads());
-  return leaves;
+  check_x(x);
+  return PerfectPlan(meta, threshold, std::nullopt, std::nullopt, leaf_nodes, column_kind, x.size(1))
+      .leaves(x);
 }
 
 }  // namespace

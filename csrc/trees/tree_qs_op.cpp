@@ -1,5 +1,5 @@
 // torch ops of the bitvector CPU kernel (Note [Bitvector trees], tree_qs.h), pyzero::tree_qs_raw and
-// pyzero::tree_qs_leaves, and their prepared calls (Note [Prepared bitvector calls], tree_qs_plan.h).
+// pyzero::tree_qs_leaves, and their prepared calls (QsPlan: Note [Prepared CPU calls], tree_cpu_plan.h).
 // Light includes only.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -9,7 +9,7 @@
 
 #include "tree_op_checks.h"
 #include "tree_qs.h"
-#include "tree_qs_plan.h"
+#include "tree_cpu_plan.h"
 
 namespace pyzero {
 namespace {
@@ -127,7 +127,8 @@ trees::QsView qs_view(const at::Tensor& threshold, const at::Tensor& word, const
 QsPlan::QsPlan(const std::vector<at::Tensor>& nodes, const std::optional<at::Tensor>& values,
                const std::optional<at::Tensor>& values32, const at::Tensor& leaf_nodes,
                const at::Tensor& column_kind, int64_t n_features)
-    : keep_(nodes), n_features_(n_features) {
+    : CpuKernelPlan(n_features) {
+  keep_ = nodes;
   TORCH_CHECK(nodes.size() == 13, "pyzero.trees: a bitvector plan takes the 13 node arrays, got ",
               nodes.size());
   f_ = qs_view(nodes[0], nodes[1], nodes[2], nodes[3], nodes[4], nodes[5], nodes[6], nodes[7], nodes[8],
@@ -142,12 +143,6 @@ QsPlan::QsPlan(const std::vector<at::Tensor>& nodes, const std::optional<at::Ten
     keep_.insert(keep_.end(), {*values, *values32});
   }
   keep_.insert(keep_.end(), {leaf_nodes, column_kind});
-}
-
-void QsPlan::check_x(const at::Tensor& x) const {
-  pyzero::check_x(x);
-  TORCH_CHECK(x.size(1) == n_features_, "pyzero.trees: x has ", x.size(1), " features, the forest takes ",
-              n_features_);
 }
 
 at::Tensor QsPlan::raw(const at::Tensor& x, const at::Tensor& base, bool float32_accum) const {

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -12,10 +13,12 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../cuda/tree_launch.h"
 #include "tree_walk.h"
+#include "tree_cpu_plan.h"
 #include "tree_walk_plan.h"
 
 #ifdef PYZERO_WITH_CUDA
@@ -510,6 +513,36 @@ at::Tensor finish_sums(const at::Tensor& raw, const at::Tensor& base, const std:
     }
   });
   return out;
+}
+
+CpuPredictPlan::CpuPredictPlan(std::shared_ptr<const CpuKernelPlan> kernel, const at::Tensor& base,
+                               bool float32_accum, const std::vector<double>& finish, bool flat,
+                               int64_t max_rows)
+    : kernel_(std::move(kernel)),
+      base_(base),
+      float32_accum_(float32_accum),
+      flat_(flat),
+      finish_(finish),
+      max_rows_(max_rows) {
+  TORCH_CHECK(kernel_ != nullptr, "pyzero.trees: a predict plan needs a kernel plan");
+  TORCH_CHECK(base.scalar_type() == at::kDouble && base.dim() == 1 && base.is_contiguous() && base.is_cpu(),
+              "pyzero.trees: base must be a contiguous float64 CPU vector");
+  TORCH_CHECK(finish.empty() || finish.size() == 4,
+              "pyzero.trees: finish must be [] or [kind, scale, divisor, pair]");
+  const bool mean = !finish.empty() && finish[2] > 0;
+  sum_base_ = mean ? at::zeros_like(base) : base;
+  TORCH_CHECK(!flat || (base.numel() == 1 && (finish.empty() || finish[3] == 0)),
+              "pyzero.trees: flat outputs need one output and no pair");
+}
+
+std::optional<at::Tensor> CpuPredictPlan::operator()(const at::Tensor& x) const {
+  if (!x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 2 || !x.is_contiguous() ||
+      x.size(1) != kernel_->n_features() || x.size(0) < 1 || x.size(0) >= max_rows_) {
+    return std::nullopt;
+  }
+  at::Tensor out = kernel_->raw(x, sum_base_, float32_accum_);
+  if (!finish_.empty()) out = finish_sums(out, base_, finish_, float32_accum_);
+  return flat_ ? out.view({x.size(0)}) : out;
 }
 
 namespace {

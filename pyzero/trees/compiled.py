@@ -107,6 +107,7 @@ class CompiledForest:
         self._tune = tune
         if self.backend == "cpu":
             self._kernel = self._cpu_kernel()
+            self._plans = self._cpu_plans()
         elif self.backend in ("cuda", "triton"):
             if strategy not in ("auto", "traverse", "perfect"):
                 raise ValueError(
@@ -146,6 +147,31 @@ class CompiledForest:
         if name == "auto":
             name = torch_strategies.choose_strategy(self.forest, rows, self._profile)
         return self._torch_strategy(name)
+
+    def _cpu_plans(self) -> dict[str, Any]:
+        """Note [Prepared CPU calls] (csrc/trees/tree_cpu_plan.h): per output kind whose steps are the
+        kernel and one finish_sums call, a pyzero._C.CpuPredictPlan for rows taken as they are (_as_is;
+        fewer than CPU_TUNE_MIN_ROWS when large batches time the two kernels); none for the node
+        kernel, for inputs that need converting, or for outputs that take more steps (scikit-learn's
+        softmax, IsolationForest scores)."""
+        plan = getattr(self._kernel, "plan", None)
+        f = self.forest
+        if plan is None or f.post_transform == "isolation":
+            return {}
+        if not self._as_is(torch.empty((0, f.n_features), dtype=self._input_dtype)):
+            return {}
+        timed = isinstance(self._kernel, fast_cpu.CpuKernelChoice)
+        max_rows = fast_cpu.CPU_TUNE_MIN_ROWS if timed else 2**62
+        kinds = ("raw", "proba") if f.classes is not None else ("raw", "transformed")
+        plans = {}
+        for kind in kinds:
+            launch = self._launch(kind)
+            if launch is None:
+                continue
+            finish, f32 = launch
+            flat = kind != "proba" and f.n_outputs == 1
+            plans[kind] = _native.C.CpuPredictPlan(plan, self._base, f32, list(finish), flat, max_rows)
+        return plans
 
     def _cpu_kernel(
         self,
@@ -297,10 +323,13 @@ class CompiledForest:
     def _prepared(self, kind: str, X: Any):
         """Note [Prepared walks]: the `kind` outputs of X by the prepared call of its batch-size bucket
         (tensors out for tensors in, numpy for numpy), or None when there is none that takes X."""
+        plans = self._plans.get(kind)  # the cpu backend prepares only some kinds
+        if plans is None:
+            return None
         if type(X) is Tensor:
-            return self._plans[kind](X)
+            return plans(X)
         if type(X) is np.ndarray and self._numpy_as_is(X):
-            out = self._plans[kind](torch.from_numpy(X))
+            out = plans(torch.from_numpy(X))
             return None if out is None else out.numpy()
         return None
 

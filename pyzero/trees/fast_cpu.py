@@ -131,42 +131,30 @@ def _uniform_threshold(t32: np.ndarray, lt: np.ndarray) -> np.ndarray:
 
 
 class _KernelOps:
-    """raw() and leaves() of a C++ CPU kernel whose ops take (its node arrays, values, values32,
-    leaf_nodes, column_kind, x, base, float32_accum) and (its node arrays, leaf_nodes, column_kind, x)."""
+    """raw() and leaves() of a C++ CPU kernel through its prepared calls (Note [Prepared CPU calls] in
+    csrc/trees/tree_cpu_plan.h): `plan`, a pyzero._C.CpuKernelPlan made once from the arrays of the ops
+    (its node arrays, values, values32, leaf_nodes, column_kind)."""
 
-    RAW_OP = LEAVES_OP = ""
     values: Tensor
     values32: Tensor
     leaf_nodes: Tensor
     column_kind: Tensor
+    plan: Any
 
     def _nodes(self) -> tuple[Tensor, ...]:
         raise NotImplementedError
 
     def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
         """base + sum of the leaf values over trees in tree order: float64 [rows, outputs]."""
-        op = getattr(torch.ops.pyzero, self.RAW_OP)
-        return op(
-            *self._nodes(),
-            self.values,
-            self.values32,
-            self.leaf_nodes,
-            self.column_kind,
-            x,
-            base,
-            float32_accum,
-        )
+        return self.plan.raw(x, base, float32_accum)
 
     def leaves(self, x: Tensor) -> Tensor:
         """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
-        op = getattr(torch.ops.pyzero, self.LEAVES_OP)
-        return op(*self._nodes(), self.leaf_nodes, self.column_kind, x).long()
+        return self.plan.leaves(x).long()
 
 
 class PerfectForest(_KernelOps):
     """The Forest as perfect trees (Note [Perfect trees]) for pyzero::tree_perfect_raw / _leaves."""
-
-    RAW_OP, LEAVES_OP = "tree_perfect_raw", "tree_perfect_leaves"
 
     def __init__(self, forest: Forest) -> None:
         reason = why_ineligible(forest)
@@ -202,6 +190,15 @@ class PerfectForest(_KernelOps):
         self.values = torch.as_tensor(values)
         self.values32 = torch.as_tensor(values.astype(np.float32))
         self.column_kind = torch.as_tensor(_column_kinds(forest))
+        self.plan = _native.require("the perfect-tree kernel").PerfectPlan(
+            self.meta,
+            self.threshold,
+            self.values,
+            self.values32,
+            self.leaf_nodes,
+            self.column_kind,
+            forest.n_features,
+        )
 
     @staticmethod
     def from_forest(forest: Forest) -> PerfectForest | None:
@@ -269,8 +266,6 @@ class BitvectorForest(_KernelOps):
     the entries a NaN fails per feature, and each categorical feature's table of the entries each kind
     of value fails."""
 
-    RAW_OP, LEAVES_OP = "tree_qs_raw", "tree_qs_leaves"
-
     def __init__(self, forest: Forest) -> None:
         reason = why_not_bitvector(forest)
         if reason is not None:
@@ -318,8 +313,7 @@ class BitvectorForest(_KernelOps):
         self.leaf_nodes = torch.as_tensor(leaf_nodes.reshape(-1, BITVECTOR_WORD_BITS))
         self.values = torch.as_tensor(values.reshape(-1, BITVECTOR_WORD_BITS, forest.n_outputs))
         self.values32 = self.values.to(torch.float32)
-        # Note [Prepared bitvector calls] (csrc/trees/tree_qs_plan.h): the arrays checked once
-        self._plan = _native.require("the bitvector kernel").QsPlan(
+        self.plan = _native.require("the bitvector kernel").QsPlan(
             list(self._nodes()),
             self.values,
             self.values32,
@@ -327,15 +321,6 @@ class BitvectorForest(_KernelOps):
             self.column_kind,
             forest.n_features,
         )
-
-    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
-        """base + sum of the leaf values over trees in tree order: float64 [rows, outputs] (the op's
-        result, from the prepared call)."""
-        return self._plan.raw(x, base, float32_accum)
-
-    def leaves(self, x: Tensor) -> Tensor:
-        """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
-        return self._plan.leaves(x).long()
 
     def _numeric_lists(self, forest: Forest, node: np.ndarray, word: np.ndarray, mask: np.ndarray) -> None:
         """The numeric entries (node, word, mask) by feature, then threshold (NaN, x < -inf, first), and
@@ -478,6 +463,12 @@ class CpuKernelChoice:
         self.kernels = {"perfect": PerfectForest(forest), "bitvector": BitvectorForest(forest)}
         self.static = "bitvector" if prefers_bitvector(forest) else "perfect"
         self.large: str | None = None  # the timed choice for large batches, once timed
+
+    @property
+    def plan(self) -> Any:
+        """The static kernel's plan (Note [Prepared CPU calls]): batches of fewer than CPU_TUNE_MIN_ROWS
+        rows, which always take it."""
+        return self.kernels[self.static].plan
 
     def name_for(self, rows: int) -> str:
         """The kernel a batch of `rows` takes (large batches before the first one: the static choice)."""

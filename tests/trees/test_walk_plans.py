@@ -12,7 +12,7 @@ import xgboost as xgb
 from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomForestRegressor
 
 from pyzero import _native, trees
-from pyzero.trees import compiled, gpu, gpu_layout
+from pyzero.trees import compiled, fast_cpu, gpu, gpu_layout
 from tests.trees.helpers import mixed_data
 from tests.trees.test_gpu_layouts import EMULATED_CONFIGS, _models
 
@@ -133,6 +133,7 @@ def cuda_backend_on_cpu(model) -> compiled.CompiledForest:
     cf.backend = "cuda"
     cf._gpu = cf._kernel = gpu.GpuRunner(cf.forest, cf.device, "cuda", cf._input_dtype, tune=False)
     cf._plans = {kind: C.WalkPlans() for kind in ("raw", "transformed", "proba")}
+    cf._launches = {}  # the cpu backend's (its own softmax finish): the cuda backend's from here
     return cf
 
 
@@ -202,3 +203,77 @@ def test_tuning_drops_the_prepared_calls():
     cf.tune(Xf, batch_sizes=(4,))
     assert cf._plans["proba"](x) is None
     assert torch.equal(cf.predict_proba(x), trees.compile(models[0], backend="cpu").predict_proba(x))
+
+
+def test_cpu_backend_prepared_calls_equal_the_full_path():
+    """Note [Prepared CPU calls]: the cpu backend prepares every output kind that is the kernel and one
+    finish (none for IsolationForest scores, classifiers' labels or the node kernel); rows taken as they
+    are go through the plan with the full path's outputs, bit for bit, and other inputs, batches the
+    timed kernel choice takes, and kinds without a plan take the full path."""
+    Xf, models = _fitted()
+    for model in models:
+        name = type(model).__name__
+        cf, full = trees.compile(model, backend="cpu"), trees.compile(model, backend="cpu")
+        full._plans = {}
+        classifier = cf.forest.classes is not None
+        isolation = cf.forest.post_transform == "isolation"
+        want_kinds = set() if isolation else {"raw", "proba" if classifier else "transformed"}
+        assert set(cf._plans) == want_kinds, name
+        methods = ["decision_function", "predict"] + (["predict_proba"] if classifier else [])
+        kinds = {"decision_function": "raw", "predict": "transformed", "predict_proba": "proba"}
+        for method in methods:
+            for n in (1, 7, 300):
+                rows = Xf[:n].copy()
+                x = torch.as_tensor(rows)
+                want = getattr(full, method)(x)
+                out = getattr(cf, method)(x)
+                assert type(out) is torch.Tensor and torch.equal(out, torch.as_tensor(want)), (
+                    name,
+                    method,
+                    n,
+                )
+                out = getattr(cf, method)(rows)
+                assert type(out) is np.ndarray and np.array_equal(out, np.asarray(want)), (name, method, n)
+                assert (cf._prepared(kinds[method], rows) is not None) == (kinds[method] in cf._plans)
+                strided = torch.as_tensor(np.repeat(rows, 2, axis=1))[:, ::2]
+                frozen = rows.copy()
+                frozen.flags.writeable = False
+                for other in (strided, frozen, rows[:, :-1].copy()):  # converted inputs, wrong width
+                    assert cf._prepared(kinds[method], other) is None
+                for other in (strided, frozen):
+                    assert np.array_equal(np.asarray(getattr(cf, method)(other)), np.asarray(want))
+    xgb_model = models[1]
+    cf = trees.compile(xgb_model)  # XGBoost depth 3: both kernels, large batches timed
+    assert isinstance(cf._kernel, fast_cpu.CpuKernelChoice)
+    big = np.tile(Xf, (fast_cpu.CPU_TUNE_MIN_ROWS // len(Xf) + 1, 1))
+    assert cf._prepared("proba", big[: fast_cpu.CPU_TUNE_MIN_ROWS - 1]) is not None
+    assert cf._prepared("proba", big[: fast_cpu.CPU_TUNE_MIN_ROWS]) is None  # the timed choice's
+    assert trees.compile(xgb_model, strategy="traverse")._plans == {}  # the node kernel
+    reads = trees.compile(models[0], strategy="traverse")  # LightGBM on the node kernel: rows converted
+    assert reads._plans == {} and not reads._as_is(torch.as_tensor(Xf[:2]))
+
+
+def test_cpu_kernel_plans_check_their_inputs():
+    Xf, models = _fitted()
+    pf = fast_cpu.PerfectForest(trees.compile(models[2]).forest)
+    x = torch.as_tensor(Xf[:5])
+    base = torch.zeros(pf.values.shape[2], dtype=torch.float64)
+    assert torch.equal(
+        pf.raw(x, base, False),
+        torch.ops.pyzero.tree_perfect_raw(
+            pf.meta, pf.threshold, pf.values, pf.values32, pf.leaf_nodes, pf.column_kind, x, base, False
+        ),
+    )
+    with pytest.raises(RuntimeError, match=r"x has 5 features, the forest takes 6"):
+        pf.raw(x[:, :5].contiguous(), base, False)
+    leaves_only = C.PerfectPlan(pf.meta, pf.threshold, None, None, pf.leaf_nodes, pf.column_kind, 6)
+    assert torch.equal(leaves_only.leaves(x), pf.leaves(x).int())
+    with pytest.raises(RuntimeError, match=r"this perfect-tree plan has no leaf values \(leaves only\)"):
+        leaves_only.raw(x, base, False)
+    with pytest.raises(RuntimeError, match="give both values and values32, or neither"):
+        C.PerfectPlan(pf.meta, pf.threshold, pf.values, None, pf.leaf_nodes, pf.column_kind, 6)
+    with pytest.raises(RuntimeError, match="flat outputs need one output and no pair"):
+        C.CpuPredictPlan(pf.plan, base, False, [], True, 10)  # two outputs
+    plan = C.CpuPredictPlan(pf.plan, base, False, [], False, 10)
+    assert plan(x.double()) is None and plan(torch.as_tensor(Xf[:10])) is None  # dtype; rows >= max_rows
+    assert torch.equal(plan(x), pf.raw(x, base, False))
