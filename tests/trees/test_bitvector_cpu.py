@@ -207,7 +207,7 @@ def test_ops_check_their_arguments():
         torch.ops.pyzero.tree_qs_raw(*raw_args[:-2], base[:0], True)
     with pytest.raises(RuntimeError, match="x must be a contiguous float32 tensor"):
         torch.ops.pyzero.tree_qs_raw(*raw_args[:-3], x.double(), base, True)
-    # Note [Prepared bitvector calls]: the plan gives the op's results and checks x alone
+    # Note [Prepared CPU calls]: the plan gives the op's results and checks x alone
     assert torch.equal(bv.raw(x, base, True), torch.ops.pyzero.tree_qs_raw(*raw_args))
     assert torch.equal(
         bv.leaves(x).int(), torch.ops.pyzero.tree_qs_leaves(*bv._nodes(), bv.leaf_nodes, bv.column_kind, x)
