@@ -18,6 +18,7 @@ import torch
 from sklearn.datasets import load_breast_cancer
 
 from pyzero import trees
+from pyzero.trees.forest import leaf_mask
 
 # (name, library, data, classifier arguments): "breast_cancer" predicts the training rows tiled 20 times
 # (11k rows), as in trees_demo.py; "synthetic" trains on 20k rows of 28 features and predicts 10k of
@@ -130,8 +131,7 @@ def main() -> None:
         lat = medians(fns, args.repeats * 20, X[:1])
         forest = trees.compile(model).forest
         depth = forest.max_depth
-        ids = np.arange(forest.feature.shape[0])
-        leaves = int(((forest.left == ids) & (forest.right == ids)).sum())
+        leaves = int(leaf_mask(forest).sum())
         row = {
             "forest": name,
             "library": library,

@@ -33,6 +33,8 @@ from pyzero.trees.forest import (
     MISSING_NONE,
     MISSING_ZERO,
     Forest,
+    leaf_mask,
+    leaves_per_tree,
     levels,
     tree_of,
 )
@@ -160,9 +162,7 @@ class PerfectForest(_KernelOps):
         reason = why_ineligible(forest)
         if reason is not None:
             raise ValueError(f"forest does not fit the perfect-tree kernel: {reason}")
-        n = forest.feature.shape[0]
-        ids = np.arange(n)
-        is_leaf = (forest.left == ids) & (forest.right == ids)
+        is_leaf = leaf_mask(forest)
         depth, n_trees = forest.max_depth, forest.n_trees
         stride = max(1 << depth, MIN_NODE_STRIDE)
         meta = np.zeros((n_trees, stride), dtype=np.uint32)
@@ -228,8 +228,7 @@ BITVECTOR_LEAVES_PER_LEVEL = 3
 def prefers_bitvector(forest: Forest) -> bool:
     """Whether the bitvector kernel should take a forest that both CPU kernels fit (the measurements
     above)."""
-    ids = np.arange(forest.feature.shape[0])
-    mean_leaves = ((forest.left == ids) & (forest.right == ids)).sum() / max(forest.n_trees, 1)
+    mean_leaves = leaf_mask(forest).sum() / max(forest.n_trees, 1)
     return (
         forest.max_depth >= BITVECTOR_MIN_DEPTH
         and mean_leaves <= BITVECTOR_LEAVES_PER_LEVEL * forest.max_depth
@@ -250,10 +249,7 @@ def why_not_bitvector(forest: Forest) -> str | None:
         cells = sum((k[feat == c].max() + 3) * (feat == c).sum() for c in np.unique(feat))
         if cells > BITVECTOR_MAX_CAT_CELLS:
             return f"categorical tables of {cells} (value, node) cells > {BITVECTOR_MAX_CAT_CELLS}"
-    ids = np.arange(forest.feature.shape[0])
-    leaves = np.bincount(
-        tree_of(forest)[(forest.left == ids) & (forest.right == ids)], minlength=forest.n_trees
-    )
+    leaves = leaves_per_tree(forest)
     if leaves.max() > BITVECTOR_MAX_LEAVES:
         return f"a tree has {int(leaves.max())} leaves > {BITVECTOR_MAX_LEAVES}"
     return None
@@ -272,7 +268,7 @@ class BitvectorForest(_KernelOps):
             raise ValueError(f"forest does not fit the bitvector kernel: {reason}")
         n = forest.feature.shape[0]
         ids = np.arange(n)
-        is_leaf = (forest.left == ids) & (forest.right == ids)
+        is_leaf = leaf_mask(forest)
         tree = tree_of(forest)
         # leaves under each node, then the first leaf of each (leaves numbered left to right per tree)
         count = is_leaf.astype(np.int64)

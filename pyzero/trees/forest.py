@@ -283,10 +283,20 @@ def category_bitsets(sets: list[np.ndarray]) -> np.ndarray:
     return bits
 
 
+def leaf_mask(forest: Forest) -> np.ndarray:
+    """bool [nodes]: the leaves (a leaf's left and right are its own id)."""
+    ids = np.arange(forest.feature.shape[0])
+    return (forest.left == ids) & (forest.right == ids)
+
+
+def leaves_per_tree(forest: Forest) -> np.ndarray:
+    """int64 [trees]: how many leaves each tree has."""
+    return np.bincount(tree_of(forest)[leaf_mask(forest)], minlength=forest.n_trees)
+
+
 def levels(forest: Forest) -> list[np.ndarray]:
     """Node ids level by level, every level in tree order (children in parent order, left first)."""
-    ids = np.arange(forest.feature.shape[0])
-    internal = ~((forest.left == ids) & (forest.right == ids))
+    internal = ~leaf_mask(forest)
     out, cur = [], forest.roots.astype(np.int64)
     while cur.size:
         out.append(cur)

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pyzero.trees import fast_cpu, strategies
-from pyzero.trees.forest import CMP_CAT_IN_RIGHT, CMP_LT, Forest, levels, tree_of
+from pyzero.trees.forest import CMP_CAT_IN_RIGHT, CMP_LT, Forest, leaf_mask, levels, tree_of
 
 LAYOUTS = ("perfect", "perfect-blocked", "perfect-tiled", "compact-bfs", "compact-dfs", "wide")
 FORMAT = {
@@ -78,7 +78,7 @@ def _positions(forest: Forest, layout: str) -> tuple[np.ndarray, int]:
     """(position of every IR node in the compact layout, the largest parent-to-children offset)."""
     n = forest.feature.shape[0]
     ids = np.arange(n)
-    internal = ~((forest.left == ids) & (forest.right == ids))
+    internal = ~leaf_mask(forest)
     tree = tree_of(forest)
     by_level = levels(forest)
     pos = np.empty(n, dtype=np.int64)
@@ -302,7 +302,7 @@ def _compact(forest: Forest, layout: str) -> tuple[Tensor, Tensor, Tensor]:
     pos, _ = _positions(forest, layout)
     n = forest.feature.shape[0]
     ids = np.arange(n)
-    leaf = (forest.left == ids) & (forest.right == ids)
+    leaf = leaf_mask(forest)
     offset = np.where(leaf, 0, pos[forest.left] - pos)
     cat = forest.cat_set >= 0
     word0 = (

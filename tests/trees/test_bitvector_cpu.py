@@ -15,9 +15,16 @@ import torch
 from pyzero import _native, trees
 from pyzero.trees import compiled, fast_cpu
 from pyzero.trees.fast_cpu import BitvectorForest, why_not_bitvector
-from pyzero.trees.forest import MISSING_NONE, MISSING_ZERO, tree_of
+from pyzero.trees.forest import leaves_per_tree
 from tests.trees.helpers import assert_same_on_every_isa
-from tests.trees.test_fast_cpu import check, data, models, one_thread, rows_for  # noqa: F401 (fixture)
+from tests.trees.test_fast_cpu import (  # noqa: F401 (fixture)
+    check,
+    data,
+    edge_forest,
+    models,
+    one_thread,
+    rows_for,
+)
 
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")
@@ -85,13 +92,6 @@ def test_matches_reference_on_adversarial_rows(depth):
 BITVECTOR_BATCHES = (1, 5, 6, 16, 17, 64, 65)
 
 
-def tree_leaves(forest):
-    ids = np.arange(forest.feature.shape[0])
-    return np.bincount(
-        tree_of(forest)[(forest.left == ids) & (forest.right == ids)], minlength=forest.n_trees
-    )
-
-
 def test_deep_leaf_wise_trees_equal_the_node_kernel_on_every_isa_batch_size_and_thread_count():
     X, ms = deep_models()
     Xw, wide = wide_models()
@@ -128,7 +128,7 @@ def test_the_cpu_backend_picks_it_for_small_deep_trees_and_agrees_with_the_nativ
     Xw, wide = wide_models()
     for model in wide:  # up to 255 leaves a tree
         cf = trees.compile(model)
-        assert cf.forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH and tree_leaves(cf.forest).max() > 128
+        assert cf.forest.max_depth > fast_cpu.PERFECT_MAX_DEPTH and leaves_per_tree(cf.forest).max() > 128
         assert cf.strategy == "bitvector" and trees.verify(model, cf, Xw)["ok"]
     Xw, yw = wide_data(12000)  # wider still (depth 18): the node kernel
     wider = lgb.LGBMClassifier(n_estimators=3, num_leaves=400, min_child_samples=2, verbose=-1).fit(Xw, yw)
@@ -145,18 +145,8 @@ def test_the_cpu_backend_picks_it_for_small_deep_trees_and_agrees_with_the_nativ
 def test_lt_threshold_at_minus_infinity_default_directions_and_column_transforms():
     """x < -inf never holds (NaN threshold, sorted last: no number fails it, a NaN only when not
     default-left); NONE columns read NaN as 0 (no NaN list); ZERO columns treat tiny values as missing."""
-    X, ms = models(3)
-    forest = trees.compile(ms[2], backend="torch").forest  # XGBoost: CMP_LT
-    split = np.flatnonzero(forest.feature >= 0)
-    forest.threshold32[split[:3]] = -np.inf
-    forest.default_left[split[1::2]] = ~forest.default_left[split[1::2]]
-    forest.missing[forest.feature == forest.feature[split[0]]] = MISSING_NONE
-    other = forest.feature[split[-1]]
-    if other != forest.feature[split[0]]:
-        forest.missing[forest.feature == other] = MISSING_ZERO
-    rows = rows_for(forest, X).numpy().copy()
-    rows[::7, other] = 1e-36  # tiny: missing under MISSING_ZERO
-    check(BitvectorForest(forest), forest, torch.as_tensor(rows))
+    forest, rows = edge_forest(minus_inf=3, flip_defaults=True)
+    check(BitvectorForest(forest), forest, rows)
 
 
 def test_ops_check_their_arguments():

@@ -140,20 +140,30 @@ def test_xgboost_margins_bit_equal_native():
         assert np.array_equal(ours.astype(np.float32).reshape(native.shape), native)
 
 
-def test_lt_threshold_at_minus_infinity_and_column_transforms():
-    """x < -inf never holds (NaN threshold); NONE columns read NaN as 0; ZERO columns treat tiny values as
-    missing."""
+def edge_forest(minus_inf: int = 1, flip_defaults: bool = False):
+    """(forest, rows): an XGBoost forest (x < t splits) whose first `minus_inf` splits compare with -inf
+    (x < -inf never holds), optionally every other split's default direction flipped, one feature read
+    with MISSING_NONE (NaN as 0) and another with MISSING_ZERO, and rows with tiny values in it."""
     X, ms = models(3)
     forest = trees.compile(ms[2], backend="torch").forest  # XGBoost: CMP_LT
     split = np.flatnonzero(forest.feature >= 0)
-    forest.threshold32[split[0]] = -np.inf
+    forest.threshold32[split[:minus_inf]] = -np.inf
+    if flip_defaults:
+        forest.default_left[split[1::2]] = ~forest.default_left[split[1::2]]
     forest.missing[forest.feature == forest.feature[split[0]]] = MISSING_NONE
     other = forest.feature[split[-1]]
     if other != forest.feature[split[0]]:
         forest.missing[forest.feature == other] = MISSING_ZERO
     rows = rows_for(forest, X).numpy().copy()
     rows[::7, other] = 1e-36  # tiny: missing under MISSING_ZERO
-    check(PerfectForest.from_forest(forest), forest, torch.as_tensor(rows))
+    return forest, torch.as_tensor(rows)
+
+
+def test_lt_threshold_at_minus_infinity_and_column_transforms():
+    """x < -inf never holds (NaN threshold); NONE columns read NaN as 0; ZERO columns treat tiny values as
+    missing."""
+    forest, rows = edge_forest()
+    check(PerfectForest.from_forest(forest), forest, rows)
 
 
 def test_ineligible_forests_return_none():

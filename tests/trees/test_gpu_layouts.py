@@ -490,7 +490,7 @@ def test_compact_layouts_keep_children_side_by_side_and_trees_in_their_ranges():
     for lay in ("compact-bfs", "compact-dfs"):
         pos, largest = gpu_layout._positions(f, lay)
         ids = np.arange(f.feature.shape[0])
-        split = ids[~((f.left == ids) & (f.right == ids))]
+        split = ids[~forest_mod.leaf_mask(f)]
         assert np.array_equal(pos[f.right[split]], pos[f.left[split]] + 1)
         assert np.array_equal(np.sort(pos), ids)  # a permutation
         tree = forest_mod.tree_of(f)
