@@ -103,12 +103,12 @@ constexpr int kC8OffsetShift = 18;
 // pyzero/trees/compiled.py. First the mean of the trees when divisor > 0 (the sums start from 0, then
 // s / divisor + base), then sigmoid(scale * s) = 1 / (1 + exp(-scale * s)) or exp(s), in float32 when
 // the forest sums in float32 (its library transforms in float32 too) else in double; `pair` writes a
-// single output as the binary class probabilities [1 - p, p]. The cpu backend applies the same steps to
-// its kernels' sums (finish_sums in tree_walk_plan.h, which also writes XGBoost's and LightGBM's
-// softmax): with the host's expf and exp, which the native libraries call too, its probabilities
-// equal theirs bit for bit (where torch's vectorized sigmoid
-// differed in the last bit on 1-2% of the values), and a binary predict_proba at batch 1 drops four torch
-// calls (XGBoost 500 trees of depth 12: 22.4 -> 17.1 us).
+// single output as the binary class probabilities [1 - p, p] (1 - p in float32 too when the forest sums
+// in float32: XGBoost's predict_proba subtracts from its float32 p). The cpu backend applies the same steps
+// to its kernels' sums (finish_sums in tree_walk_plan.h, which also writes XGBoost's and LightGBM's softmax):
+// with the host's expf and exp, which the native libraries call too, its probabilities equal theirs bit for
+// bit (where torch's vectorized sigmoid differed in the last bit on 1-2% of the values), and a binary
+// predict_proba at batch 1 drops four torch calls (XGBoost 500 trees of depth 12: 22.4 -> 17.1 us).
 enum FinishKind : int32_t { kFinishRaw = 0, kFinishSigmoid = 1, kFinishExp = 2 };
 
 struct Finish {
@@ -256,8 +256,8 @@ PYZERO_HD double finish_value(const WalkForest& f, bool acc32, double s, double 
 PYZERO_HD void store_output(const WalkForest& f, bool acc32, const double* base, double* out, int64_t r,
                             int64_t o, double s) {
   const double v = finish_value(f, acc32, s, base[o]);
-  if (f.finish.pair) {
-    out[r * 2] = 1.0 - v;
+  if (f.finish.pair) {  // P(class 0) in the library's precision, as XGBoost's float32 1 - p
+    out[r * 2] = acc32 ? static_cast<double>(1.0f - static_cast<float>(v)) : 1.0 - v;
     out[r * 2 + 1] = v;
   } else {
     out[r * f.n_outputs + o] = v;

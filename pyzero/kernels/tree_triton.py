@@ -134,7 +134,8 @@ def _finish_store(
             v = tl.exp(z)
     if PAIR:
         p = tl.sum(tl.where(o[None, :] == 0, v, -0.0), axis=1)  # the one output, exactly
-        tl.store(out_ptr + r.to(tl.int64) * 2, 1.0 - p, mask=rmask)
+        q = (1.0 - p.to(tl.float32)).to(tl.float64) if ACC_F32 else 1.0 - p  # P(0) in the library's precision
+        tl.store(out_ptr + r.to(tl.int64) * 2, q, mask=rmask)
         tl.store(out_ptr + r.to(tl.int64) * 2 + 1, p, mask=rmask)
     else:
         tl.store(

@@ -470,8 +470,8 @@ class CompiledForest:
             return fused
         binary = self.forest.classes is not None and self.forest.n_outputs == 1
         p = self._transformed_direct(x)
-        if binary:  # P(class 1) -> [P(0), P(1)]
-            return torch.cat([1 - p, p], dim=1)
+        if binary:
+            return _binary_proba(p, self.forest)
         return p
 
     def predict_proba(self, X: Any):
@@ -491,8 +491,7 @@ class CompiledForest:
         p = self._transformed(x)
         if p.shape[1] != 1:
             return self._output(p, as_torch)
-        p = p.cpu().numpy()  # binary: the same exact [1 - p, p], half the copy back, cheaper array calls
-        return np.concatenate([1 - p, p], axis=1)
+        return _binary_proba(p.cpu().numpy(), self.forest)  # half the copy back, cheaper array calls
 
     def predict(self, X: Any):
         """Class labels for classifiers, values [rows] or [rows, outputs] for regressors."""
@@ -522,6 +521,16 @@ class CompiledForest:
         kernel = self._kernel if self._kernel is not None else self._torch_for(x.shape[0])
         leaf_id = torch.as_tensor(self.forest.leaf_id, dtype=torch.int64, device=self.device)
         return self._output(leaf_id[kernel.leaves(x)], as_torch)
+
+
+def _binary_proba(p: Any, forest: Forest) -> Any:
+    """[P(0), P(1)] [rows, 2] from P(1) [rows, 1] (float64 Tensor or ndarray): 1 - p in float32 where the
+    library computes it so (XGBoost subtracts from its float32 p), as store_output does (Note [Fused
+    finish])."""
+    f32 = forest.extra.get("accumulate") == "float32"
+    if isinstance(p, Tensor):
+        return torch.cat([(1 - p.float()).double() if f32 else 1 - p, p], dim=1)
+    return np.concatenate([(1 - p.astype(np.float32)).astype(np.float64) if f32 else 1 - p, p], axis=1)
 
 
 def _numpy_softmax(raw: np.ndarray) -> np.ndarray:

@@ -84,14 +84,31 @@ def assert_exact(model, X, *context, leaves: bool = True) -> dict:
     if cf.forest.post_transform == "isolation":
         method = "score_samples"
     ref, ref_raw, ref_leaves = getattr(cf, method)(rows), cf.decision_function(rows), cf.apply(leaf_rows)
+    assert_binary_pair(ref, cf.forest, "default")
     for name, other in variants(model):
         x = rows if name[0] == "cpu" else _on(rows, other)
         out, raw = _np(getattr(other, method)(x)), _np(other.decision_function(x))
+        assert_binary_pair(out, cf.forest, name)
         np.testing.assert_allclose(out, ref, atol=OUTPUT_ATOL, rtol=0, err_msg=str(name))
         np.testing.assert_allclose(raw, ref_raw, atol=VARIANT_ATOL, rtol=0, err_msg=f"raw {name}")
         xl = leaf_rows if name[0] == "cpu" else _on(leaf_rows, other)
         np.testing.assert_array_equal(_np(other.apply(xl)), ref_leaves, err_msg=str(name))
     return report
+
+
+def assert_binary_pair(proba, forest, *context) -> None:
+    """A binary classifier's [P(0), P(1)] (numpy or tensor; other outputs pass): P(0) is 1 - P(1) in the
+    library's precision, float32 for XGBoost (Note [Fused finish])."""
+    if forest.classes is None or forest.n_outputs != 1:
+        return
+    p = _np(proba)
+    one = p[:, 1]
+    want = (
+        (1 - one.astype(np.float32)).astype(np.float64)
+        if forest.extra.get("accumulate") == "float32"
+        else 1 - one
+    )
+    np.testing.assert_array_equal(p[:, 0], want, err_msg=str(context))
 
 
 def _on(rows, cf):

@@ -14,6 +14,7 @@ from sklearn import ensemble
 
 from pyzero import trees
 from pyzero.trees import gpu_layout, torch_strategies
+from tests.trees.helpers import assert_binary_pair
 
 pytestmark = pytest.mark.cuda
 
@@ -71,6 +72,7 @@ def test_torch_strategies_on_cuda_equal_cpu():
             # round differently in the GPU's math library: within the 1e-6 bound.
             torch.testing.assert_close(cf.decision_function(x).cpu(), ref_raw, atol=1e-12, rtol=0)
             torch.testing.assert_close(out.cpu(), ref, atol=1e-6, rtol=0)
+            assert_binary_pair(out, cf.forest, strategy)
             assert torch.equal(cf.apply(x).cpu(), ref_leaves), (type(model).__name__, strategy)
             np.testing.assert_allclose(cf.predict_proba(X), ref.numpy(), atol=1e-6, rtol=0)
 
@@ -157,7 +159,9 @@ def test_tiled_walks_over_several_tiles_equal_the_cpu_kernel():
             for n in (1, 1000, 100_000):
                 assert np.array_equal(gpu.decision_function(xd[:n]).cpu().numpy(), ref_raw[:n]), (cfg, n)
                 assert np.array_equal(gpu.apply(xd[:n]).cpu().numpy(), ref_leaves[:n]), (cfg, n)
-            np.testing.assert_allclose(gpu.predict_proba(big), ref_proba, atol=1e-6, rtol=0)
+            proba = gpu.predict_proba(big)
+            np.testing.assert_allclose(proba, ref_proba, atol=1e-6, rtol=0)
+            assert_binary_pair(proba, cpu.forest, cfg)
 
 
 def test_cuda_kernel_every_layout_and_config_equals_the_cpu_kernel_bit_for_bit():
@@ -344,7 +348,9 @@ def test_large_host_batches_stream_through_pinned_chunks(monkeypatch):
         ref_raw = cpu.decision_function(rows)
         for _ in range(2):  # the second call reuses the staging buffers
             assert np.array_equal(gpu.decision_function(rows), ref_raw), type(model).__name__
-        np.testing.assert_allclose(gpu.predict_proba(rows), cpu.predict_proba(rows), atol=1e-6, rtol=0)
+        proba = gpu.predict_proba(rows)
+        np.testing.assert_allclose(proba, cpu.predict_proba(rows), atol=1e-6, rtol=0)
+        assert_binary_pair(proba, cpu.forest, type(model).__name__)
         assert np.array_equal(gpu.predict(rows), cpu.predict(rows))
         pinned = torch.as_tensor(rows, dtype=cpu._input_dtype).pin_memory()
         assert np.array_equal(gpu.decision_function(pinned).numpy(), ref_raw)

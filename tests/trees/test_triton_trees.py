@@ -22,7 +22,7 @@ from sklearn.ensemble import (
 
 import pyzero
 from pyzero import trees
-from tests.trees.helpers import mixed_data
+from tests.trees.helpers import assert_binary_pair, mixed_data
 
 pytestmark = pytest.mark.triton
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -97,8 +97,8 @@ def test_triton_kernel_equals_the_cpu_kernel_bit_for_bit(case):
 
 def test_triton_finishes_its_sums_like_the_torch_post_transforms():
     """Note [Fused finish] in the Triton twin, whole and split programs: sigmoid in float32 and scaled in
-    double, exp, and the binary [1 - p, p], within float32 rounding of the CPU's torch post-transforms
-    (the mean is bit for bit: the raw-score test above)."""
+    double, exp, and the binary [1 - p, p] (1 - p in the library's precision), within float32 rounding
+    of the CPU's torch post-transforms (the mean is bit for bit: the raw-score test above)."""
     X, y = mixed_data(n=300)
     Xf = np.nan_to_num(X)
     models = [
@@ -118,9 +118,10 @@ def test_triton_finishes_its_sums_like_the_torch_post_transforms():
             blocks = {"layout": "compact-bfs", "block_r": 16, "block_t": 2, "tree_split": split}
             tri = trees.compile(model, backend="triton", device=DEVICE, tune=blocks)
             if hasattr(model, "predict_proba"):
-                np.testing.assert_allclose(
-                    tri.predict_proba(rows), cpu.predict_proba(rows), rtol=1e-6, atol=1e-7
-                )
+                for x in (rows, torch.as_tensor(rows)):  # the pair after the kernel, in the kernel
+                    proba = tri.predict_proba(x)
+                    np.testing.assert_allclose(proba, cpu.predict_proba(rows), rtol=1e-6, atol=1e-7)
+                    assert_binary_pair(proba, cpu.forest, split, type(x))
             np.testing.assert_allclose(tri.predict(rows), cpu.predict(rows), rtol=1e-6)
 
 
