@@ -16,4 +16,8 @@ template <typename T>
 cudaError_t tree_walk(const trees::WalkForest& f, const T* x, int64_t rows, const double* base,
                       bool float32_accum, double* raw, int32_t* leaves, WalkLaunch cfg, cudaStream_t stream);
 
+// y[i] = glibc's exp of x[i] (expf for float), computed on the device (Note [Library exp]).
+template <typename T>
+cudaError_t libm_exp(const T* x, T* y, int64_t n, cudaStream_t stream);
+
 }  // namespace pyzero::cuda

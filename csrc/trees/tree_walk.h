@@ -47,18 +47,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include "hd.h"
+#include "libm_exp.h"
 #include "tree_cpu.h"
 #include "tree_fast.h"
-
-#if defined(__CUDACC__)
-#define PYZERO_HD __host__ __device__ __forceinline__
-#define PYZERO_UNROLL _Pragma("unroll")
-#define PYZERO_UNROLL8 _Pragma("unroll 8")
-#else
-#define PYZERO_HD inline
-#define PYZERO_UNROLL
-#define PYZERO_UNROLL8
-#endif
 
 namespace pyzero::trees {
 
@@ -108,7 +100,8 @@ constexpr int kC8OffsetShift = 18;
 // to its kernels' sums (finish_sums in tree_walk_plan.h, which also writes XGBoost's and LightGBM's softmax):
 // with the host's expf and exp, which the native libraries call too, its probabilities equal theirs bit for
 // bit (where torch's vectorized sigmoid differed in the last bit on 1-2% of the values), and a binary
-// predict_proba at batch 1 drops four torch calls (XGBoost 500 trees of depth 12: 22.4 -> 17.1 us).
+// predict_proba at batch 1 drops four torch calls (XGBoost 500 trees of depth 12: 22.4 -> 17.1 us). The
+// device calls glibc's expf and exp repeated in libm_exp.h (Note [Library exp]), not CUDA's.
 enum FinishKind : int32_t { kFinishRaw = 0, kFinishSigmoid = 1, kFinishExp = 2 };
 
 struct Finish {
@@ -246,10 +239,11 @@ PYZERO_HD double finish_value(const WalkForest& f, bool acc32, double s, double 
   if (acc32) {
     float v = static_cast<float>(s);
     if (fin.scale != 1.0) v = v * static_cast<float>(fin.scale);
-    return static_cast<double>(fin.kind == kFinishSigmoid ? 1.0f / (1.0f + expf(-v)) : expf(v));
+    return static_cast<double>(fin.kind == kFinishSigmoid ? 1.0f / (1.0f + libm::lib_expf(-v))
+                                                          : libm::lib_expf(v));
   }
   const double v = fin.scale != 1.0 ? s * fin.scale : s;
-  return fin.kind == kFinishSigmoid ? 1.0 / (1.0 + exp(-v)) : exp(v);
+  return fin.kind == kFinishSigmoid ? 1.0 / (1.0 + libm::lib_exp(-v)) : libm::lib_exp(v);
 }
 
 // Writes output o of row r: out is [rows, 2] when the finish writes pairs, else [rows, n_outputs].

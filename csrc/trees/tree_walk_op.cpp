@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -561,10 +562,46 @@ at::Tensor tree_walk_impl(int64_t format, const at::Tensor& nodes, const at::Ten
   return plan(x);
 }
 
+// Elements a CPU thread takes at least (libm_exp).
+constexpr int64_t kLibmExpGrain = 1 << 16;
+
+// Note [Library exp]: glibc's exp of each element of x (expf for float32) by libm_exp.h's code, the host
+// build for CPU tensors and the device build for CUDA tensors, so tests can hold each to the other and
+// the host build to libm itself.
+at::Tensor libm_exp_impl(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "pyzero.libm_exp: x must be float32 or float64, got ", x.scalar_type());
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  const int64_t n = xc.numel();
+  const bool f32 = xc.scalar_type() == at::kFloat;
+  if (xc.is_cuda()) {
+#ifdef PYZERO_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(xc.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(xc.device().index()).stream();
+    const cudaError_t err = f32 ? cuda::libm_exp(xc.data_ptr<float>(), y.data_ptr<float>(), n, stream)
+                                : cuda::libm_exp(xc.data_ptr<double>(), y.data_ptr<double>(), n, stream);
+    TORCH_CHECK(err == cudaSuccess, "pyzero.libm_exp (CUDA): ", cudaGetErrorString(err));
+#endif
+    return y;
+  }
+  at::parallel_for(0, n, kLibmExpGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      if (f32) {
+        y.data_ptr<float>()[i] = libm::libm_expf(xc.data_ptr<float>()[i]);
+      } else {
+        y.data_ptr<double>()[i] = libm::libm_exp(xc.data_ptr<double>()[i]);
+      }
+    }
+  });
+  return y;
+}
+
 }  // namespace
 }  // namespace pyzero
 
 TORCH_LIBRARY_FRAGMENT(pyzero, m) {
+  m.def("libm_exp(Tensor x) -> Tensor");
   m.def(
       "tree_walk(int format, Tensor nodes, Tensor roots, Tensor leaf_nodes, Tensor values, "
       "Tensor threshold64, Tensor cat_bits, float[] cat_domain, Tensor column_kind, int depth, int "
@@ -581,10 +618,12 @@ TORCH_LIBRARY_FRAGMENT(pyzero, m) {
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
   m.impl("tree_walk", &pyzero::tree_walk_impl<false>);
   m.impl("tree_walk_emulated", &pyzero::tree_walk_impl<true>);
+  m.impl("libm_exp", &pyzero::libm_exp_impl);
 }
 
 #ifdef PYZERO_WITH_CUDA
 TORCH_LIBRARY_IMPL(pyzero, CUDA, m) {
   m.impl("tree_walk", &pyzero::tree_walk_impl<false>);
+  m.impl("libm_exp", &pyzero::libm_exp_impl);
 }
 #endif

@@ -49,6 +49,60 @@ def mixed_data(n=500, features=6, seed=0, dtype=np.float32, zero_rate=0.0, coars
     }
 
 
+def finish_models():
+    """[(fitted model, rows)] of every finish a library applies to its sums (Note [Fused finish]):
+    XGBoost's float32 sigmoid, exp and softmax, LightGBM's double ones (a sigmoid scale too),
+    scikit-learn's forest means, sigmoid, softmax and IsolationForest score."""
+    import lightgbm as lgb
+    import xgboost as xgb
+    from sklearn import ensemble
+
+    X, ys = mixed_data(n=2000)
+    Xd = np.nan_to_num(X)  # scikit-learn's forests: no missing values
+    return [
+        (xgb.XGBClassifier(n_estimators=30, max_depth=6).fit(X, ys["bin"]), X),
+        (xgb.XGBRegressor(n_estimators=30, max_depth=5, objective="count:poisson").fit(X, ys["count"]), X),
+        (lgb.LGBMClassifier(n_estimators=30, verbose=-1).fit(X, ys["bin"]), X),
+        (
+            lgb.LGBMClassifier(n_estimators=30, verbose=-1, objective="binary", sigmoid=0.7).fit(
+                X, ys["bin"]
+            ),
+            X,
+        ),
+        (lgb.LGBMRegressor(n_estimators=30, verbose=-1, objective="poisson").fit(X, ys["count"]), X),
+        (xgb.XGBClassifier(n_estimators=20, max_depth=6).fit(X, ys["multi"]), X),  # softmax in float32
+        (lgb.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, ys["multi"]), X),  # softmax in double
+        (ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(Xd, ys["bin"]), Xd),
+        (ensemble.RandomForestRegressor(20, max_depth=8, random_state=0).fit(Xd, ys["reg"]), Xd),
+        (ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=3).fit(Xd, ys["bin"]), Xd),
+        (ensemble.GradientBoostingClassifier(n_estimators=10, max_depth=3).fit(Xd, ys["multi"]), Xd),
+        (ensemble.HistGradientBoostingClassifier(max_iter=10).fit(X, ys["multi"]), X),  # numpy's softmax
+        (ensemble.IsolationForest(n_estimators=20, random_state=0).fit(Xd), Xd),  # numpy's 2 ** -x
+    ]
+
+
+def libm_exp_samples(dtype: torch.dtype, n: int, seed: int = 0) -> torch.Tensor:
+    """[~5 n] values of `dtype` (float32: expf's inputs, float64: exp's) that Note [Library exp] is held to
+    the host's libm on: random bit patterns, results neither 0 nor infinite, the finishes' range, results
+    near and below the smallest normal, and the special values."""
+    rng = np.random.default_rng(seed)
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    uint = np.uint32 if dtype == torch.float32 else np.uint64
+    lo, hi = (-103.98, 88.73) if dtype == torch.float32 else (-745.2, 709.8)
+    low_normal = -87.4 if dtype == torch.float32 else -708.4
+    info = np.finfo(np_dtype)
+    specials = [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, info.smallest_subnormal, info.max, lo, hi]
+    parts = [
+        rng.integers(0, np.iinfo(uint).max, n, dtype=uint, endpoint=True).view(np_dtype),
+        rng.uniform(lo, hi, n),
+        rng.uniform(-40.0, 40.0, n),
+        rng.uniform(lo, low_normal, n),
+        rng.uniform(lo * 1.1, hi * 1.1, n),
+        np.asarray(specials),
+    ]
+    return torch.from_numpy(np.concatenate([np.asarray(p, dtype=np_dtype) for p in parts]))
+
+
 def variants(model):
     """CompiledForests of model for every backend and strategy that can run it."""
     forest = trees.compile(model, backend="torch", strategy="traverse").forest

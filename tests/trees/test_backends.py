@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from sklearn import ensemble
 
 from pyzero import trees
+from tests.trees.helpers import finish_models, libm_exp_samples
 
 xgb = pytest.importorskip("xgboost")
 lgb = pytest.importorskip("lightgbm")
@@ -166,31 +169,7 @@ def test_cpu_outputs_equal_the_native_libraries_bit_for_bit():
     predictions equal theirs bit for bit (our float64 values are the library's float32 values exactly,
     XGBoost's binary 1 - p included), whole and in batches of 1 and 7 rows, on every kernel the forest
     takes."""
-    from tests.trees.helpers import mixed_data
-
-    X, ys = mixed_data(n=2000)
-    Xd = np.nan_to_num(X)  # scikit-learn's forests: no missing values
-    models = [
-        (xgb.XGBClassifier(n_estimators=30, max_depth=6).fit(X, ys["bin"]), X),
-        (xgb.XGBRegressor(n_estimators=30, max_depth=5, objective="count:poisson").fit(X, ys["count"]), X),
-        (lgb.LGBMClassifier(n_estimators=30, verbose=-1).fit(X, ys["bin"]), X),
-        (
-            lgb.LGBMClassifier(n_estimators=30, verbose=-1, objective="binary", sigmoid=0.7).fit(
-                X, ys["bin"]
-            ),
-            X,
-        ),
-        (lgb.LGBMRegressor(n_estimators=30, verbose=-1, objective="poisson").fit(X, ys["count"]), X),
-        (xgb.XGBClassifier(n_estimators=20, max_depth=6).fit(X, ys["multi"]), X),  # softmax in float32
-        (lgb.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, ys["multi"]), X),  # softmax in double
-        (ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(Xd, ys["bin"]), Xd),
-        (ensemble.RandomForestRegressor(20, max_depth=8, random_state=0).fit(Xd, ys["reg"]), Xd),
-        (ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=3).fit(Xd, ys["bin"]), Xd),
-        (ensemble.GradientBoostingClassifier(n_estimators=10, max_depth=3).fit(Xd, ys["multi"]), Xd),
-        (ensemble.HistGradientBoostingClassifier(max_iter=10).fit(X, ys["multi"]), X),  # numpy's softmax
-        (ensemble.IsolationForest(n_estimators=20, random_state=0).fit(Xd), Xd),  # numpy's 2 ** -x
-    ]
-    for model, rows in models:
+    for model, rows in finish_models():
         method = next(m for m in ("predict_proba", "score_samples", "predict") if hasattr(model, m))
         want = getattr(model, method)(rows)
         for strategy in ("auto", "perfect", "bitvector", "traverse"):
@@ -230,3 +209,30 @@ def test_finish_sums_checks_its_arguments():
     for f32 in (False, True):
         p = C.finish_sums(rows, base, [3.0, 1.0, 0.0, 0.0], f32)
         torch.testing.assert_close(p, torch.softmax(rows, dim=1), rtol=0, atol=1e-7)
+
+
+def test_libm_exp_equals_the_host_libm():
+    """Note [Library exp]: the libm_exp op's host build (the code the GPU finish runs) equals the host's
+    expf (through ctypes) and exp (math.exp) bit for bit; tests/cpp/test_libm_exp.cpp covers every float."""
+    import ctypes
+    import ctypes.util
+
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libm.expf.restype, libm.expf.argtypes = ctypes.c_float, [ctypes.c_float]
+    for dtype, host in ((torch.float32, libm.expf), (torch.float64, math.exp)):
+        x = libm_exp_samples(dtype, 4000)
+        got = torch.ops.pyzero.libm_exp(x)
+        assert got.dtype == dtype and got.shape == x.shape
+        want = torch.tensor([_host_exp(host, v) for v in x.tolist()], dtype=dtype)
+        same = (got == want) | (got.isnan() & want.isnan())
+        assert bool(same.all()), (dtype, x[~same][:5], got[~same][:5], want[~same][:5])
+    with pytest.raises(RuntimeError, match="x must be float32 or float64, got Half"):
+        torch.ops.pyzero.libm_exp(torch.zeros(3, dtype=torch.float16))
+
+
+def _host_exp(host, v: float) -> float:
+    """host(v), with Python's OverflowError as libm's infinity."""
+    try:
+        return host(v)
+    except OverflowError:
+        return math.inf

@@ -14,7 +14,7 @@ from sklearn import ensemble
 
 from pyzero import trees
 from pyzero.trees import gpu_layout, torch_strategies
-from tests.trees.helpers import assert_binary_pair
+from tests.trees.helpers import assert_binary_pair, finish_models, libm_exp_samples
 
 pytestmark = pytest.mark.cuda
 
@@ -241,6 +241,43 @@ def test_cuda_kernel_agrees_with_the_native_libraries_on_adversarial_rows():
             gpu = trees.compile(model, backend="cuda", device="cuda", strategy=strategy)
             report = trees.verify(model, gpu, data)
             assert report["ok"], (type(model).__name__, strategy, report)
+
+
+def test_cuda_libm_exp_equals_the_host_build():
+    """Note [Library exp]: the device build of libm_expf and libm_exp equals the host build bit for bit
+    (test_backends and tests/cpp/test_libm_exp.cpp hold that one to the host's libm)."""
+    for dtype in (torch.float32, torch.float64):
+        x = libm_exp_samples(dtype, 1 << 20, seed=1)
+        want = torch.ops.pyzero.libm_exp(x)
+        got = torch.ops.pyzero.libm_exp(x.cuda()).cpu()
+        same = (got == want) | (got.isnan() & want.isnan())
+        assert bool(same.all()), (dtype, x[~same][:5], got[~same][:5], want[~same][:5])
+
+
+def test_cuda_outputs_equal_the_native_libraries_bit_for_bit():
+    """Note [Library exp] and Note [Fused finish] on the GPU: where the CUDA kernel finishes the sums
+    (XGBoost's float32 sigmoid and exp, LightGBM's and scikit-learn's double ones, the forests' means,
+    the binary pair), probabilities and predictions equal the native libraries' bit for bit: whole, in
+    batches of 1 and 7 rows (graphs, prepared calls), from numpy and device rows. Softmax and the
+    IsolationForest score take torch steps on the GPU (within 1e-6: the adversarial-row test)."""
+    kinds = {"predict_proba": "proba", "predict": "transformed"}
+    checked = []
+    for model, rows in finish_models():
+        method = next(m for m in ("predict_proba", "score_samples", "predict") if hasattr(model, m))
+        gpu = trees.compile(model, device="cuda")
+        if method not in kinds or gpu._launch(kinds[method]) is None:
+            continue
+        name = type(model).__name__
+        want = getattr(model, method)(rows).astype(np.float64)
+        assert np.array_equal(getattr(gpu, method)(rows), want), name
+        xd = torch.as_tensor(rows, dtype=gpu._input_dtype, device="cuda")
+        assert np.array_equal(getattr(gpu, method)(xd).cpu().numpy(), want), name
+        for size in (1, 7):
+            parts = [getattr(gpu, method)(rows[i : i + size]) for i in range(0, 70, size)]
+            assert np.array_equal(np.concatenate(parts), want[:70]), (name, size)
+        checked.append(name)
+    # XGBoost binary and Poisson, LightGBM binary (twice) and Poisson, both random forests, binary GB
+    assert len(checked) == 8, checked
 
 
 def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
