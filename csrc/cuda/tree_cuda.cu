@@ -33,8 +33,28 @@ template cudaError_t tree_walk<double>(const WalkForest&, const double*, int64_t
 
 namespace {
 
-// Threads of a libm_exp block.
-constexpr int kLibmExpThreads = 256;
+// Threads of a libm_exp or finish_rows block.
+constexpr int kElementwiseThreads = 256;
+// Blocks of a grid-stride launch at most.
+constexpr int64_t kMaxElementwiseBlocks = int64_t{1} << 16;
+
+unsigned elementwise_blocks(int64_t n) {
+  return static_cast<unsigned>(
+      std::min((n + kElementwiseThreads - 1) / kElementwiseThreads, kMaxElementwiseBlocks));
+}
+
+__global__ void finish_rows_kernel(WalkForest f, bool softmax, bool acc32, const double* raw, int64_t rows,
+                                   const double* base, double* out) {
+  const int64_t outs = f.n_outputs;
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
+       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (softmax) {
+      trees::softmax_row(raw + r * outs, outs, acc32, out + r * outs);
+    } else {
+      for (int64_t o = 0; o < outs; ++o) trees::store_output(f, acc32, base, out, r, o, raw[r * outs + o]);
+    }
+  }
+}
 
 template <typename T>
 __global__ void libm_exp_kernel(const T* x, T* y, int64_t n) {
@@ -50,11 +70,18 @@ __global__ void libm_exp_kernel(const T* x, T* y, int64_t n) {
 
 }  // namespace
 
+cudaError_t finish_rows(const WalkForest& f, bool softmax, bool acc32, const double* raw, int64_t rows,
+                        const double* base, double* out, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  finish_rows_kernel<<<elementwise_blocks(rows), kElementwiseThreads, 0, stream>>>(f, softmax, acc32, raw,
+                                                                                   rows, base, out);
+  return cudaGetLastError();
+}
+
 template <typename T>
 cudaError_t libm_exp(const T* x, T* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const int64_t blocks = std::min<int64_t>((n + kLibmExpThreads - 1) / kLibmExpThreads, int64_t{1} << 16);
-  libm_exp_kernel<T><<<static_cast<unsigned>(blocks), kLibmExpThreads, 0, stream>>>(x, y, n);
+  libm_exp_kernel<T><<<elementwise_blocks(n), kElementwiseThreads, 0, stream>>>(x, y, n);
   return cudaGetLastError();
 }
 

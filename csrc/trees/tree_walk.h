@@ -100,8 +100,9 @@ constexpr int kC8OffsetShift = 18;
 // to its kernels' sums (finish_sums in tree_walk_plan.h, which also writes XGBoost's and LightGBM's softmax):
 // with the host's expf and exp, which the native libraries call too, its probabilities equal theirs bit for
 // bit (where torch's vectorized sigmoid differed in the last bit on 1-2% of the values), and a binary
-// predict_proba at batch 1 drops four torch calls (XGBoost 500 trees of depth 12: 22.4 -> 17.1 us). The
-// device calls glibc's expf and exp repeated in libm_exp.h (Note [Library exp]), not CUDA's.
+// predict_proba at batch 1 drops four torch calls (XGBoost 500 trees of depth 12: 22.4 -> 17.1 us). On a
+// GPU, finish_sums writes the softmax (softmax_row) in one launch after the kernel. The device calls
+// glibc's expf and exp repeated in libm_exp.h (Note [Library exp]), not CUDA's.
 enum FinishKind : int32_t { kFinishRaw = 0, kFinishSigmoid = 1, kFinishExp = 2 };
 
 struct Finish {
@@ -256,6 +257,32 @@ PYZERO_HD void store_output(const WalkForest& f, bool acc32, const double* base,
   } else {
     out[r * f.n_outputs + o] = v;
   }
+}
+
+// Note [Fused finish]'s softmax of one row's n sums s into out, as the libraries write it: in float32
+// with a double sum when the forest sums in float32 (XGBoost's Softmax), else in double (LightGBM's
+// Common::Softmax); finish_sums applies it on the host and on the device.
+PYZERO_HD void softmax_row(const double* s, int64_t n, bool acc32, double* out) {
+  if (acc32) {
+    float wmax = static_cast<float>(s[0]);
+    for (int64_t k = 1; k < n; ++k) wmax = fmaxf(static_cast<float>(s[k]), wmax);
+    double wsum = 0.0;
+    for (int64_t k = 0; k < n; ++k) {
+      const float e = libm::lib_expf(static_cast<float>(s[k]) - wmax);
+      out[k] = e;
+      wsum += e;
+    }
+    for (int64_t k = 0; k < n; ++k) out[k] = static_cast<float>(out[k]) / static_cast<float>(wsum);
+    return;
+  }
+  double wmax = s[0];
+  for (int64_t k = 1; k < n; ++k) wmax = s[k] < wmax ? wmax : s[k];  // std::max(s[k], wmax)
+  double wsum = 0.0;
+  for (int64_t k = 0; k < n; ++k) {
+    out[k] = libm::lib_exp(s[k] - wmax);
+    wsum += out[k];
+  }
+  for (int64_t k = 0; k < n; ++k) out[k] /= wsum;
 }
 
 // One step of a perfect-tree walk (Note [Perfect trees]): the heap index of node i's child that row

@@ -456,58 +456,40 @@ const WalkPlan* WalkPlans::find(const at::Tensor& x) const {
   return nullptr;
 }
 
-namespace {
-
-// Note [Fused finish]'s softmax of one row's sums (the cpu backend only), as the libraries write it:
-// in float32 with a double sum when the forest sums in float32 (XGBoost's Softmax), else in double
-// (LightGBM's Common::Softmax, scikit-learn's multinomial loss).
-void softmax_row(const double* s, int64_t n, bool acc32, double* out) {
-  if (acc32) {
-    float wmax = static_cast<float>(s[0]);
-    for (int64_t k = 1; k < n; ++k) wmax = fmaxf(static_cast<float>(s[k]), wmax);
-    double wsum = 0.0;
-    for (int64_t k = 0; k < n; ++k) {
-      const float e = expf(static_cast<float>(s[k]) - wmax);
-      out[k] = e;
-      wsum += e;
-    }
-    for (int64_t k = 0; k < n; ++k) out[k] = static_cast<float>(out[k]) / static_cast<float>(wsum);
-    return;
-  }
-  double wmax = s[0];
-  for (int64_t k = 1; k < n; ++k) wmax = std::max(s[k], wmax);
-  double wsum = 0.0;
-  for (int64_t k = 0; k < n; ++k) {
-    out[k] = std::exp(s[k] - wmax);
-    wsum += out[k];
-  }
-  for (int64_t k = 0; k < n; ++k) out[k] /= wsum;
-}
-
-}  // namespace
-
 at::Tensor finish_sums(const at::Tensor& raw, const at::Tensor& base, const std::vector<double>& finish,
                        bool float32_accum) {
-  TORCH_CHECK(raw.scalar_type() == at::kDouble && raw.dim() == 2 && raw.is_contiguous() && raw.is_cpu(),
-              "pyzero.trees: raw must be a contiguous float64 CPU tensor of shape (rows, outputs)");
+  TORCH_CHECK(raw.scalar_type() == at::kDouble && raw.dim() == 2 && raw.is_contiguous() &&
+                  (raw.is_cpu() || raw.is_cuda()),
+              "pyzero.trees: raw must be a contiguous float64 CPU or CUDA tensor of shape (rows, outputs)");
   const bool softmax = finish.size() == 4 && finish[0] == kFinishSoftmax;
   TORCH_CHECK(!softmax || (finish[1] == 1 && finish[2] == 0 && finish[3] == 0),
               "pyzero.trees: softmax takes scale 1, no divisor and no pair");
   trees::WalkForest f{};
   f.n_outputs = raw.size(1);
   if (!softmax) f.finish = finish_of(finish, f, false);
-  TORCH_CHECK(base.scalar_type() == at::kDouble && base.is_contiguous() && base.is_cpu() &&
+  TORCH_CHECK(base.scalar_type() == at::kDouble && base.is_contiguous() && base.device() == raw.device() &&
                   base.numel() == f.n_outputs,
-              "pyzero.trees: base must hold one float64 per output");
+              "pyzero.trees: base must hold one float64 per output, on raw's device");
   at::Tensor out = at::empty({raw.size(0), f.finish.pair ? 2 : f.n_outputs}, raw.options());
   const double* s = raw.data_ptr<double>();
   const double* b = base.data_ptr<double>();
   double* o = out.data_ptr<double>();
   const int64_t outs = f.n_outputs;
+  if (raw.is_cuda()) {
+#ifdef PYZERO_WITH_CUDA
+    const c10::cuda::CUDAGuard guard(raw.device());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(raw.device().index()).stream();
+    const cudaError_t err = cuda::finish_rows(f, softmax, float32_accum, s, raw.size(0), b, o, stream);
+    TORCH_CHECK(err == cudaSuccess, "pyzero.trees.finish_sums (CUDA): ", cudaGetErrorString(err));
+#else
+    TORCH_CHECK(false, "pyzero.trees: pyzero._C was built without CUDA");
+#endif
+    return out;
+  }
   at::parallel_for(0, raw.size(0), kFinishGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       if (softmax) {
-        softmax_row(s + r * outs, outs, float32_accum, o + r * outs);
+        trees::softmax_row(s + r * outs, outs, float32_accum, o + r * outs);
         continue;
       }
       for (int64_t k = 0; k < outs; ++k) trees::store_output(f, float32_accum, b, o, r, k, s[r * outs + k]);

@@ -291,7 +291,9 @@ class CompiledForest:
         """Whether the `kind` outputs of a batch are one launch of the CUDA kernel (its fused finish
         does every step after the sums)."""
         if kind not in self._one_launch_kinds:
-            self._one_launch_kinds[kind] = self.backend == "cuda" and self._launch(kind) is not None
+            launch = self._launch(kind)
+            one = self.backend == "cuda" and launch is not None and launch[0][:1] != (FINISH_SOFTMAX,)
+            self._one_launch_kinds[kind] = one
         return self._one_launch_kinds[kind]
 
     def _launch(self, kind: str) -> tuple[tuple[float, ...], bool] | None:
@@ -310,12 +312,12 @@ class CompiledForest:
                 finish = fused_finish(f, post=kind != "raw", pair=kind == "proba" and binary)
                 if (
                     finish is None
-                    and self.backend == "cpu"
                     and kind != "raw"
                     and f.post_transform == "softmax"
                     and f.extra.get("softmax") != "numpy"  # scikit-learn's: numpy in _transformed_direct
+                    and (self.device.type == "cpu" or _native.cuda_built())
                 ):
-                    finish = (FINISH_SOFTMAX, 1.0, 0.0, 0.0)  # finish_sums only, not the GPU kernels
+                    finish = (FINISH_SOFTMAX, 1.0, 0.0, 0.0)  # finish_sums after the kernel, not in it
                 launch = None if finish is None else (finish, acc32 and f.aggregation != "mean")
             self._launches[kind] = launch
         return self._launches[kind]
@@ -384,13 +386,14 @@ class CompiledForest:
         return self._route("raw", self._raw_direct, x)
 
     def _fused(self, x: Tensor, kind: str) -> Tensor | None:
-        """The `kind` outputs as one GPU kernel call (_launch), or on the cpu backend as the C++ kernel's
-        sums finished by one C++ call (Note [Fused finish]); None when they take more steps."""
+        """The `kind` outputs as one GPU kernel call (_launch), or as the kernel's sums finished by one
+        finish_sums call (Note [Fused finish]: the cpu backend, and softmax on the GPU); None when they
+        take more steps."""
         launch = self._launch(kind)
         if launch is None:
             return None
         finish, f32 = launch
-        if self.backend != "cpu":
+        if self.backend != "cpu" and finish[:1] != (FINISH_SOFTMAX,):
             return self._kernel.raw(x, self._base, f32, finish)
         if not finish:
             return self._kernel.raw(x, self._base, f32)
@@ -544,7 +547,7 @@ def _numpy_softmax(raw: np.ndarray) -> np.ndarray:
 
 # Post-transforms the CUDA kernel applies itself, by its finish kind (kFinish* in tree_walk.h).
 _FUSED_POST = {"identity": 0, "sigmoid": 1, "exp": 2}
-FINISH_SOFTMAX = 3.0  # finish_sums' softmax over a row's outputs (kFinishSoftmax, the cpu backend's own)
+FINISH_SOFTMAX = 3.0  # finish_sums' softmax of a row's outputs (kFinishSoftmax): after the kernel, not in it
 
 
 def fused_finish(forest: Forest, post: bool, pair: bool = False) -> tuple[float, ...] | None:

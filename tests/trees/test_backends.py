@@ -194,7 +194,7 @@ def test_finish_sums_checks_its_arguments():
         torch.full((3, 2), 0.5, dtype=torch.float64)
     )
     with pytest.raises(
-        RuntimeError, match=r"raw must be a contiguous float64 CPU tensor of shape \(rows, outputs\)"
+        RuntimeError, match=r"raw must be a contiguous float64 CPU or CUDA tensor of shape \(rows, outputs\)"
     ):
         C.finish_sums(raw.float(), base, [1.0, 1.0, 0.0, 0.0], True)
     with pytest.raises(RuntimeError, match="base must hold one float64 per output"):

@@ -257,9 +257,10 @@ def test_cuda_libm_exp_equals_the_host_build():
 def test_cuda_outputs_equal_the_native_libraries_bit_for_bit():
     """Note [Library exp] and Note [Fused finish] on the GPU: where the CUDA kernel finishes the sums
     (XGBoost's float32 sigmoid and exp, LightGBM's and scikit-learn's double ones, the forests' means,
-    the binary pair), probabilities and predictions equal the native libraries' bit for bit: whole, in
-    batches of 1 and 7 rows (graphs, prepared calls), from numpy and device rows. Softmax and the
-    IsolationForest score take torch steps on the GPU (within 1e-6: the adversarial-row test)."""
+    the binary pair; XGBoost's and LightGBM's softmax in finish_sums after the kernel), probabilities
+    and predictions equal the native libraries' bit for bit: whole, in batches of 1 and 7 rows (graphs,
+    prepared calls), from numpy and device rows. scikit-learn's softmax and the IsolationForest score
+    take torch steps on the GPU (within 1e-6: the adversarial-row test)."""
     kinds = {"predict_proba": "proba", "predict": "transformed"}
     checked = []
     for model, rows in finish_models():
@@ -276,8 +277,35 @@ def test_cuda_outputs_equal_the_native_libraries_bit_for_bit():
             parts = [getattr(gpu, method)(rows[i : i + size]) for i in range(0, 70, size)]
             assert np.array_equal(np.concatenate(parts), want[:70]), (name, size)
         checked.append(name)
-    # XGBoost binary and Poisson, LightGBM binary (twice) and Poisson, both random forests, binary GB
-    assert len(checked) == 8, checked
+    # XGBoost binary, Poisson and softmax, LightGBM binary (twice), Poisson and softmax, both random
+    # forests, binary GB
+    assert len(checked) == 10, checked
+
+
+def test_finish_sums_on_the_device_equals_the_host():
+    """Note [Fused finish] after the kernel (softmax on the GPU, finish_sums): every finish, float32 and
+    double, on CUDA tensors equals the host's bit for bit; inputs on two devices are refused."""
+    from pyzero import _native
+
+    C = _native.require("finish_sums")
+    rng = np.random.default_rng(5)
+    sums = torch.from_numpy(rng.normal(0, 4, (5000, 3)))
+    sums[:7] = torch.tensor(
+        [[0.0, -0.0, 1e-300], [90.0, -90.0, 0.0], [700.0, 1.0, -750.0]] + [[1.0, 2.0, 3.0]] * 4
+    )
+    base = torch.tensor([0.5, -0.25, 1.0], dtype=torch.float64)
+    finishes = [(0.0, 1.0, 7.0, 0.0), (1.0, 1.0, 0.0, 0.0), (1.0, 0.7, 0.0, 0.0), (2.0, 1.0, 0.0, 0.0)]
+    finishes.append((trees.compiled.FINISH_SOFTMAX, 1.0, 0.0, 0.0))
+    for finish in finishes:
+        for f32 in (False, True):
+            want = C.finish_sums(sums, base, list(finish), f32)
+            got = C.finish_sums(sums.cuda(), base.cuda(), list(finish), f32)
+            assert got.device.type == "cuda" and torch.equal(got.cpu(), want), (finish, f32)
+    one = sums[:, :1].contiguous()
+    want = C.finish_sums(one, base[:1], [1.0, 1.0, 0.0, 1.0], True)
+    assert torch.equal(C.finish_sums(one.cuda(), base[:1].cuda(), [1.0, 1.0, 0.0, 1.0], True).cpu(), want)
+    with pytest.raises(RuntimeError, match="base must hold one float64 per output, on raw's device"):
+        C.finish_sums(sums.cuda(), base, [1.0, 1.0, 0.0, 0.0], True)
 
 
 def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():

@@ -125,6 +125,25 @@ def test_triton_finishes_its_sums_like_the_torch_post_transforms():
             np.testing.assert_allclose(tri.predict(rows), cpu.predict(rows), rtol=1e-6)
 
 
+def test_triton_softmax_goes_through_finish_sums_equal_to_the_libraries():
+    """XGBoost's and LightGBM's multiclass probabilities on a GPU backend: the kernel's sums, then one
+    finish_sums call (Note [Fused finish]), equal to the library's bit for bit from numpy and tensor
+    rows (under the interpreter, on the host; the CUDA tests cover the device's finish_sums)."""
+    X, y = mixed_data(n=300)
+    rows = X[:40]
+    blocks = {"layout": "compact-bfs", "block_r": 16, "block_t": 2, "tree_split": 1}
+    for model in (
+        xgb.XGBClassifier(n_estimators=3, max_depth=3).fit(X, y["multi"]),
+        lgb.LGBMClassifier(n_estimators=3, num_leaves=6, verbose=-1).fit(X, y["multi"]),
+    ):
+        tri = trees.compile(model, backend="triton", device=DEVICE, tune=blocks)
+        assert tri._launch("proba")[0][0] == trees.compiled.FINISH_SOFTMAX
+        want = model.predict_proba(rows).astype(np.float64)
+        assert np.array_equal(tri.predict_proba(rows), want), type(model).__name__
+        got = tri.predict_proba(torch.as_tensor(rows, device=DEVICE)).cpu().numpy()
+        assert np.array_equal(got, want), type(model).__name__
+
+
 def test_tree_predict_triton_function_and_errors():
     X, y = mixed_data(n=200)
     model = xgb.XGBRegressor(n_estimators=3, max_depth=3).fit(X, y["reg"])
