@@ -13,8 +13,8 @@ from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomFore
 
 from pyzero import _native, trees
 from pyzero.trees import compiled, fast_cpu, gpu, gpu_layout
-from tests.trees.helpers import mixed_data
-from tests.trees.test_gpu_layouts import EMULATED_CONFIGS, _models
+from tests.trees.helpers import finish_models, mixed_data
+from tests.trees.test_gpu_layouts import EMULATED_CONFIGS, EMULATED_TILED, _models
 
 C = _native.require("the prepared-walk tests")
 ROW_COUNTS = (1, 7, 40)
@@ -57,6 +57,33 @@ def test_a_prepared_walk_equals_the_op_bit_for_bit(case):
                 if flat is not None:
                     out = flat(xr)
                     assert out.shape == (n,) and torch.equal(out, want[:, 0]), (name, lay, emulate, n)
+
+
+def test_the_emulated_kernels_finish_equals_the_native_libraries_bit_for_bit():
+    """Note [Fused finish] inside the CUDA kernel's own code (emulated on the host, with the host's expf
+    and exp, which Note [Library exp] repeats on the device): sigmoid, exp, the forests' mean and the
+    binary pair of every layout equal the native library's probabilities and predictions bit for bit."""
+    checked = []
+    for model, rows in finish_models():
+        method = next(m for m in ("predict_proba", "score_samples", "predict") if hasattr(model, m))
+        cpu = trees.compile(model, backend="cpu", strategy="traverse")
+        f = cpu.forest
+        binary = f.classes is not None and f.n_outputs == 1
+        finish = compiled.fused_finish(f, post=True, pair=method == "predict_proba" and binary)
+        if method == "score_samples" or finish is None:
+            continue
+        f32 = f.extra.get("accumulate") == "float32" and f.aggregation != "mean"
+        want = np.asarray(getattr(model, method)(rows[:60]), dtype=np.float64)
+        x = cpu._input(rows[:60])[0]
+        for lay in gpu_layout.LAYOUTS:
+            if gpu_layout.why_not(f, lay, cpu._input_dtype) is not None:
+                continue
+            g = gpu_layout.GpuLayout(f, lay, cpu._input_dtype, torch.device("cpu"))
+            cfg = EMULATED_TILED[0] if lay == "perfect-tiled" else EMULATED_CONFIGS[2]
+            got = g.walk(x, cpu._base, f32, False, cfg, True, finish).numpy()
+            assert np.array_equal(got.reshape(want.shape), want), (type(model).__name__, lay)
+        checked.append(type(model).__name__)
+    assert len(checked) == 8, checked
 
 
 def _plan_and_rows():
