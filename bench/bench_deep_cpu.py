@@ -1,10 +1,11 @@
 """Forests the perfect-tree kernel does not take, on the CPU: leaf-wise LightGBM trees too deep for it,
-and LightGBM and XGBoost forests with categorical splits. Rows/s of pyzero's bitvector kernel (Note
-[Bitvector trees]) and node kernel (Note [Deep trees on the CPU]) against the library's own
-predict_proba, on the same threads, methods interleaved within every repeat, medians reported; and
-batch-1 latency.
+LightGBM and XGBoost forests with categorical splits, and scikit-learn's HistGradientBoosting, which
+compares float64 inputs (Note [Binned float64 inputs]). Rows/s of pyzero's bitvector kernel (Note
+[Bitvector trees]), perfect-tree kernel where the forest fits it, and node kernel (Note [Deep trees on
+the CPU]) against the library's own predict_proba, on the same threads, methods interleaved within every
+repeat, medians reported; and batch-1 latency.
 
-    python bench/bench_deep_cpu.py [--trees 100] [--repeats 21] [--threads 2] [--out results.json]
+    python bench/bench_deep_cpu.py [--trees 100] [--repeats 21] [--threads 2] [--only NAME] [--out F.json]
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ FORESTS = (
     ("categorical, 31 leaves", "lightgbm", "categorical", {}),
     ("categorical, depth 6", "xgboost", "categorical", {"max_depth": 6}),
     ("categorical, depth 8", "xgboost", "categorical", {"max_depth": 8}),
+    ("HistGradientBoosting, 31 leaves", "sklearn", "synthetic64", {}),
+    ("HistGradientBoosting, depth 6", "sklearn", "synthetic64", {"max_depth": 6}),
 )
 # "categorical" data: its first four columns are categories (30, 30, 200 and 200 of them).
 CATEGORICAL = (30, 30, 200, 200)
@@ -66,9 +69,13 @@ def dataset(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X = X.astype(np.float32)
         return X, y, np.tile(X, (20, 1))
     rng = np.random.default_rng(0)
-    if name == "synthetic":
-        X = rng.standard_normal((20000, 28)).astype(np.float32)
+    if name in ("synthetic", "synthetic64"):  # synthetic64: float64 rows, 3% NaN
+        X = rng.standard_normal((20000, 28))
+        if name == "synthetic":
+            X = X.astype(np.float32)
         y = (X[:, 0] * X[:, 1] + np.sin(X[:, 2]) + 0.5 * X[:, 3] > 0).astype(int)
+        if name == "synthetic64":
+            X[rng.random(X.shape) < 0.03] = np.nan
         return X, y, X[:10000]
     X = rng.standard_normal((20000, 12)).astype(np.float32)
     for c, n in enumerate(CATEGORICAL):
@@ -88,6 +95,10 @@ def fit(library: str, data: str, kw: dict, X: np.ndarray, y: np.ndarray, trees_:
             n_estimators=trees_, n_jobs=threads, tree_method="hist", enable_categorical=True,
             feature_types=types, max_cat_to_onehot=1, **kw,
         ).fit(X, y)  # fmt: skip
+    if library == "sklearn":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        return HistGradientBoostingClassifier(max_iter=trees_, **kw).fit(X, y)
     import lightgbm as lgb
 
     model = lgb.LGBMClassifier(n_estimators=trees_, verbose=-1, n_jobs=threads, **kw)
@@ -110,10 +121,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default="", help="run the forests whose name contains this")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = []
     for name, library, data, kw in FORESTS:
+        if args.only not in name:
+            continue
         kw = dict(kw)
         X, y, batch = dataset(data)
         if kw.pop("nan", False):
@@ -121,8 +135,11 @@ def main() -> None:
             batch = np.tile(X, (20, 1))
         model = fit(library, data, kw, X, y, args.trees, args.threads)
         fns = {"native": model.predict_proba}
-        for strategy in ("bitvector", "traverse"):
-            cf = trees.compile(model, backend="cpu", strategy=strategy)
+        for strategy in ("perfect", "bitvector", "traverse"):
+            try:
+                cf = trees.compile(model, backend="cpu", strategy=strategy)
+            except ValueError:  # the forest does not fit the perfect kernel
+                continue
             assert trees.verify(model, cf, X)["ok"]
             fns[strategy] = cf.predict_proba
         for fn in fns.values():
@@ -143,11 +160,12 @@ def main() -> None:
         }
         results.append(row)
         r = row["rows_per_s"]
+        kernels = ", ".join(
+            f"{k} {v / 1e6:.2f} M rows/s ({v / r['native']:.2f}x)" for k, v in r.items() if k != "native"
+        )
         print(
-            f"{library} {name:<32} depth {depth:>2}, {row['mean_leaves']:.0f} leaves: "
-            f"bitvector {r['bitvector'] / 1e6:.2f} M rows/s "
-            f"({r['bitvector'] / r['native']:.2f}x {library}), node kernel {r['traverse'] / 1e6:.2f} M "
-            f"({r['traverse'] / r['native']:.2f}x), {library} {r['native'] / 1e6:.2f} M; batch 1 us: "
+            f"{library} {name:<32} depth {depth:>2}, {row['mean_leaves']:.0f} leaves: {kernels}, "
+            f"{library} {r['native'] / 1e6:.2f} M; batch 1 us: "
             + ", ".join(f"{k} {v:.1f}" for k, v in row["batch1_us"].items())
         )
     if args.out:

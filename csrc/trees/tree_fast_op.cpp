@@ -113,10 +113,67 @@ at::Tensor tree_perfect_leaves_cpu(const at::Tensor& meta, const at::Tensor& thr
       .leaves(x);
 }
 
+// Rows a thread bins at least (bin_rows), and rows searched in lockstep: a search is a chain of about
+// eight dependent loads, so one row at a time waits on each (2-core EPYC, 100k rows x 20 features of up
+// to 254 thresholds: 29.8 ms one row at a time).
+constexpr int64_t kBinGrainRows = 1024;
+constexpr int64_t kBinLanes = 16;
+
+// The rank of each of the n values v (Note [Binned float64 inputs]): how many of e[0 .. len) (ascending)
+// lie below it, NaN for NaN; the searches go in lockstep (Khuong and Morin's branchless lower bound).
+inline void bin_lanes(const double* e, int64_t len, const double* v, int64_t n, float* out) {
+  int64_t at[kBinLanes] = {};
+  for (int64_t size = len; size > 1; size -= size >> 1) {
+    const int64_t half = size >> 1;
+    for (int64_t l = 0; l < n; ++l) at[l] += half & -static_cast<int64_t>(e[at[l] + half - 1] < v[l]);
+  }
+  for (int64_t l = 0; l < n; ++l) {
+    const int64_t rank = len == 0 ? 0 : at[l] + static_cast<int64_t>(e[at[l]] < v[l]);
+    out[l] = v[l] != v[l] ? static_cast<float>(v[l]) : static_cast<float>(rank);
+  }
+}
+
+// Note [Binned float64 inputs] (fast_cpu.py): out[r, c] = the number of feature c's thresholds
+// edges[starts[c] .. starts[c + 1]) (ascending, distinct) below x[r, c], as a float32; NaN stays NaN.
+at::Tensor bin_rows_cpu(const at::Tensor& x, const at::Tensor& edges, const at::Tensor& starts) {
+  TORCH_CHECK(x.scalar_type() == at::kDouble && x.dim() == 2 && x.is_contiguous() && x.is_cpu(),
+              "pyzero.bin_rows: x must be a contiguous float64 CPU tensor of shape (rows, features)");
+  TORCH_CHECK(edges.scalar_type() == at::kDouble && edges.dim() == 1 && edges.is_contiguous(),
+              "pyzero.bin_rows: edges must be a contiguous 1-D float64 tensor");
+  const int64_t n_features = x.size(1);
+  TORCH_CHECK(starts.scalar_type() == at::kLong && starts.dim() == 1 && starts.is_contiguous() &&
+                  starts.numel() == n_features + 1,
+              "pyzero.bin_rows: starts must be a contiguous int64 tensor of n_features + 1 = ",
+              n_features + 1, " offsets, got ", starts.numel());
+  const int64_t* st = starts.data_ptr<int64_t>();
+  TORCH_CHECK(st[0] == 0 && st[n_features] == edges.numel(), "pyzero.bin_rows: starts must run from 0 to ",
+              edges.numel(), " (the edges)");
+  for (int64_t c = 0; c < n_features; ++c)
+    TORCH_CHECK(st[c] <= st[c + 1], "pyzero.bin_rows: starts must not decrease (feature ", c, ")");
+  at::Tensor out = at::empty({x.size(0), n_features}, x.options().dtype(at::kFloat));
+  const double* xs = x.data_ptr<double>();
+  const double* e = edges.data_ptr<double>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, x.size(0), kBinGrainRows, [&](int64_t r0, int64_t r1) {
+    double v[kBinLanes];
+    float ranks[kBinLanes];
+    for (int64_t b = r0; b < r1; b += kBinLanes) {
+      const int64_t n = std::min(kBinLanes, r1 - b);
+      for (int64_t c = 0; c < n_features; ++c) {
+        for (int64_t l = 0; l < n; ++l) v[l] = xs[(b + l) * n_features + c];
+        bin_lanes(e + st[c], st[c + 1] - st[c], v, n, ranks);
+        for (int64_t l = 0; l < n; ++l) o[(b + l) * n_features + c] = ranks[l];
+      }
+    }
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace pyzero
 
 TORCH_LIBRARY_FRAGMENT(pyzero, m) {
+  m.def("bin_rows(Tensor x, Tensor edges, Tensor starts) -> Tensor");
   m.def(
       "tree_perfect_raw(Tensor meta, Tensor threshold, Tensor values, Tensor values32, Tensor leaf_nodes, "
       "Tensor column_kind, Tensor x, Tensor base, bool float32_accum) -> Tensor");
@@ -129,4 +186,5 @@ TORCH_LIBRARY_FRAGMENT(pyzero, m) {
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
   m.impl("tree_perfect_raw", &pyzero::tree_perfect_raw_cpu);
   m.impl("tree_perfect_leaves", &pyzero::tree_perfect_leaves_cpu);
+  m.impl("bin_rows", &pyzero::bin_rows_cpu);
 }

@@ -176,35 +176,43 @@ class CompiledForest:
     def _cpu_kernel(
         self,
     ) -> (
-        strategies.PackedForest | fast_cpu.PerfectForest | fast_cpu.BitvectorForest | fast_cpu.CpuKernelChoice
+        strategies.PackedForest
+        | fast_cpu.PerfectForest
+        | fast_cpu.BitvectorForest
+        | fast_cpu.CpuKernelChoice
+        | fast_cpu.BinnedKernel
     ):
         """The C++ kernel for backend "cpu": the perfect-tree SIMD kernel when the forest fits it
         (Note [Perfect trees]) and the strategy allows, else the bitvector kernel of trees of at most 256
         leaves, categorical splits included (Note [Bitvector trees]; first for deep trees of few leaves:
         fast_cpu.prefers_bitvector), else the node-by-node traversal; with strategy "auto", a forest both
-        of the first two take gets both, chosen per batch (Note [CPU kernel choice] in fast_cpu.py)."""
+        of the first two take gets both, chosen per batch (Note [CPU kernel choice] in fast_cpu.py).
+        Forests that compare float64 inputs take the first two on binned rows (Note [Binned float64
+        inputs] in fast_cpu.py) where they can, else the node kernel."""
         if self.strategy == "gemm":
             raise ValueError("strategy='gemm' is a torch strategy: use backend='torch'")
-        f64 = "it compares float64 inputs" if self._input_dtype == torch.float64 else None
+        forest, f64, wrap = self.forest, None, lambda kernel: kernel
+        if self._input_dtype == torch.float64:  # Note [Binned float64 inputs] in fast_cpu.py
+            f64 = fast_cpu.why_not_binned(forest)
+            if f64 is None:
+                binned = fast_cpu.BinnedRows(forest)
+                forest, wrap = binned.forest, binned.kernel
         if self.strategy == "auto" and f64 is None:
-            if (
-                fast_cpu.why_ineligible(self.forest) is None
-                and fast_cpu.why_not_bitvector(self.forest) is None
-            ):
-                self._choice = fast_cpu.CpuKernelChoice(self.forest)
-                return self._choice
+            if fast_cpu.why_ineligible(forest) is None and fast_cpu.why_not_bitvector(forest) is None:
+                self._choice = fast_cpu.CpuKernelChoice(forest)
+                return wrap(self._choice)
         kernels = [
             ("perfect", fast_cpu.why_ineligible, fast_cpu.PerfectForest),
             ("bitvector", fast_cpu.why_not_bitvector, fast_cpu.BitvectorForest),
         ]
-        if fast_cpu.prefers_bitvector(self.forest):
+        if fast_cpu.prefers_bitvector(forest):
             kernels.reverse()
         for name, why_not, build in kernels:
             if self.strategy in ("auto", name):
-                why = f64 or why_not(self.forest)
+                why = f64 or why_not(forest)
                 if why is None:
                     self.strategy = name
-                    return build(self.forest)
+                    return wrap(build(forest))
                 if self.strategy == name:
                     raise ValueError(f"strategy={name!r} does not fit this {self.forest.source}: {why}")
         self.strategy = "traverse"

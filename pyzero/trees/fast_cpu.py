@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -491,3 +492,85 @@ class CpuKernelChoice:
 
     def leaves(self, x: Tensor) -> Tensor:
         return self._run(x, lambda kernel, rows: kernel.leaves(rows))
+
+
+# Note [Binned float64 inputs]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# Forests that compare float64 inputs (scikit-learn's HistGradientBoosting: float64 x <= float64 t) run
+# on the float32 kernels exactly after one pass over the rows (pyzero::bin_rows): value x of feature c
+# becomes r(x) = how many of feature c's distinct thresholds t_0 < t_1 < ... lie below x, an integer
+# that float32 holds exactly, and the node of threshold t_k becomes r <= k. The two agree for every x:
+# x <= t_k leaves at most t_0 .. t_(k-1) below x, and x > t_k leaves t_0 .. t_k below it. NaN stays NaN
+# and goes the node's default way, infinities count 0 or all thresholds. Forests of numeric x <= t
+# splits with NaN as their missing value only (no categorical splits, no x < t, no NaN thresholds).
+# Binning is a lockstep binary search per value (pyzero::bin_rows: 5 ms for 100k rows of 20 features on
+# the 2-core EPYC). HistGradientBoostingClassifier, 100 trees, 28 features with NaN, 2 threads
+# (bench/bench_deep_cpu.py --only HistGradient): 31 leaves (depth 15) 2.72 M rows/s on the bitvector
+# kernel against 0.87 M on the float64 node kernel and 0.60 M for scikit-learn; depth 6: 4.91 M on the
+# perfect kernel, 1.28 M and 0.54 M.
+
+
+def why_not_binned(forest: Forest) -> str | None:
+    """None when Note [Binned float64 inputs] applies to the forest, else the reason it does not."""
+    if forest.n_trees == 0 or forest.n_features < 1:
+        return "no trees or no features"
+    split = forest.feature >= 0
+    if not (forest.cmp[split] == CMP_LE).all():
+        return "a split is not x <= t"
+    if not (forest.missing[split] == MISSING_NAN).all():
+        return "a split's missing value is not NaN"
+    if np.isnan(forest.threshold64[split]).any():
+        return "a threshold is NaN"
+    return None
+
+
+class BinnedRows:
+    """Note [Binned float64 inputs] for a forest that why_not_binned accepts: `forest`, its copy whose
+    node of feature c's k-th smallest threshold compares with k (float32 input), and `kernel(inner)`,
+    a kernel of that copy taking float64 rows."""
+
+    def __init__(self, forest: Forest) -> None:
+        reason = why_not_binned(forest)
+        if reason is not None:
+            raise ValueError(f"forest inputs cannot be binned: {reason}")
+        split = forest.feature >= 0
+        feat, thr = forest.feature[split], forest.threshold64[split]
+        edges = [np.unique(thr[feat == c]) for c in range(forest.n_features)]
+        starts = np.zeros(forest.n_features + 1, dtype=np.int64)
+        starts[1:] = np.cumsum([e.size for e in edges])
+        rank = np.zeros(forest.feature.shape[0], dtype=np.float64)
+        for c, e in enumerate(edges):
+            nodes = np.flatnonzero(split & (forest.feature == c))
+            rank[nodes] = np.searchsorted(e, forest.threshold64[nodes])
+        self.edges = torch.as_tensor(np.concatenate(edges) if edges else np.zeros(0))
+        self.starts = torch.as_tensor(starts)
+        self.forest = replace(
+            forest,
+            threshold64=rank,
+            threshold32=rank.astype(np.float32),
+            extra={**forest.extra, "input": "float32"},
+        )
+        _native.require("binned float64 inputs")  # registers pyzero::bin_rows
+
+    def bin(self, x: Tensor) -> Tensor:
+        """float32 [rows, n_features] ranks of float64 rows x [rows, n_features]."""
+        return torch.ops.pyzero.bin_rows(x.contiguous(), self.edges, self.starts)
+
+    def kernel(self, inner: Any) -> BinnedKernel:
+        return BinnedKernel(self, inner)
+
+
+class BinnedKernel:
+    """raw() and leaves() of a float32 CPU kernel (`inner`, built on BinnedRows.forest) on float64 rows,
+    binned first (Note [Binned float64 inputs])."""
+
+    def __init__(self, binned: BinnedRows, inner: Any) -> None:
+        self.binned, self.inner = binned, inner
+
+    def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
+        """base + sum of the leaf values over trees in tree order: float64 [rows, outputs]."""
+        return self.inner.raw(self.binned.bin(x), base, float32_accum)
+
+    def leaves(self, x: Tensor) -> Tensor:
+        """IR global node id of the leaf each row reaches in each tree: int64 [rows, trees]."""
+        return self.inner.leaves(self.binned.bin(x))

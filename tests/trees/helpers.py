@@ -107,10 +107,11 @@ def variants(model):
     """CompiledForests of model for every backend and strategy that can run it."""
     forest = trees.compile(model, backend="torch", strategy="traverse").forest
     fits = torch_strategies.eligible(forest)
-    f32 = forest.extra.get("input") != "float64"
+    if forest.extra.get("input") == "float64":  # Note [Binned float64 inputs]
+        forest = fast_cpu.BinnedRows(forest).forest if fast_cpu.why_not_binned(forest) is None else None
     fits_cpu = {
-        "perfect": f32 and fast_cpu.why_ineligible(forest) is None,
-        "bitvector": f32 and fast_cpu.why_not_bitvector(forest) is None,
+        "perfect": forest is not None and fast_cpu.why_ineligible(forest) is None,
+        "bitvector": forest is not None and fast_cpu.why_not_bitvector(forest) is None,
         "traverse": True,
     }
     for backend, strategy in VARIANTS:

@@ -1,0 +1,129 @@
+"""Note [Binned float64 inputs] (pyzero/trees/fast_cpu.py): pyzero::bin_rows against numpy's
+searchsorted, its errors, and HistGradientBoosting forests on the float32 kernels through binned rows
+against the float64 node kernel and scikit-learn, bit for bit, on rows at every threshold and one ulp
+around it."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from sklearn import ensemble
+
+from pyzero import _native, trees
+from pyzero.trees import fast_cpu, strategies
+from pyzero.trees.compiled import adversarial_rows
+from pyzero.trees.forest import CMP_LT, MISSING_NONE
+
+_native.require("the binned-input tests")
+
+
+def bin_rows(x: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
+    starts = np.zeros(len(edges) + 1, dtype=np.int64)
+    starts[1:] = np.cumsum([e.size for e in edges])
+    flat = np.concatenate(edges) if edges else np.zeros(0)
+    return torch.ops.pyzero.bin_rows(
+        torch.from_numpy(x), torch.from_numpy(flat), torch.from_numpy(starts)
+    ).numpy()
+
+
+def test_bin_rows_counts_the_thresholds_below_each_value():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        features = int(rng.integers(1, 5))
+        edges = [np.unique(rng.integers(-20, 20, int(rng.integers(0, 300))) / 2.0) for _ in range(features)]
+        x = rng.integers(-25, 25, (int(rng.integers(1, 40)), features)) / 2.0
+        x[rng.random(x.shape) < 0.1] = np.nan
+        x.flat[: min(4, x.size)] = [np.inf, -np.inf, -0.0, 0.0][: min(4, x.size)]
+        want = np.stack([np.searchsorted(e, x[:, c], side="left") for c, e in enumerate(edges)], axis=1)
+        want = np.where(np.isnan(x), np.nan, want).astype(np.float32)
+        np.testing.assert_array_equal(bin_rows(x, edges), want)
+
+
+def test_bin_rows_names_bad_arguments():
+    x, edges = torch.zeros((2, 2), dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    starts = torch.tensor([0, 1, 3])
+    assert torch.ops.pyzero.bin_rows(x, edges, starts).dtype == torch.float32
+    with pytest.raises(
+        RuntimeError, match=r"x must be a contiguous float64 CPU tensor of shape \(rows, features\)"
+    ):
+        torch.ops.pyzero.bin_rows(x.float(), edges, starts)
+    with pytest.raises(RuntimeError, match="edges must be a contiguous 1-D float64 tensor"):
+        torch.ops.pyzero.bin_rows(x, edges.float(), starts)
+    with pytest.raises(
+        RuntimeError, match="starts must be a contiguous int64 tensor of n_features \\+ 1 = 3"
+    ):
+        torch.ops.pyzero.bin_rows(x, edges, starts[:2])
+    with pytest.raises(RuntimeError, match="starts must run from 0 to 3"):
+        torch.ops.pyzero.bin_rows(x, edges, torch.tensor([0, 1, 2]))
+    with pytest.raises(RuntimeError, match="starts must not decrease \\(feature 0\\)"):
+        torch.ops.pyzero.bin_rows(x, torch.zeros(0, dtype=torch.float64), torch.tensor([0, -1, 0]))
+
+
+def hgb_models():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((800, 6))  # float64: HistGradientBoosting compares float64 inputs
+    X[:, 3] = np.round(X[:, 3] * 3) / 3  # ties: thresholds between repeated values
+    X[rng.random(X.shape) < 0.05] = np.nan
+    Xz = np.nan_to_num(X)
+    y = np.nan_to_num(X[:, 0]) + np.sin(np.nan_to_num(X[:, 1])) + rng.normal(0, 0.2, 800)
+    return X, [
+        ensemble.HistGradientBoostingClassifier(max_iter=20, max_depth=3).fit(X, y > 0),
+        ensemble.HistGradientBoostingClassifier(max_iter=10).fit(X, np.digitize(y, [-0.5, 0.5])),
+        ensemble.HistGradientBoostingRegressor(max_iter=20, max_leaf_nodes=63).fit(X, y),
+        ensemble.HistGradientBoostingRegressor(max_iter=10, max_depth=6).fit(Xz, y),  # NaN never seen
+    ]
+
+
+def test_binned_forests_equal_the_float64_node_kernel_and_the_library_bit_for_bit():
+    """Every float32 kernel that takes the binned forest (perfect, bitvector, the timed choice): raw
+    sums, leaves and the library's outputs equal the float64 node kernel's and scikit-learn's on random
+    rows, rows at every threshold and one float64 ulp on each side, infinities, NaN and -0.0."""
+    X, models = hgb_models()
+    for model in models:
+        name = type(model).__name__
+        node = trees.compile(model, backend="cpu", strategy="traverse")
+        assert isinstance(node._kernel, strategies.PackedForest)
+        rows = np.concatenate([X[:200], adversarial_rows(node.forest, X[:50], True, True, seed=2)])
+        rows[:5, 0] = [-0.0, 0.0, np.inf, -np.inf, np.nan]
+        x = torch.from_numpy(rows)
+        want_raw, want_leaves = node._kernel.raw(x, node._base, False), node._kernel.leaves(x)
+        method = "predict_proba" if hasattr(model, "predict_proba") else "predict"
+        want = getattr(model, method)(rows)
+        kinds = 0
+        for strategy in ("perfect", "bitvector", "auto"):
+            try:
+                cf = trees.compile(model, backend="cpu", strategy=strategy)
+            except ValueError as e:
+                assert "PERFECT_MAX_DEPTH" in str(e) or "leaves" in str(e), e
+                continue
+            assert isinstance(cf._kernel, fast_cpu.BinnedKernel), (name, strategy)
+            for n in (1, 7, len(rows)):
+                assert torch.equal(cf._kernel.raw(x[:n], cf._base, False), want_raw[:n]), (name, strategy, n)
+                assert torch.equal(cf._kernel.leaves(x[:n]), want_leaves[:n]), (name, strategy, n)
+            assert np.array_equal(getattr(cf, method)(rows), want), (name, strategy)
+            kinds += 1
+        assert kinds >= 2, name
+
+
+def test_why_not_binned():
+    X, models = hgb_models()
+    forest = trees.compile(models[0], backend="cpu").forest
+    assert fast_cpu.why_not_binned(forest) is None
+    lt = forest.threshold64.copy()
+    cases = {
+        "a split is not x <= t": {"cmp": np.where(forest.feature >= 0, CMP_LT, forest.cmp).astype(np.int8)},
+        "a split's missing value is not NaN": {"missing": np.full_like(forest.missing, MISSING_NONE)},
+        "a threshold is NaN": {"threshold64": np.where(forest.feature >= 0, np.nan, lt)},
+    }
+    for reason, change in cases.items():
+        assert fast_cpu.why_not_binned(replace(forest, **change)) == reason
+    cat = ensemble.HistGradientBoostingClassifier(max_iter=3, categorical_features=[0])
+    cat.fit(np.abs(np.round(np.nan_to_num(X) * 2)), np.nan_to_num(X[:, 1]) > 0)
+    cf = trees.compile(cat, backend="cpu")
+    assert fast_cpu.why_not_binned(cf.forest) == "a split is not x <= t"
+    assert isinstance(cf._kernel, strategies.PackedForest)
+    with pytest.raises(ValueError, match="forest inputs cannot be binned: a split is not x <= t"):
+        fast_cpu.BinnedRows(cf.forest)
