@@ -98,7 +98,7 @@ def fit(library: str, data: str, kw: dict, X: np.ndarray, y: np.ndarray, trees_:
     if library == "sklearn":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        return HistGradientBoostingClassifier(max_iter=trees_, **kw).fit(X, y)
+        return HistGradientBoostingClassifier(max_iter=trees_, early_stopping=False, **kw).fit(X, y)
     import lightgbm as lgb
 
     model = lgb.LGBMClassifier(n_estimators=trees_, verbose=-1, n_jobs=threads, **kw)

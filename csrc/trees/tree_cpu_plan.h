@@ -25,8 +25,8 @@ namespace pyzero {
 // tensors alive; a call checks only x and base. The ops pyzero::tree_perfect_* and pyzero::tree_qs_*
 // are a plan made and called once, so both paths run the same code. A CpuPredictPlan binds a kernel
 // plan, base, the summation and a finish (Note [Fused finish]): CompiledForest calls it for rows it
-// takes as they are (float32, contiguous, n_features columns, fewer than max_rows), with no Python
-// between predict_proba and the kernel, and it gives the same bits as the Python path (the same kernel
+// takes as they are (the kernel's input dtype, contiguous, n_features columns, fewer than max_rows), with no
+// Python between predict_proba and the kernel, and it gives the same bits as the Python path (the same kernel
 // and finish_sums calls).
 class PYZERO_LOCAL CpuKernelPlan {
  public:
@@ -36,6 +36,8 @@ class PYZERO_LOCAL CpuKernelPlan {
   virtual at::Tensor raw(const at::Tensor& x, const at::Tensor& base, bool float32_accum) const = 0;
   // int32 [rows, trees]: the IR node id of each tree's leaf.
   virtual at::Tensor leaves(const at::Tensor& x) const = 0;
+  // The dtype of the rows it takes (float32; float64 for BinnedPlan).
+  virtual at::ScalarType input_dtype() const { return at::kFloat; }
   int64_t n_features() const { return n_features_; }
 
  protected:
@@ -74,6 +76,24 @@ class PYZERO_LOCAL QsPlan : public CpuKernelPlan {
  private:
   trees::QsView f_{};
 };
+
+// Note [Binned float64 inputs] (pyzero/trees/fast_cpu.py): float64 rows binned (pyzero::bin_rows), then
+// a float32 kernel plan of the forest whose thresholds are their ranks.
+class PYZERO_LOCAL BinnedPlan : public CpuKernelPlan {
+ public:
+  // edges, starts: pyzero::bin_rows' (n_features + 1 starts).
+  BinnedPlan(std::shared_ptr<const CpuKernelPlan> inner, const at::Tensor& edges, const at::Tensor& starts);
+  at::Tensor raw(const at::Tensor& x, const at::Tensor& base, bool float32_accum) const override;
+  at::Tensor leaves(const at::Tensor& x) const override;
+  at::ScalarType input_dtype() const override { return at::kDouble; }
+
+ private:
+  std::shared_ptr<const CpuKernelPlan> inner_;
+  at::Tensor edges_, starts_;
+};
+
+// Note [Binned float64 inputs]: float32 ranks [rows, n_features] of float64 rows x.
+at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tensor& starts);
 
 class PYZERO_LOCAL CpuPredictPlan {
  public:

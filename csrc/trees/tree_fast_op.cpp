@@ -2,6 +2,7 @@
 // pyzero::tree_perfect_leaves, and their prepared calls (PerfectPlan: Note [Prepared CPU calls],
 // tree_cpu_plan.h). Light includes only, so this unit compiles quickly.
 #include <algorithm>
+#include <utility>
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -133,9 +134,11 @@ inline void bin_lanes(const double* e, int64_t len, const double* v, int64_t n, 
   }
 }
 
+}  // namespace
+
 // Note [Binned float64 inputs] (fast_cpu.py): out[r, c] = the number of feature c's thresholds
 // edges[starts[c] .. starts[c + 1]) (ascending, distinct) below x[r, c], as a float32; NaN stays NaN.
-at::Tensor bin_rows_cpu(const at::Tensor& x, const at::Tensor& edges, const at::Tensor& starts) {
+at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tensor& starts) {
   TORCH_CHECK(x.scalar_type() == at::kDouble && x.dim() == 2 && x.is_contiguous() && x.is_cpu(),
               "pyzero.bin_rows: x must be a contiguous float64 CPU tensor of shape (rows, features)");
   TORCH_CHECK(edges.scalar_type() == at::kDouble && edges.dim() == 1 && edges.is_contiguous(),
@@ -169,7 +172,25 @@ at::Tensor bin_rows_cpu(const at::Tensor& x, const at::Tensor& edges, const at::
   return out;
 }
 
-}  // namespace
+BinnedPlan::BinnedPlan(std::shared_ptr<const CpuKernelPlan> inner, const at::Tensor& edges,
+                       const at::Tensor& starts)
+    : CpuKernelPlan(inner != nullptr ? inner->n_features() : 0),
+      inner_(std::move(inner)),
+      edges_(edges),
+      starts_(starts) {
+  TORCH_CHECK(inner_ != nullptr && inner_->input_dtype() == at::kFloat,
+              "pyzero.trees: a binned plan needs a float32 kernel plan");
+  bin_rows(at::empty({0, n_features_}, edges.options().dtype(at::kDouble)), edges_, starts_);  // the checks
+}
+
+at::Tensor BinnedPlan::raw(const at::Tensor& x, const at::Tensor& base, bool float32_accum) const {
+  return inner_->raw(bin_rows(x, edges_, starts_), base, float32_accum);
+}
+
+at::Tensor BinnedPlan::leaves(const at::Tensor& x) const {
+  return inner_->leaves(bin_rows(x, edges_, starts_));
+}
+
 }  // namespace pyzero
 
 TORCH_LIBRARY_FRAGMENT(pyzero, m) {
@@ -186,5 +207,5 @@ TORCH_LIBRARY_FRAGMENT(pyzero, m) {
 TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
   m.impl("tree_perfect_raw", &pyzero::tree_perfect_raw_cpu);
   m.impl("tree_perfect_leaves", &pyzero::tree_perfect_leaves_cpu);
-  m.impl("bin_rows", &pyzero::bin_rows_cpu);
+  m.impl("bin_rows", &pyzero::bin_rows);
 }

@@ -519,7 +519,7 @@ CpuPredictPlan::CpuPredictPlan(std::shared_ptr<const CpuKernelPlan> kernel, cons
 }
 
 std::optional<at::Tensor> CpuPredictPlan::operator()(const at::Tensor& x) const {
-  if (!x.is_cpu() || x.scalar_type() != at::kFloat || x.dim() != 2 || !x.is_contiguous() ||
+  if (!x.is_cpu() || x.scalar_type() != kernel_->input_dtype() || x.dim() != 2 || !x.is_contiguous() ||
       x.size(1) != kernel_->n_features() || x.size(0) < 1 || x.size(0) >= max_rows_) {
     return std::nullopt;
   }

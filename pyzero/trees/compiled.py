@@ -160,7 +160,7 @@ class CompiledForest:
             return {}
         if not self._as_is(torch.empty((0, f.n_features), dtype=self._input_dtype)):
             return {}
-        timed = isinstance(self._kernel, fast_cpu.CpuKernelChoice)
+        timed = isinstance(getattr(self._kernel, "inner", self._kernel), fast_cpu.CpuKernelChoice)
         max_rows = fast_cpu.CPU_TUNE_MIN_ROWS if timed else 2**62
         kinds = ("raw", "proba") if f.classes is not None else ("raw", "transformed")
         plans = {}

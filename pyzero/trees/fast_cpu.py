@@ -505,9 +505,9 @@ class CpuKernelChoice:
 # splits with NaN as their missing value only (no categorical splits, no x < t, no NaN thresholds).
 # Binning is a lockstep binary search per value (pyzero::bin_rows: 5 ms for 100k rows of 20 features on
 # the 2-core EPYC). HistGradientBoostingClassifier, 100 trees, 28 features with NaN, 2 threads
-# (bench/bench_deep_cpu.py --only HistGradient): 31 leaves (depth 15) 2.72 M rows/s on the bitvector
-# kernel against 0.87 M on the float64 node kernel and 0.60 M for scikit-learn; depth 6: 4.91 M on the
-# perfect kernel, 1.28 M and 0.54 M.
+# (bench/bench_deep_cpu.py --only HistGradient): 31 leaves (depth 13) 2.93 M rows/s on the bitvector
+# kernel against 0.89 M on the float64 node kernel and 0.60 M for scikit-learn; depth 6: 5.09 M on the
+# perfect kernel, 1.27 M and 0.56 M. BinnedKernel.plan bins inside the prepared call (batch 1: 6.9 us).
 
 
 def why_not_binned(forest: Forest) -> str | None:
@@ -566,6 +566,8 @@ class BinnedKernel:
 
     def __init__(self, binned: BinnedRows, inner: Any) -> None:
         self.binned, self.inner = binned, inner
+        # Note [Prepared CPU calls]: the inner kernel's plan behind the binning, in one C++ call
+        self.plan = _native.C.BinnedPlan(inner.plan, binned.edges, binned.starts)
 
     def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
         """base + sum of the leaf values over trees in tree order: float64 [rows, outputs]."""

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 import xgboost as xgb
-from sklearn.ensemble import IsolationForest, RandomForestClassifier, RandomForestRegressor
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    IsolationForest,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
 
 from pyzero import _native, trees
 from pyzero.trees import compiled, fast_cpu, gpu, gpu_layout
@@ -236,9 +242,18 @@ def test_cpu_backend_prepared_calls_equal_the_full_path():
     """Note [Prepared CPU calls]: the cpu backend prepares every output kind that is the kernel and one
     finish (none for IsolationForest scores, classifiers' labels or the node kernel); rows taken as they
     are go through the plan with the full path's outputs, bit for bit, and other inputs, batches the
-    timed kernel choice takes, and kinds without a plan take the full path."""
+    timed kernel choice takes, and kinds without a plan take the full path. HistGradientBoosting: float64
+    rows binned in the plan (Note [Binned float64 inputs])."""
     Xf, models = _fitted()
-    for model in models:
+    X64 = mixed_data(n=300, dtype=np.float64)[0]
+    y64 = np.nan_to_num(X64[:, 0]) + np.nan_to_num(X64[:, 1]) > 0
+    hgb = [
+        HistGradientBoostingClassifier(max_iter=5, max_depth=3).fit(X64, y64),
+        HistGradientBoostingRegressor(max_iter=5).fit(
+            X64, np.nan_to_num(X64[:, 1]) - 0.5 * np.nan_to_num(X64[:, 2])
+        ),
+    ]
+    for data, model in [(Xf, m) for m in models] + [(X64, m) for m in hgb]:
         name = type(model).__name__
         cf, full = trees.compile(model, backend="cpu"), trees.compile(model, backend="cpu")
         full._plans = {}
@@ -250,7 +265,7 @@ def test_cpu_backend_prepared_calls_equal_the_full_path():
         kinds = {"decision_function": "raw", "predict": "transformed", "predict_proba": "proba"}
         for method in methods:
             for n in (1, 7, 300):
-                rows = Xf[:n].copy()
+                rows = data[:n].copy()
                 x = torch.as_tensor(rows)
                 want = getattr(full, method)(x)
                 out = getattr(cf, method)(x)
@@ -304,3 +319,18 @@ def test_cpu_kernel_plans_check_their_inputs():
     plan = C.CpuPredictPlan(pf.plan, base, False, [], False, 10)
     assert plan(x.double()) is None and plan(torch.as_tensor(Xf[:10])) is None  # dtype; rows >= max_rows
     assert torch.equal(plan(x), pf.raw(x, base, False))
+    edges, starts = torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([0, 1, 1, 1, 2, 2, 2])
+    binned = C.BinnedPlan(pf.plan, edges, starts)
+    x64 = x.double()
+    assert torch.equal(
+        binned.raw(x64, base, False), pf.raw(torch.ops.pyzero.bin_rows(x64, edges, starts), base, False)
+    )
+    assert C.CpuPredictPlan(binned, base, False, [], False, 10)(x) is None  # float32 rows: the full path
+    with pytest.raises(RuntimeError, match="a binned plan needs a float32 kernel plan"):
+        C.BinnedPlan(binned, edges, starts)
+    with pytest.raises(
+        RuntimeError, match="starts must be a contiguous int64 tensor of n_features \\+ 1 = 7"
+    ):
+        C.BinnedPlan(pf.plan, edges, starts[:3])
+    with pytest.raises(RuntimeError, match=r"x must be a contiguous float64 CPU tensor"):
+        binned.raw(x, base, False)
