@@ -57,6 +57,7 @@ FORESTS = (
     ("categorical, depth 8", "xgboost", "categorical", {"max_depth": 8}),
     ("HistGradientBoosting, 31 leaves", "sklearn", "synthetic64", {}),
     ("HistGradientBoosting, depth 6", "sklearn", "synthetic64", {"max_depth": 6}),
+    ("HistGradientBoosting, categorical", "sklearn", "categorical", {}),
 )
 # "categorical" data: its first four columns are categories (30, 30, 200 and 200 of them).
 CATEGORICAL = (30, 30, 200, 200)
@@ -98,7 +99,10 @@ def fit(library: str, data: str, kw: dict, X: np.ndarray, y: np.ndarray, trees_:
     if library == "sklearn":
         from sklearn.ensemble import HistGradientBoostingClassifier
 
-        return HistGradientBoostingClassifier(max_iter=trees_, early_stopping=False, **kw).fit(X, y)
+        model = HistGradientBoostingClassifier(
+            max_iter=trees_, early_stopping=False, categorical_features=cats or None, **kw
+        )
+        return model.fit(X, y)
     import lightgbm as lgb
 
     model = lgb.LGBMClassifier(n_estimators=trees_, verbose=-1, n_jobs=threads, **kw)

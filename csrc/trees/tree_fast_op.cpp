@@ -121,7 +121,8 @@ constexpr int64_t kBinGrainRows = 1024;
 constexpr int64_t kBinLanes = 16;
 
 // The rank of each of the n values v (Note [Binned float64 inputs]): how many of e[0 .. len) (ascending)
-// lie below it, NaN for NaN; the searches go in lockstep (Khuong and Morin's branchless lower bound).
+// lie below it, NaN for NaN, the value itself (as a float32) when len is 0; the searches go in lockstep
+// (Khuong and Morin's branchless lower bound).
 inline void bin_lanes(const double* e, int64_t len, const double* v, int64_t n, float* out) {
   int64_t at[kBinLanes] = {};
   for (int64_t size = len; size > 1; size -= size >> 1) {
@@ -130,14 +131,15 @@ inline void bin_lanes(const double* e, int64_t len, const double* v, int64_t n, 
   }
   for (int64_t l = 0; l < n; ++l) {
     const int64_t rank = len == 0 ? 0 : at[l] + static_cast<int64_t>(e[at[l]] < v[l]);
-    out[l] = v[l] != v[l] ? static_cast<float>(v[l]) : static_cast<float>(rank);
+    out[l] = v[l] != v[l] || len == 0 ? static_cast<float>(v[l]) : static_cast<float>(rank);
   }
 }
 
 }  // namespace
 
 // Note [Binned float64 inputs] (fast_cpu.py): out[r, c] = the number of feature c's thresholds
-// edges[starts[c] .. starts[c + 1]) (ascending, distinct) below x[r, c], as a float32; NaN stays NaN.
+// edges[starts[c] .. starts[c + 1]) (ascending, distinct) below x[r, c], as a float32; NaN stays NaN, and
+// a feature without thresholds passes as float32(x[r, c]).
 at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tensor& starts) {
   TORCH_CHECK(x.scalar_type() == at::kDouble && x.dim() == 2 && x.is_contiguous() && x.is_cpu(),
               "pyzero.bin_rows: x must be a contiguous float64 CPU tensor of shape (rows, features)");

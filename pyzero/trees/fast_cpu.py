@@ -501,13 +501,17 @@ class CpuKernelChoice:
 # becomes r(x) = how many of feature c's distinct thresholds t_0 < t_1 < ... lie below x, an integer
 # that float32 holds exactly, and the node of threshold t_k becomes r <= k. The two agree for every x:
 # x <= t_k leaves at most t_0 .. t_(k-1) below x, and x > t_k leaves t_0 .. t_k below it. NaN stays NaN
-# and goes the node's default way, infinities count 0 or all thresholds. Forests of numeric x <= t
-# splits with NaN as their missing value only (no categorical splits, no x < t, no NaN thresholds).
+# and goes the node's default way, infinities count 0 or all thresholds. A feature without thresholds
+# passes as float32(x): HistGradientBoosting's categorical features, whose inputs its encoding has made
+# codes below 256 or NaN (Note [Categorical splits]), exact in float32, so their nodes stay as they are.
+# Forests of x <= t splits with NaN as their missing value and categorical splits on encoded features
+# (no x < t, no NaN thresholds, no feature with both kinds).
 # Binning is a lockstep binary search per value (pyzero::bin_rows: 5 ms for 100k rows of 20 features on
 # the 2-core EPYC). HistGradientBoostingClassifier, 100 trees, 28 features with NaN, 2 threads
-# (bench/bench_deep_cpu.py --only HistGradient): 31 leaves (depth 13) 2.93 M rows/s on the bitvector
-# kernel against 0.89 M on the float64 node kernel and 0.60 M for scikit-learn; depth 6: 5.09 M on the
-# perfect kernel, 1.27 M and 0.56 M. BinnedKernel.plan bins inside the prepared call (batch 1: 6.9 us).
+# (bench/bench_deep_cpu.py --only HistGradient): 31 leaves (depth 13) 3.0 M rows/s on the bitvector
+# kernel against 0.9 M on the float64 node kernel and 0.45-0.60 M for scikit-learn; depth 6: 5.2 M on
+# the perfect kernel, 1.3 M and 0.44-0.56 M; four categorical features: 2.8 M, 0.77 M and 0.26 M.
+# BinnedKernel.plan bins inside the prepared call (batch 1: 6.7 us).
 
 
 def why_not_binned(forest: Forest) -> str | None:
@@ -515,12 +519,21 @@ def why_not_binned(forest: Forest) -> str | None:
     if forest.n_trees == 0 or forest.n_features < 1:
         return "no trees or no features"
     split = forest.feature >= 0
-    if not (forest.cmp[split] == CMP_LE).all():
-        return "a split is not x <= t"
+    cat = split & np.isin(forest.cmp, (CMP_CAT_IN_LEFT, CMP_CAT_IN_RIGHT))
+    numeric = split & ~cat
+    if not (forest.cmp[numeric] == CMP_LE).all():
+        return "a split is neither x <= t nor categorical"
     if not (forest.missing[split] == MISSING_NAN).all():
         return "a split's missing value is not NaN"
-    if np.isnan(forest.threshold64[split]).any():
+    if np.isnan(forest.threshold64[numeric]).any():
         return "a threshold is NaN"
+    cat_features = np.unique(forest.feature[cat])
+    if np.intersect1d(cat_features, forest.feature[numeric]).size:
+        return "a feature has both numeric and categorical splits"
+    if cat_features.size and not (
+        forest.encode_numeric and set(cat_features.tolist()) <= set(forest.categories)
+    ):
+        return "a categorical feature's inputs are not encoded as codes"
     return None
 
 
@@ -533,12 +546,12 @@ class BinnedRows:
         reason = why_not_binned(forest)
         if reason is not None:
             raise ValueError(f"forest inputs cannot be binned: {reason}")
-        split = forest.feature >= 0
+        split = (forest.feature >= 0) & (forest.cmp == CMP_LE)  # categorical features keep their codes
         feat, thr = forest.feature[split], forest.threshold64[split]
         edges = [np.unique(thr[feat == c]) for c in range(forest.n_features)]
         starts = np.zeros(forest.n_features + 1, dtype=np.int64)
         starts[1:] = np.cumsum([e.size for e in edges])
-        rank = np.zeros(forest.feature.shape[0], dtype=np.float64)
+        rank = forest.threshold64.copy()
         for c, e in enumerate(edges):
             nodes = np.flatnonzero(split & (forest.feature == c))
             rank[nodes] = np.searchsorted(e, forest.threshold64[nodes])
@@ -547,7 +560,7 @@ class BinnedRows:
         self.forest = replace(
             forest,
             threshold64=rank,
-            threshold32=rank.astype(np.float32),
+            threshold32=np.where(split, rank.astype(np.float32), forest.threshold32),
             extra={**forest.extra, "input": "float32"},
         )
         _native.require("binned float64 inputs")  # registers pyzero::bin_rows

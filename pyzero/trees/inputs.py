@@ -34,9 +34,10 @@ def to_tensor(
     if type(X) is np.ndarray and X.dtype.kind in "biuf" and X.ndim == 2 and X.shape[0] <= NUMPY_PREP_MAX_ROWS:
         if X.shape[1] != forest.n_features:  # the common small-batch case, checked first (latency)
             raise ValueError(f"X must have shape (rows, {forest.n_features}) for this model, got {X.shape}")
-        if not forest.encode_numeric:
-            arr = np.ascontiguousarray(X, dtype=np_dtype)
-            return _from_numpy(_library_reading(arr, forest, np, lightgbm_reading)).to(device=device), False
+        arr = np.ascontiguousarray(X, dtype=np_dtype)
+        if forest.encode_numeric and forest.categories:
+            arr = _encode_numeric(arr, forest)
+        return _from_numpy(_library_reading(arr, forest, np, lightgbm_reading)).to(device=device), False
     as_torch = isinstance(X, Tensor)
     if as_torch:
         if X.device != device:
@@ -159,18 +160,39 @@ def _frame_to_numpy(df: Any, forest: Forest, np_dtype) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def _encode_numeric(x: Tensor, forest: Forest) -> Tensor:
-    """Numeric categorical columns -> their positions among the known categories (unknown -> NaN),
-    as scikit-learn's OrdinalEncoder does inside HistGradientBoosting."""
-    x = x.clone()
-    for j, known in forest.categories.items():
-        if not all(isinstance(c, (int, float)) for c in known):
-            raise TypeError(f"feature {j} has string categories: pass X as a pandas DataFrame")
-        k = torch.as_tensor(np.asarray(known, dtype=np.float64), device=x.device, dtype=x.dtype)
-        order = torch.argsort(k)
-        k_sorted = k[order]
-        v = x[:, j].contiguous()
-        pos = torch.searchsorted(k_sorted, v).clamp(max=max(k.numel() - 1, 0))
-        hit = (k_sorted[pos] == v) if k.numel() else torch.zeros_like(v, dtype=torch.bool)
-        x[:, j] = torch.where(hit, order[pos].to(x.dtype), torch.full_like(v, float("nan")))
+def _category_codes(forest: Forest) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """[(feature, its known numeric categories ascending (float64), the code of each)], made once per
+    forest (kept on it): rebuilding them took most of a HistGradientBoosting call at batch 1."""
+    cached = forest.__dict__.get("_category_codes")
+    if cached is None:
+        cached = []
+        for j, known in forest.categories.items():
+            if not all(isinstance(c, (int, float)) for c in known):
+                raise TypeError(f"feature {j} has string categories: pass X as a pandas DataFrame")
+            k = np.asarray(known, dtype=np.float64)
+            order = np.argsort(k, kind="stable")
+            cached.append((j, k[order], order.astype(np.float64)))
+        forest.__dict__["_category_codes"] = cached
+    return cached
+
+
+def _encode_numeric(x: Any, forest: Forest) -> Any:
+    """Numeric categorical columns of x (a numpy array or tensor, [rows, n_features]) -> their positions
+    among the known categories (unknown -> NaN), as scikit-learn's OrdinalEncoder does inside
+    HistGradientBoosting; a copy."""
+    lib = np if isinstance(x, np.ndarray) else torch
+    x = x.copy() if lib is np else x.clone()
+    for j, k_sorted, codes in _category_codes(forest):
+        v = x[:, j]
+        if k_sorted.size == 0:
+            x[:, j] = float("nan")
+            continue
+        if lib is np:
+            pos = np.minimum(np.searchsorted(k_sorted, v), k_sorted.size - 1)
+            x[:, j] = np.where(k_sorted[pos] == v, codes[pos], np.nan)
+        else:
+            k = torch.as_tensor(k_sorted, device=x.device, dtype=x.dtype)
+            pos = torch.searchsorted(k, v.contiguous()).clamp(max=k_sorted.size - 1)
+            code = torch.as_tensor(codes, device=x.device, dtype=x.dtype)[pos]
+            x[:, j] = torch.where(k[pos] == v, code, torch.full_like(v, float("nan")))
     return x

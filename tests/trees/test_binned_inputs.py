@@ -15,7 +15,7 @@ from sklearn import ensemble
 from pyzero import _native, trees
 from pyzero.trees import fast_cpu, strategies
 from pyzero.trees.compiled import adversarial_rows
-from pyzero.trees.forest import CMP_LT, MISSING_NONE
+from pyzero.trees.forest import CMP_CAT_IN_LEFT, CMP_LE, CMP_LT, MISSING_NONE
 
 _native.require("the binned-input tests")
 
@@ -30,6 +30,8 @@ def bin_rows(x: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
 
 
 def test_bin_rows_counts_the_thresholds_below_each_value():
+    """Ranks as numpy's searchsorted (side left) gives them; NaN stays NaN, and a feature without
+    thresholds passes as float32."""
     rng = np.random.default_rng(0)
     for _ in range(200):
         features = int(rng.integers(1, 5))
@@ -38,7 +40,8 @@ def test_bin_rows_counts_the_thresholds_below_each_value():
         x[rng.random(x.shape) < 0.1] = np.nan
         x.flat[: min(4, x.size)] = [np.inf, -np.inf, -0.0, 0.0][: min(4, x.size)]
         want = np.stack([np.searchsorted(e, x[:, c], side="left") for c, e in enumerate(edges)], axis=1)
-        want = np.where(np.isnan(x), np.nan, want).astype(np.float32)
+        bare = np.asarray([e.size == 0 for e in edges])  # no thresholds: the value itself
+        want = np.where(np.isnan(x) | bare, x, want).astype(np.float32)
         np.testing.assert_array_equal(bin_rows(x, edges), want)
 
 
@@ -108,22 +111,77 @@ def test_binned_forests_equal_the_float64_node_kernel_and_the_library_bit_for_bi
         assert kinds >= 2, name
 
 
+def categorical_model():
+    """(rows, HistGradientBoostingClassifier with categorical features 0 and 3)."""
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((1500, 5))
+    X[:, 0] = rng.integers(0, 40, 1500)
+    X[:, 3] = rng.integers(0, 7, 1500) * 1.5
+    X[rng.random(X.shape) < 0.04] = np.nan
+    y = (np.nan_to_num(X[:, 0]) % 3 == 0) ^ (np.nan_to_num(X[:, 1]) > 0)
+    return X, ensemble.HistGradientBoostingClassifier(max_iter=15, categorical_features=[0, 3]).fit(X, y)
+
+
+def test_categorical_forests_keep_their_codes_through_the_binning():
+    """HistGradientBoosting with categorical features (their inputs encoded as codes, unknown and
+    negative categories NaN): the numeric features binned, the codes passed as they are, on the
+    bitvector kernel, equal to the float64 node kernel and scikit-learn bit for bit."""
+    X, model = categorical_model()
+    rows = X[:300].copy()
+    rows[:6, 0] = [45.0, -1.0, 2.5, 1e300, -0.0, 39.0]  # unknown, negative, a fraction, huge, -0, last
+    rows[6:9, 3] = [10.5, 4.5, -1.5]
+    cf = trees.compile(model, backend="cpu")
+    assert isinstance(cf._kernel, fast_cpu.BinnedKernel) and cf.strategy == "bitvector"
+    node = trees.compile(model, backend="cpu", strategy="traverse")
+    x = cf._input(rows)[0]
+    assert torch.equal(cf._kernel.raw(x, cf._base, False), node._kernel.raw(x, node._base, False))
+    assert torch.equal(cf._kernel.leaves(x), node._kernel.leaves(x))
+    assert np.array_equal(cf.predict_proba(rows), model.predict_proba(rows))
+    assert trees.verify(model, cf, X)["ok"]
+
+
 def test_why_not_binned():
-    X, models = hgb_models()
+    _, models = hgb_models()
     forest = trees.compile(models[0], backend="cpu").forest
     assert fast_cpu.why_not_binned(forest) is None
     lt = forest.threshold64.copy()
     cases = {
-        "a split is not x <= t": {"cmp": np.where(forest.feature >= 0, CMP_LT, forest.cmp).astype(np.int8)},
+        "a split is neither x <= t nor categorical": {
+            "cmp": np.where(forest.feature >= 0, CMP_LT, forest.cmp).astype(np.int8)
+        },
         "a split's missing value is not NaN": {"missing": np.full_like(forest.missing, MISSING_NONE)},
         "a threshold is NaN": {"threshold64": np.where(forest.feature >= 0, np.nan, lt)},
     }
     for reason, change in cases.items():
         assert fast_cpu.why_not_binned(replace(forest, **change)) == reason
-    cat = ensemble.HistGradientBoostingClassifier(max_iter=3, categorical_features=[0])
-    cat.fit(np.abs(np.round(np.nan_to_num(X) * 2)), np.nan_to_num(X[:, 1]) > 0)
-    cf = trees.compile(cat, backend="cpu")
-    assert fast_cpu.why_not_binned(cf.forest) == "a split is not x <= t"
-    assert isinstance(cf._kernel, strategies.PackedForest)
-    with pytest.raises(ValueError, match="forest inputs cannot be binned: a split is not x <= t"):
-        fast_cpu.BinnedRows(cf.forest)
+    cat = trees.compile(categorical_model()[1], backend="cpu").forest
+    assert fast_cpu.why_not_binned(cat) is None
+    numeric = np.flatnonzero((cat.feature >= 0) & (cat.cmp == CMP_LE))
+    feature = cat.feature.copy()
+    feature[numeric[0]] = cat.feature[cat.cmp == CMP_CAT_IN_LEFT][0]  # a numeric split on a categorical one
+    mixed = replace(cat, feature=feature)
+    assert fast_cpu.why_not_binned(mixed) == "a feature has both numeric and categorical splits"
+    raw = replace(cat, encode_numeric=False)  # inputs not encoded: not codes below 256
+    assert fast_cpu.why_not_binned(raw) == "a categorical feature's inputs are not encoded as codes"
+    with pytest.raises(ValueError, match="forest inputs cannot be binned: a categorical feature's inputs"):
+        fast_cpu.BinnedRows(raw)
+
+
+def test_category_encoding_is_the_same_in_numpy_and_torch():
+    """HistGradientBoosting's input encoding (codes of the known categories, unknown -> NaN): the numpy
+    path of small batches and the torch path of the others agree, and the tables are made once."""
+    from pyzero.trees import inputs
+
+    X, model = categorical_model()
+    forest = trees.compile(model, backend="cpu").forest
+    rows = X[:50].copy()
+    rows[:5, 0] = [45.0, -1.0, 2.5, 1e300, -0.0]
+    rows[5:8, 3] = [10.5, 4.5, np.nan]
+    by_numpy = inputs._encode_numeric(rows, forest)
+    by_torch = inputs._encode_numeric(torch.from_numpy(rows), forest).numpy()
+    np.testing.assert_array_equal(by_numpy, by_torch)
+    assert np.isnan(by_numpy[:4, 0]).all() and by_numpy[4, 0] == forest.categories[0].index(0.0)
+    assert np.isnan(by_numpy[5, 3]) and np.isnan(by_numpy[7, 3])
+    assert by_numpy[6, 3] == forest.categories[3].index(4.5)
+    assert inputs._category_codes(forest) is inputs._category_codes(forest)
+    np.testing.assert_array_equal(rows[:, [1, 2, 4]], by_numpy[:, [1, 2, 4]])  # other columns untouched
