@@ -463,6 +463,8 @@ class CompiledForest:
                 return torch.from_numpy(_numpy_softmax(raw.numpy()))
             return torch.softmax(raw, dim=1).double()
         if post == "exp":
+            if self.forest.extra.get("exp") == "numpy" and raw.device.type == "cpu":
+                return torch.from_numpy(np.exp(raw.numpy()))  # scikit-learn's inverse link (np.exp)
             return torch.exp(raw).double()
         if post == "isolation":
             if raw.device.type == "cpu":  # scikit-learn's own numpy steps (IsolationForest.score_samples)
@@ -561,9 +563,11 @@ FINISH_SOFTMAX = 3.0  # finish_sums' softmax of a row's outputs (kFinishSoftmax)
 def fused_finish(forest: Forest, post: bool, pair: bool = False) -> tuple[float, ...] | None:
     """The tree kernel's finish (Note [Fused finish] in csrc/trees/tree_walk.h) that gives what the torch
     ops of CompiledForest give: the mean of the trees, then the post-transform when `post`, written as
-    [1 - p, p] when `pair`; None where the kernels do not (softmax, isolation, a mean summed in float32
-    then transformed, no trees)."""
+    [1 - p, p] when `pair`; None where the kernels do not (softmax, isolation, scikit-learn's numpy exp,
+    a mean summed in float32 then transformed, no trees)."""
     kind = _FUSED_POST.get(forest.post_transform) if post else _FUSED_POST["identity"]
+    if post and forest.post_transform == "exp" and forest.extra.get("exp") == "numpy":
+        kind = None  # scikit-learn's np.exp (_transformed_direct), not libm's
     mean = forest.aggregation == "mean"
     if kind is None or forest.n_trees == 0 or (mean and post and forest.extra.get("accumulate") == "float32"):
         return None

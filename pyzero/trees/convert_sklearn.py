@@ -99,10 +99,15 @@ def _gradient_boosting(model, n_features: int) -> Forest:
         model._raw_predict_init(np.zeros((1, n_features), dtype=np.float32))[0], dtype=np.float64
     )
     is_clf = name.endswith("Classifier")
+    extra = {"kind": "classifier" if is_clf else "regressor", **SKLEARN_SOFTMAX}
+    post = "identity"
     if is_clf:
+        if model.loss not in GB_CLASSIFIER_SIGMOID_SCALE:
+            supported = sorted(GB_CLASSIFIER_SIGMOID_SCALE)
+            raise ValueError(f"{name} with loss {model.loss!r} is not supported; supported: {supported}")
         post = "sigmoid" if k == 1 else "softmax"
-    else:
-        post = "identity"
+        if GB_CLASSIFIER_SIGMOID_SCALE[model.loss] != 1.0:
+            extra["sigmoid_scale"] = GB_CLASSIFIER_SIGMOID_SCALE[model.loss]
     return concat_trees(
         trees,
         n_features=n_features,
@@ -111,7 +116,7 @@ def _gradient_boosting(model, n_features: int) -> Forest:
         post_transform=post,
         classes=np.asarray(model.classes_) if is_clf else None,
         source=name,
-        extra={"kind": "classifier" if is_clf else "regressor", **SKLEARN_SOFTMAX},
+        extra=extra,
     )
 
 
@@ -146,6 +151,11 @@ def _isolation_forest(model, n_features: int) -> Forest:
 # scikit-learn's multiclass probabilities are sklearn.utils.extmath.softmax: numpy's max, exp and sum
 # (CompiledForest takes the same steps on CPU tensors, so its probabilities equal scikit-learn's).
 SKLEARN_SOFTMAX = {"softmax": "numpy"}
+# GradientBoostingClassifier loss -> the factor of its sigmoid: P(1) = expit(factor * raw) (log_loss:
+# HalfBinomialLoss; exponential: ExponentialLoss, whose HalfLogitLink inverts as expit(2 * raw)).
+GB_CLASSIFIER_SIGMOID_SCALE = {"log_loss": 1.0, "exponential": 2.0}
+# HistGradientBoosting's log link inverts with numpy's exp (LogLink.inverse), not libm's.
+SKLEARN_EXP = {"exp": "numpy"}
 HGB_POST = {
     "HalfSquaredError": "identity",
     "AbsoluteError": "identity",
@@ -210,7 +220,12 @@ def _hist_gradient_boosting(model, n_features: int) -> Forest:
         source=type(model).__name__,
         categories=categories,
         encode_numeric=True,
-        extra={"kind": "classifier" if is_clf else "regressor", "input": "float64", **SKLEARN_SOFTMAX},
+        extra={
+            "kind": "classifier" if is_clf else "regressor",
+            "input": "float64",
+            **SKLEARN_SOFTMAX,
+            **SKLEARN_EXP,
+        },
     )
 
 

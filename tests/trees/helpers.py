@@ -52,7 +52,8 @@ def mixed_data(n=500, features=6, seed=0, dtype=np.float32, zero_rate=0.0, coars
 def finish_models():
     """[(fitted model, rows)] of every finish a library applies to its sums (Note [Fused finish]):
     XGBoost's float32 sigmoid, exp and softmax, LightGBM's double ones (a sigmoid scale too),
-    scikit-learn's forest means, sigmoid, softmax and IsolationForest score."""
+    scikit-learn's forest means, sigmoid (of 2 x for the exponential loss), softmax, numpy exp and
+    IsolationForest score."""
     import lightgbm as lgb
     import xgboost as xgb
     from sklearn import ensemble
@@ -76,6 +77,11 @@ def finish_models():
         (ensemble.RandomForestRegressor(20, max_depth=8, random_state=0).fit(Xd, ys["reg"]), Xd),
         (ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=3).fit(Xd, ys["bin"]), Xd),
         (ensemble.GradientBoostingClassifier(n_estimators=10, max_depth=3).fit(Xd, ys["multi"]), Xd),
+        (ensemble.GradientBoostingClassifier(n_estimators=10, loss="exponential").fit(Xd, ys["bin"]), Xd),
+        (
+            ensemble.HistGradientBoostingRegressor(max_iter=10, loss="poisson").fit(X, ys["count"]),
+            X,
+        ),  # np.exp
         (ensemble.HistGradientBoostingClassifier(max_iter=10).fit(X, ys["multi"]), X),  # numpy's softmax
         (ensemble.IsolationForest(n_estimators=20, random_state=0).fit(Xd), Xd),  # numpy's 2 ** -x
     ]

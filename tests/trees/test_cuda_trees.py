@@ -278,8 +278,8 @@ def test_cuda_outputs_equal_the_native_libraries_bit_for_bit():
             assert np.array_equal(np.concatenate(parts), want[:70]), (name, size)
         checked.append(name)
     # XGBoost binary, Poisson and softmax, LightGBM binary (twice), Poisson and softmax, both random
-    # forests, binary GB
-    assert len(checked) == 10, checked
+    # forests, binary GB (log loss and exponential)
+    assert len(checked) == 11, checked
 
 
 def test_finish_sums_on_the_device_equals_the_host():

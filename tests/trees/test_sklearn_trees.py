@@ -47,6 +47,10 @@ def models(depth):
         (ensemble.ExtraTreesRegressor(n_estimators=15, random_state=0, **d), "reg2"),
         (ensemble.GradientBoostingClassifier(n_estimators=15, random_state=0, **d), "bin"),
         (ensemble.GradientBoostingClassifier(n_estimators=10, random_state=0, **d), "multi"),
+        (
+            ensemble.GradientBoostingClassifier(n_estimators=10, loss="exponential", random_state=0, **d),
+            "bin",
+        ),
         (ensemble.GradientBoostingRegressor(n_estimators=15, random_state=0, **d), "reg"),
     ]
 
@@ -122,6 +126,13 @@ def test_errors_name_the_problem():
         trees.compile(LinearRegression().fit(np.nan_to_num(X), np.arange(len(X))))
     with pytest.raises(AttributeError, match="regressor"):
         trees.compile(fit(tree.DecisionTreeRegressor(max_depth=2), "reg")[0]).predict_proba(X)
+    gb = fit(ensemble.GradientBoostingClassifier(n_estimators=2, max_depth=2), "bin")[0]
+    gb.loss = "a_future_loss"  # a loss whose link the converter does not know
+    match = (
+        r"GradientBoostingClassifier with loss 'a_future_loss' is not supported; supported: \['exponential'"
+    )
+    with pytest.raises(ValueError, match=match):
+        trees.compile(gb)
 
 
 @pytest.mark.parametrize(
