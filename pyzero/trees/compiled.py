@@ -322,7 +322,7 @@ class CompiledForest:
                     finish is None
                     and kind != "raw"
                     and f.post_transform == "softmax"
-                    and f.extra.get("softmax") != "numpy"  # scikit-learn's: numpy in _transformed_direct
+                    and f.extra.get("softmax") not in PYTHON_SOFTMAX  # the library's own: _transformed_direct
                     and (self.device.type == "cpu" or _native.cuda_built())
                 ):
                     finish = (FINISH_SOFTMAX, 1.0, 0.0, 0.0)  # finish_sums after the kernel, not in it
@@ -459,8 +459,13 @@ class CompiledForest:
             scale = self.forest.extra.get("sigmoid_scale", 1.0)
             return torch.sigmoid(raw if scale == 1.0 else raw * scale).double()
         if post == "softmax":
-            if self.forest.extra.get("softmax") == "numpy" and raw.device.type == "cpu":
+            how = self.forest.extra.get("softmax")
+            if how == "numpy" and raw.device.type == "cpu":
                 return torch.from_numpy(_numpy_softmax(raw.numpy()))
+            if how == "scipy" and raw.device.type == "cpu":  # XGBClassifier's for multi:softmax
+                from scipy.special import softmax
+
+                return torch.from_numpy(softmax(raw.numpy(), axis=1).astype(np.float64))
             return torch.softmax(raw, dim=1).double()
         if post == "exp":
             if self.forest.extra.get("exp") == "numpy" and raw.device.type == "cpu":
@@ -557,6 +562,9 @@ def _numpy_softmax(raw: np.ndarray) -> np.ndarray:
 
 # Post-transforms the CUDA kernel applies itself, by its finish kind (kFinish* in tree_walk.h).
 _FUSED_POST = {"identity": 0, "sigmoid": 1, "exp": 2}
+# extra["softmax"] of forests whose library computes its softmax in Python: scikit-learn's numpy steps,
+# XGBClassifier's scipy.special.softmax of the float32 margins (objective multi:softmax).
+PYTHON_SOFTMAX = ("numpy", "scipy")
 FINISH_SOFTMAX = 3.0  # finish_sums' softmax of a row's outputs (kFinishSoftmax): after the kernel, not in it
 
 

@@ -51,7 +51,8 @@ def mixed_data(n=500, features=6, seed=0, dtype=np.float32, zero_rate=0.0, coars
 
 def finish_models():
     """[(fitted model, rows)] of every finish a library applies to its sums (Note [Fused finish]):
-    XGBoost's float32 sigmoid, exp and softmax, LightGBM's double ones (a sigmoid scale too),
+    XGBoost's float32 sigmoid, exp and softmax (scipy's for multi:softmax), LightGBM's double ones (a
+    sigmoid scale too),
     scikit-learn's forest means, sigmoid (of 2 x for the exponential loss), softmax, numpy exp and
     IsolationForest score."""
     import lightgbm as lgb
@@ -72,6 +73,7 @@ def finish_models():
         ),
         (lgb.LGBMRegressor(n_estimators=30, verbose=-1, objective="poisson").fit(X, ys["count"]), X),
         (xgb.XGBClassifier(n_estimators=20, max_depth=6).fit(X, ys["multi"]), X),  # softmax in float32
+        (xgb.XGBClassifier(n_estimators=8, objective="multi:softmax").fit(X, ys["multi"]), X),  # scipy's
         (lgb.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, ys["multi"]), X),  # softmax in double
         (ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(Xd, ys["bin"]), Xd),
         (ensemble.RandomForestRegressor(20, max_depth=8, random_state=0).fit(Xd, ys["reg"]), Xd),
