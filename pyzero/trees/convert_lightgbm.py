@@ -44,6 +44,8 @@ def _objective(spec: str) -> tuple[str, dict]:
         return "sigmoid", {"sigmoid_scale": float(opts.get("sigmoid", 1.0))}
     if name == "multiclass":
         return "softmax", {}
+    if name in ("cross_entropy", "xentropy"):  # its output: 1 / (1 + exp(-score))
+        return "sigmoid", {}
     if name == "multiclassova":
         return "sigmoid", {"sigmoid_scale": float(opts.get("sigmoid", 1.0))}
     if name in (

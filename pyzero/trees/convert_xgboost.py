@@ -31,6 +31,9 @@ POST = {
     "multi:softprob": "softmax",
     "multi:softmax": "softmax",
     "count:poisson": "exp",
+    "reg:gamma": "exp",
+    "reg:tweedie": "exp",
+    "reg:quantileerror": "identity",
     "rank:pairwise": "identity",
     "rank:ndcg": "identity",
     "rank:map": "identity",
@@ -48,13 +51,19 @@ def convert(model, iteration_range: tuple[int, int] | None = None) -> Forest:
     if gb["name"] != "gbtree":
         raise TypeError(f"XGBoost booster {gb['name']!r} is not supported (only gbtree)")
     m = gb["model"]
-    n_groups = max(1, int(learner["learner_model_param"]["num_class"]))
+    params = learner["learner_model_param"]
+    # outputs: one per class, or per target of a multi-target regressor (one tree per target a round)
+    n_groups = max(1, int(params["num_class"]), int(params.get("num_target", 1)))
     indptr = m["iteration_indptr"]
     lo, hi = (0, len(indptr) - 1) if not iteration_range or iteration_range == (0, 0) else iteration_range
     chosen = range(indptr[lo], indptr[hi])
     trees, cat_sets = [], []
     for i in chosen:
         t = m["trees"][i]
+        if int(t["tree_param"].get("size_leaf_vector", "1")) > 1:
+            raise TypeError(
+                "XGBoost trees with vector leaves (multi_strategy='multi_output_tree') are not supported"
+            )
         left = np.asarray(t["left_children"], dtype=np.int64)
         cat_set = np.full(left.shape[0], -1)
         seg, size = t.get("categories_segments", []), t.get("categories_sizes", [])

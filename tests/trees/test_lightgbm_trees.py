@@ -51,6 +51,25 @@ def test_lambdarank_and_num_iteration():
     assert np.max(np.abs(part.predict(X) - reg.predict(X, num_iteration=7))) <= 1e-6
 
 
+def test_every_regression_objective_equals_lightgbm_bit_for_bit():
+    """The identity, exp and sigmoid (cross_entropy) outputs of LightGBM's regression objectives equal
+    its predictions bit for bit; an objective whose output transform is not known is refused by name."""
+    X, ys = data()
+    positive = np.exp(ys["reg"] / 4)
+    targets = {"cross_entropy": 1 / (1 + np.exp(-ys["reg"])), "xentropy": 1 / (1 + np.exp(-ys["reg"]))}
+    objectives = ("regression", "regression_l1", "huber", "fair", "quantile", "mape", "poisson", "gamma")
+    for objective in (*objectives, "tweedie", "cross_entropy", "xentropy"):
+        y = targets.get(objective, positive)
+        model = lgb.LGBMRegressor(n_estimators=10, objective=objective, verbose=-1).fit(X, y)
+        cf = trees.compile(model, backend="cpu")
+        assert np.array_equal(cf.predict(X), model.predict(X)), objective
+    lam = lgb.LGBMRegressor(n_estimators=2, objective="cross_entropy_lambda", verbose=-1).fit(
+        X, targets["xentropy"]
+    )
+    with pytest.raises(TypeError, match="LightGBM objective 'cross_entropy_lambda' is not supported"):
+        trees.compile(lam)
+
+
 def test_bundled_datasets():
     """scikit-learn's bundled datasets: wine (3 classes) and diabetes (regression)."""
     from sklearn import datasets

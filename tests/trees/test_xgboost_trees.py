@@ -85,6 +85,33 @@ def test_the_base_margin_is_pinned_to_the_bit():
         assert np.array_equal(cf.predict_proba(X), model.predict_proba(X).astype(np.float64)), seed
 
 
+def test_log_link_quantile_and_multi_target_regressors_equal_xgboost_bit_for_bit():
+    """reg:gamma and reg:tweedie (exp of the margin), reg:quantileerror with one and two quantiles, and a
+    two-target regressor (one tree per target a round): predictions equal XGBoost's on adversarial rows
+    too; trees with vector leaves are refused by name."""
+    X, ys = data()
+    y = np.exp(ys["reg"] / 4)
+    for kw, target in (
+        ({"objective": "reg:gamma"}, y),
+        ({"objective": "reg:tweedie", "tweedie_variance_power": 1.7}, y),
+        ({"objective": "reg:quantileerror", "quantile_alpha": 0.3}, y),
+        ({"objective": "reg:quantileerror", "quantile_alpha": np.array([0.2, 0.8])}, y),
+        ({"objective": "reg:squarederror"}, np.c_[ys["reg"], ys["reg"] ** 2]),
+    ):
+        model = xgb.XGBRegressor(n_estimators=12, max_depth=4, **kw).fit(X, target)
+        cf = trees.compile(model, backend="cpu")
+        want = model.predict(X)
+        assert cf.predict(X).shape == want.shape, kw
+        assert np.array_equal(cf.predict(X), want.astype(np.float64)), kw
+        assert trees.verify(model, cf, X)["ok"], kw
+    vector = xgb.XGBRegressor(n_estimators=2, max_depth=2, multi_strategy="multi_output_tree")
+    vector.fit(X, np.c_[ys["reg"], ys["reg"] ** 2])
+    with pytest.raises(
+        TypeError, match=r"vector leaves \(multi_strategy='multi_output_tree'\) are not supported"
+    ):
+        trees.compile(vector)
+
+
 def test_unfitted_model_is_named():
     with pytest.raises(ValueError, match="XGBClassifier is not fitted"):
         trees.compile(xgb.XGBClassifier())
