@@ -43,10 +43,18 @@ def _tree(tree, value: np.ndarray) -> dict:
     }
 
 
+# How far from 1 the class values of a node may sum and still be the fractions scikit-learn >= 1.4 stores
+# (and predict_proba returns as they are); older versions store weighted counts and divide by their sum.
+CLASS_FRACTION_TOLERANCE = 1e-9
+
+
 def _classifier_value(tree) -> np.ndarray:
-    """Per-node class distribution, normalised as predict_proba normalises it (single output)."""
+    """Per-node class distribution as predict_proba reads it (single output): the stored fractions as
+    they are (a 3-class forest's sums of them are 1 only to an ulp), or counts divided by their sum."""
     v = tree.value[:, 0, :].astype(np.float64)
     s = v.sum(axis=1, keepdims=True)
+    if np.all(np.abs(s[s > 0] - 1.0) <= CLASS_FRACTION_TOLERANCE):
+        return v
     return np.divide(v, s, out=np.zeros_like(v), where=s > 0)
 
 

@@ -77,6 +77,10 @@ def finish_models():
         (lgb.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, ys["multi"]), X),  # softmax in double
         (ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(Xd, ys["bin"]), Xd),
         (ensemble.RandomForestRegressor(20, max_depth=8, random_state=0).fit(Xd, ys["reg"]), Xd),
+        (  # three classes: stored fractions that sum to 1 only to an ulp
+            ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(Xd, ys["multi"]),
+            Xd,
+        ),
         (ensemble.GradientBoostingClassifier(n_estimators=20, max_depth=3).fit(Xd, ys["bin"]), Xd),
         (ensemble.GradientBoostingClassifier(n_estimators=10, max_depth=3).fit(Xd, ys["multi"]), Xd),
         (ensemble.GradientBoostingClassifier(n_estimators=10, loss="exponential").fit(Xd, ys["bin"]), Xd),

@@ -89,7 +89,7 @@ def test_the_emulated_kernels_finish_equals_the_native_libraries_bit_for_bit():
             got = g.walk(x, cpu._base, f32, False, cfg, True, finish).numpy()
             assert np.array_equal(got.reshape(want.shape), want), (type(model).__name__, lay)
         checked.append(type(model).__name__)
-    assert len(checked) == 9, checked
+    assert len(checked) == 10, checked
 
 
 def _plan_and_rows():
