@@ -49,7 +49,7 @@ __global__ void finish_rows_kernel(WalkForest f, bool softmax, bool acc32, const
   for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < rows;
        r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     if (softmax) {
-      trees::softmax_row(raw + r * outs, outs, acc32, out + r * outs);
+      trees::softmax_sums(raw + r * outs, base, f.finish.divisor, outs, acc32, out + r * outs);
     } else {
       for (int64_t o = 0; o < outs; ++o) trees::store_output(f, acc32, base, out, r, o, raw[r * outs + o]);
     }

@@ -17,7 +17,7 @@ cudaError_t tree_walk(const trees::WalkForest& f, const T* x, int64_t rows, cons
                       bool float32_accum, double* raw, int32_t* leaves, WalkLaunch cfg, cudaStream_t stream);
 
 // out = Note [Fused finish] of each of the rows' sums raw [rows, f.n_outputs] by f.finish (softmax: each
-// row's softmax_row instead), as finish_sums writes it on the host.
+// row's softmax_sums, after the mean when f.finish.divisor > 0), as finish_sums writes it on the host.
 cudaError_t finish_rows(const trees::WalkForest& f, bool softmax, bool acc32, const double* raw, int64_t rows,
                         const double* base, double* out, cudaStream_t stream);
 

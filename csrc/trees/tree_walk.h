@@ -285,6 +285,17 @@ PYZERO_HD void softmax_row(const double* s, int64_t n, bool acc32, double* out) 
   for (int64_t k = 0; k < n; ++k) out[k] /= wsum;
 }
 
+// The softmax of one row's n sums s into out after the trees' mean (s / divisor + base) when divisor > 0
+// (LightGBM's multiclass rf); out may be s.
+PYZERO_HD void softmax_sums(const double* s, const double* base, double divisor, int64_t n, bool acc32,
+                            double* out) {
+  if (divisor > 0) {
+    for (int64_t k = 0; k < n; ++k) out[k] = s[k] / divisor + base[k];
+    s = out;
+  }
+  softmax_row(s, n, acc32, out);
+}
+
 // One step of a perfect-tree walk (Note [Perfect trees]): the heap index of node i's child that row
 // goes to, node nd being (row slot, threshold bits) (Note [Row slots]); `last` caps the slot
 // (row_slots - 1), so no node reads outside its row.

@@ -462,11 +462,12 @@ at::Tensor finish_sums(const at::Tensor& raw, const at::Tensor& base, const std:
                   (raw.is_cpu() || raw.is_cuda()),
               "pyzero.trees: raw must be a contiguous float64 CPU or CUDA tensor of shape (rows, outputs)");
   const bool softmax = finish.size() == 4 && finish[0] == kFinishSoftmax;
-  TORCH_CHECK(!softmax || (finish[1] == 1 && finish[2] == 0 && finish[3] == 0),
-              "pyzero.trees: softmax takes scale 1, no divisor and no pair");
+  TORCH_CHECK(!softmax || (finish[1] == 1 && finish[2] >= 0 && finish[3] == 0),
+              "pyzero.trees: softmax takes scale 1, a divisor >= 0 and no pair");
   trees::WalkForest f{};
   f.n_outputs = raw.size(1);
   if (!softmax) f.finish = finish_of(finish, f, false);
+  if (softmax) f.finish.divisor = finish[2];  // the mean first (softmax_sums)
   TORCH_CHECK(base.scalar_type() == at::kDouble && base.is_contiguous() && base.device() == raw.device() &&
                   base.numel() == f.n_outputs,
               "pyzero.trees: base must hold one float64 per output, on raw's device");
@@ -489,7 +490,7 @@ at::Tensor finish_sums(const at::Tensor& raw, const at::Tensor& base, const std:
   at::parallel_for(0, raw.size(0), kFinishGrain, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       if (softmax) {
-        trees::softmax_row(s + r * outs, outs, float32_accum, o + r * outs);
+        trees::softmax_sums(s + r * outs, b, f.finish.divisor, outs, float32_accum, o + r * outs);
         continue;
       }
       for (int64_t k = 0; k < outs; ++k) trees::store_output(f, float32_accum, b, o, r, k, s[r * outs + k]);

@@ -92,7 +92,7 @@ class CompiledForest:
         if self.backend == "torch" and strategy != "auto":
             self._torch_strategy(strategy)  # ValueError now when the forest does not fit it
         self._base = torch.as_tensor(forest.base, dtype=torch.float64, device=device)
-        self._n_trees = torch.tensor(float(max(forest.n_trees, 1)), dtype=torch.float64, device=device)
+        self._n_trees = torch.tensor(float(forest.mean_divisor), dtype=torch.float64, device=device)
         self._kernel: Any = None
         self._gpu: gpu.GpuRunner | None = None
         self._graphs: gpu.SmallBatchGraphs | None = None
@@ -313,8 +313,8 @@ class CompiledForest:
             acc32 = f.extra.get("accumulate") == "float32"
             if self._gpu is None and self.backend != "cpu":
                 launch = None
-            elif kind == "raw" and f.aggregation != "mean":
-                launch = ((), acc32)
+            elif kind == "raw" and (f.aggregation != "mean" or f.extra.get("raw_is_sum")):
+                launch = ((), acc32)  # the sums as they are
             else:
                 binary = f.classes is not None and f.n_outputs == 1
                 finish = fused_finish(f, post=kind != "raw", pair=kind == "proba" and binary)
@@ -325,7 +325,8 @@ class CompiledForest:
                     and f.extra.get("softmax") not in PYTHON_SOFTMAX  # the library's own: _transformed_direct
                     and (self.device.type == "cpu" or _native.cuda_built())
                 ):
-                    finish = (FINISH_SOFTMAX, 1.0, 0.0, 0.0)  # finish_sums after the kernel, not in it
+                    mean = float(f.mean_divisor) if f.aggregation == "mean" else 0.0
+                    finish = (FINISH_SOFTMAX, 1.0, mean, 0.0)  # finish_sums after the kernel, not in it
                 launch = None if finish is None else (finish, acc32 and f.aggregation != "mean")
             self._launches[kind] = launch
         return self._launches[kind]
@@ -409,18 +410,22 @@ class CompiledForest:
         raw = self._kernel.raw(x, torch.zeros_like(self._base) if mean else self._base, f32)
         return _native.C.finish_sums(raw, self._base, list(finish), f32)
 
-    def _raw_direct(self, x: Tensor) -> Tensor:
+    def _raw_direct(self, x: Tensor, reported: bool = True) -> Tensor:
+        """The raw scores: decision_function's (`reported`; LightGBM's rf reports the sum of its trees,
+        extra["raw_is_sum"]) or those the post-transform takes (the forest's aggregation)."""
         f = self.forest
         f32 = f.extra.get("accumulate") == "float32"
+        mean = f.aggregation == "mean" and not (reported and f.extra.get("raw_is_sum"))
         if self._kernel is not None:
-            if f.aggregation == "mean":
-                fused = self._fused(x, "raw")
+            if mean:
+                fused = None if f.extra.get("raw_is_sum") else self._fused(x, "raw")
                 if fused is not None:
                     return fused
                 # a tensor divisor: CUDA divides by a host scalar via its reciprocal
                 return self._kernel.raw(x, torch.zeros_like(self._base), False) / self._n_trees + self._base
             return self._kernel.raw(x, self._base, f32)
-        return self._torch_for(x.shape[0]).raw_scores(x, f.n_trees, f.aggregation, self._base, f32)
+        aggregation = f.aggregation if mean else "sum"
+        return self._torch_for(x.shape[0]).raw_scores(x, f.mean_divisor, aggregation, self._base, f32)
 
     def decision_function(self, X: Any):
         """Raw scores before the post-transform: [rows] for one output, else [rows, outputs].
@@ -451,7 +456,7 @@ class CompiledForest:
         fused = self._fused(x, "transformed")
         if fused is not None:
             return fused
-        raw = self._raw_direct(x)
+        raw = self._raw_direct(x, reported=False)
         post = self.forest.post_transform
         if self.forest.extra.get("accumulate") == "float32":  # the library transforms in float32 too
             raw = raw.to(torch.float32)
@@ -581,7 +586,7 @@ def fused_finish(forest: Forest, post: bool, pair: bool = False) -> tuple[float,
         return None
     sigmoid = post and forest.post_transform == "sigmoid"
     scale = float(forest.extra.get("sigmoid_scale", 1.0)) if sigmoid else 1.0
-    return (kind, scale, float(max(forest.n_trees, 1)) if mean else 0.0, float(pair))
+    return (kind, scale, float(forest.mean_divisor) if mean else 0.0, float(pair))
 
 
 def compile(

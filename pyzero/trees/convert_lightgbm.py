@@ -146,12 +146,17 @@ def convert(model, num_iteration: int | None = None) -> Forest:
         cat_domain=np.asarray(LGB_CAT_DOMAIN),
         categories=_categories(doc),
         base=np.zeros(k),
-        aggregation="sum",
+        aggregation="mean" if average else "sum",  # boosting "rf": the sum over rounds, then / rounds
         post_transform=post,
         classes=None if classes is None else np.asarray(classes),
         source=name,
-        extra={"objective": doc["objective"], "zero_tiny_inputs": True, "clamp_inf": True, **extra},
+        extra={
+            "objective": doc["objective"],
+            "zero_tiny_inputs": True,
+            "clamp_inf": True,
+            "trees_per_round": k,
+            "raw_is_sum": average,  # rf: its raw scores are the sum of the trees, its outputs the mean's
+            **extra,
+        },
     )
-    if average:  # boosting "rf": the mean over iterations
-        forest.value = forest.value / max(1, len(trees) // k)
     return forest

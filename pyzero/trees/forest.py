@@ -106,7 +106,7 @@ class Forest:
     cat_bits: uint32 [sets, words], category bitsets (Note [Categorical splits]); [0, 1] without any.
     cat_domain: float64 [3], (lo, hi, invalid) of Note [Categorical splits].
     n_features: features the model was fitted on. base: float64 [n_outputs], added to the sum.
-    aggregation: "sum" (boosting) or "mean" (averaging ensembles: sum / n_trees).
+    aggregation: "sum" (boosting) or "mean" (averaging ensembles: sum / mean_divisor, the trees).
     post_transform: "identity", "sigmoid" (binary: one output -> P(class 1)), "softmax", "exp", or
         "isolation" (IsolationForest: score = -2 ** (-sum / extra["denominator"])).
     classes: class labels for classifiers (predict returns classes[argmax]), else None.
@@ -211,6 +211,12 @@ class Forest:
     @property
     def n_trees(self) -> int:
         return int(self.roots.shape[0])
+
+    @property
+    def mean_divisor(self) -> int:
+        """What a "mean" aggregation divides the sum by: the trees, or the rounds when each round has one
+        tree per output (LightGBM's multiclass rf: extra["trees_per_round"])."""
+        return max(1, self.n_trees // int(self.extra.get("trees_per_round", 1)))
 
     @property
     def n_outputs(self) -> int:

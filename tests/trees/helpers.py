@@ -75,6 +75,12 @@ def finish_models():
         (xgb.XGBClassifier(n_estimators=20, max_depth=6).fit(X, ys["multi"]), X),  # softmax in float32
         (xgb.XGBClassifier(n_estimators=8, objective="multi:softmax").fit(X, ys["multi"]), X),  # scipy's
         (lgb.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, ys["multi"]), X),  # softmax in double
+        (  # rf: the softmax of the mean over rounds (three trees a round)
+            lgb.LGBMClassifier(
+                n_estimators=8, boosting_type="rf", bagging_freq=1, bagging_fraction=0.7, verbose=-1
+            ).fit(X, ys["multi"]),
+            X,
+        ),
         (ensemble.RandomForestClassifier(20, max_depth=8, random_state=0).fit(Xd, ys["bin"]), Xd),
         (ensemble.RandomForestRegressor(20, max_depth=8, random_state=0).fit(Xd, ys["reg"]), Xd),
         (  # three classes: stored fractions that sum to 1 only to an ulp

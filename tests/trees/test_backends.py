@@ -203,12 +203,15 @@ def test_finish_sums_checks_its_arguments():
         C.finish_sums(raw, base, [1.0, 1.0, 0.0, 1.0], True)
     with pytest.raises(RuntimeError, match=r"finish must be \[\] or \[kind, scale, divisor, pair\], got 3"):
         C.finish_sums(raw, base, [1.0, 1.0, 0.0], True)
-    with pytest.raises(RuntimeError, match="softmax takes scale 1, no divisor and no pair"):
-        C.finish_sums(raw, base, [3.0, 1.0, 2.0, 0.0], True)
+    with pytest.raises(RuntimeError, match="softmax takes scale 1, a divisor >= 0 and no pair"):
+        C.finish_sums(raw, base, [3.0, 2.0, 0.0, 0.0], True)
     rows = torch.tensor([[0.5, -1.0], [3.0, 3.0]], dtype=torch.float64)
+    shift = torch.tensor([0.25, -0.5], dtype=torch.float64)
     for f32 in (False, True):
         p = C.finish_sums(rows, base, [3.0, 1.0, 0.0, 0.0], f32)
         torch.testing.assert_close(p, torch.softmax(rows, dim=1), rtol=0, atol=1e-7)
+        mean = C.finish_sums(rows, shift, [3.0, 1.0, 4.0, 0.0], f32)  # the mean first: sums / 4 + base
+        assert torch.equal(mean, C.finish_sums(rows / 4 + shift, shift, [3.0, 1.0, 0.0, 0.0], f32))
 
 
 def test_libm_exp_equals_the_host_libm():

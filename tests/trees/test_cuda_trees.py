@@ -277,9 +277,9 @@ def test_cuda_outputs_equal_the_native_libraries_bit_for_bit():
             parts = [getattr(gpu, method)(rows[i : i + size]) for i in range(0, 70, size)]
             assert np.array_equal(np.concatenate(parts), want[:70]), (name, size)
         checked.append(name)
-    # XGBoost binary, Poisson and softmax, LightGBM binary (twice), Poisson and softmax, the three random
-    # forests, binary GB (log loss and exponential)
-    assert len(checked) == 12, checked
+    # XGBoost binary, Poisson and softmax, LightGBM binary (twice), Poisson, softmax and rf softmax, the
+    # three scikit-learn random forests, binary GB (log loss and exponential)
+    assert len(checked) == 13, checked
 
 
 def test_finish_sums_on_the_device_equals_the_host():

@@ -70,6 +70,30 @@ def test_every_regression_objective_equals_lightgbm_bit_for_bit():
         trees.compile(lam)
 
 
+def test_random_forest_mode_reports_the_sum_and_predicts_the_mean():
+    """boosting_type="rf": LightGBM's raw scores (decision_function, raw_score=True) are the sum of the
+    trees, its predictions the post-transform of their mean over rounds (multiclass: one tree per class
+    a round); both bit for bit, whole and one row at a time (the prepared calls), on every backend."""
+    X, ys = data()
+    kw = dict(n_estimators=8, boosting_type="rf", bagging_freq=1, bagging_fraction=0.7, verbose=-1)
+    for model, method in (
+        (lgb.LGBMRegressor(**kw).fit(X, ys["reg"]), "predict"),
+        (lgb.LGBMClassifier(**kw).fit(X, ys["bin"]), "predict_proba"),
+        (lgb.LGBMClassifier(**kw).fit(X, ys["multi"]), "predict_proba"),
+    ):
+        want, want_raw = getattr(model, method)(X), model.predict(X, raw_score=True)
+        for strategy in ("auto", "traverse"):
+            cf = trees.compile(model, backend="cpu", strategy=strategy)
+            assert np.array_equal(getattr(cf, method)(X), want), (method, strategy)
+            assert np.array_equal(cf.decision_function(X), want_raw), (method, strategy)
+            for _ in range(2):  # the second call of a batch size goes through its prepared call
+                assert np.array_equal(cf.decision_function(X[:1]), want_raw[:1]), (method, strategy)
+                assert np.array_equal(getattr(cf, method)(X[:1]), want[:1]), (method, strategy)
+        torch_backend = trees.compile(model, backend="torch")
+        np.testing.assert_allclose(torch_backend.decision_function(X), want_raw, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(getattr(torch_backend, method)(X), want, rtol=0, atol=1e-12)
+
+
 def test_bundled_datasets():
     """scikit-learn's bundled datasets: wine (3 classes) and diabetes (regression)."""
     from sklearn import datasets
