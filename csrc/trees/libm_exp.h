@@ -117,79 +117,53 @@ constexpr double kExpC4 = 0x1.55555cf172b91p-5;
 constexpr double kExpC5 = 0x1.1111167a4d017p-7;
 constexpr double kRoundShift = 0x1.8p52;  // z + shift leaves round(z) in the low bits
 
+// Each helper below is one thing done two ways: `device` in device code, `host` in host code (the other
+// expression is not compiled there).
+#if defined(__CUDA_ARCH__)
+#define PYZERO_DEVICE_OR_HOST(device, host) device
+#else
+#define PYZERO_DEVICE_OR_HOST(device, host) host
+#endif
+
+// v's bits read as a To (the host's bit cast).
+template <typename To, typename From>
+inline To host_bit_cast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To t;
+  memcpy(&t, &v, sizeof t);
+  return t;
+}
+
 PYZERO_HD uint64_t bits_of(double v) {
-#if defined(__CUDA_ARCH__)
-  return static_cast<uint64_t>(__double_as_longlong(v));
-#else
-  uint64_t b;
-  memcpy(&b, &v, sizeof b);
-  return b;
-#endif
+  return PYZERO_DEVICE_OR_HOST(static_cast<uint64_t>(__double_as_longlong(v)), host_bit_cast<uint64_t>(v));
 }
-
 PYZERO_HD double double_of(uint64_t b) {
-#if defined(__CUDA_ARCH__)
-  return __longlong_as_double(static_cast<long long>(b));
-#else
-  double v;
-  memcpy(&v, &b, sizeof v);
-  return v;
-#endif
+  return PYZERO_DEVICE_OR_HOST(__longlong_as_double(static_cast<long long>(b)), host_bit_cast<double>(b));
 }
-
 PYZERO_HD uint32_t bits_of(float v) {
-#if defined(__CUDA_ARCH__)
-  return static_cast<uint32_t>(__float_as_uint(v));
-#else
-  uint32_t b;
-  memcpy(&b, &v, sizeof b);
-  return b;
-#endif
+  return PYZERO_DEVICE_OR_HOST(static_cast<uint32_t>(__float_as_uint(v)), host_bit_cast<uint32_t>(v));
 }
 
 // One rounding each (never contracted into a fused multiply-add), and the fused multiply-add a * b + c.
 PYZERO_HD double mul(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
+  return PYZERO_DEVICE_OR_HOST(__dmul_rn(a, b), a * b);
 }
 PYZERO_HD double add(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
+  return PYZERO_DEVICE_OR_HOST(__dadd_rn(a, b), a + b);
 }
 PYZERO_HD double sub(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
+  return PYZERO_DEVICE_OR_HOST(__dsub_rn(a, b), a - b);
 }
 PYZERO_HD double fma(double a, double b, double c) {
-#if defined(__CUDA_ARCH__)
-  return __fma_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
+  return PYZERO_DEVICE_OR_HOST(__fma_rn(a, b, c), std::fma(a, b, c));
 }
 
+// Entry i of each table.
 PYZERO_HD uint64_t expf_entry(uint64_t i) {
-#if defined(__CUDA_ARCH__)
-  return __ldg(&kExpfTableDevice[i]);
-#else
-  return kExpfTable[i];
-#endif
+  return PYZERO_DEVICE_OR_HOST(__ldg(&kExpfTableDevice[i]), kExpfTable[i]);
 }
 PYZERO_HD uint64_t exp_entry(uint64_t i) {
-#if defined(__CUDA_ARCH__)
-  return __ldg(&kExpTableDevice[i]);
-#else
-  return kExpTable[i];
-#endif
+  return PYZERO_DEVICE_OR_HOST(__ldg(&kExpTableDevice[i]), kExpTable[i]);
 }
 
 // glibc's expf (Note [Library exp]).
@@ -259,18 +233,12 @@ PYZERO_HD double libm_exp(double x) {
 
 // The library's exp of a finish (Note [Fused finish]): the host's own libm, glibc's on the device.
 PYZERO_HD float lib_expf(float x) {
-#if defined(__CUDA_ARCH__)
-  return libm_expf(x);
-#else
-  return expf(x);
-#endif
+  return PYZERO_DEVICE_OR_HOST(libm_expf(x), expf(x));
 }
 PYZERO_HD double lib_exp(double x) {
-#if defined(__CUDA_ARCH__)
-  return libm_exp(x);
-#else
-  return exp(x);
-#endif
+  return PYZERO_DEVICE_OR_HOST(libm_exp(x), exp(x));
 }
+
+#undef PYZERO_DEVICE_OR_HOST
 
 }  // namespace pyzero::libm
