@@ -6,6 +6,7 @@
 
 #include "adam.h"
 #include "cpu/adam_cpu.h"
+#include "trees/libm_exp.h"
 #include "trees/tree_cpu.h"
 #include "trees/tree_cpu_plan.h"
 #include "trees/tree_walk_plan.h"
@@ -327,6 +328,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("finish_sums", &pyzero::finish_sums, py::arg("raw"), py::arg("base"), py::arg("finish"),
         py::arg("float32_accum"),
         "Note [Fused finish] applied to the CPU kernels' sums (float64 [rows, outputs]).");
+  m.def(
+      "libm_exp_tables",
+      [] {
+        const auto table = [](const uint64_t* entries, int64_t n) {
+          return at::from_blob(const_cast<uint64_t*>(entries), {n}, at::kLong).clone();
+        };
+        return py::make_tuple(table(pyzero::libm::kExpfTable, 32), table(pyzero::libm::kExpTable, 256));
+      },
+      "Note [Library exp]'s tables (libm_exp.h): expf's int64 [32] and exp's int64 [256], their bits.");
   m.def("batch_bucket", &pyzero::batch_bucket, py::arg("rows"), "bucket_of(rows) of pyzero.trees.gpu.");
 #ifdef PYZERO_WITH_CUDA
   m.attr("with_cuda") = true;

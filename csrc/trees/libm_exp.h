@@ -12,6 +12,8 @@
 // older glibc, or without FMA, may differ in the last bit. tests/cpp/test_libm_exp.cpp holds them to
 // the host's expf on all 2^32 floats and to its exp on 10^8 doubles of every range; the CUDA tests hold
 // the device build to the host build (the `libm_exp` op) and the GPU's probabilities to the libraries'.
+// pyzero/kernels/libm_triton.py repeats these two functions in Triton for the Triton twin (Note [Triton
+// rounding]), reading these tables (pyzero._C.libm_exp_tables).
 #pragma once
 
 #include <cmath>

@@ -102,7 +102,8 @@ constexpr int kC8OffsetShift = 18;
 // bit (where torch's vectorized sigmoid differed in the last bit on 1-2% of the values), and a binary
 // predict_proba at batch 1 drops four torch calls (XGBoost 500 trees of depth 12: 22.4 -> 17.1 us). On a
 // GPU, finish_sums writes the softmax (softmax_row) in one launch after the kernel. The device calls
-// glibc's expf and exp repeated in libm_exp.h (Note [Library exp]), not CUDA's.
+// glibc's expf and exp repeated in libm_exp.h (Note [Library exp]), not CUDA's; the Triton twin the same
+// steps in pyzero/kernels/libm_triton.py.
 enum FinishKind : int32_t { kFinishRaw = 0, kFinishSigmoid = 1, kFinishExp = 2 };
 
 struct Finish {

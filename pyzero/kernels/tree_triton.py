@@ -10,8 +10,9 @@ bit, whatever BLOCK_R and BLOCK_T (Note [Tree autotuning] in pyzero/trees/gpu.py
 are the C++ kernels' (tree_cpu.h flags, Note [Perfect trees] in tree_fast.h). Tree count and depth
 are compile-time constants (one kernel per forest shape). With tree_split > 1 (small batches, where a
 few row blocks would leave the GPU idle) a second grid axis splits the trees: each program walks its
-range and stores value rows, then a second kernel adds them per row in tree order, the same way. Runs on
-CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
+range and stores value rows, then a second kernel adds them per row in tree order, the same way. The
+finish (Note [Fused finish]) takes glibc's exp steps (libm_triton.py) and both kernels launch with its
+FP_OPTIONS (Note [Triton rounding]). Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from pyzero.kernels.libm_triton import FP_OPTIONS, libm_exp, libm_exp_tables, libm_expf
 
 # What _walk_kernel writes: per row sums, IR leaf ids per (row, tree), or value rows per (row, tree).
 OUT_SUMS, OUT_LEAVES, OUT_VALUE_ROWS = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)
@@ -102,6 +105,7 @@ def _finish_store(
     acc,
     base,
     finish_ptr,
+    exp_tables_ptr,
     out_ptr,
     r,
     rmask,
@@ -114,7 +118,8 @@ def _finish_store(
     PAIR: tl.constexpr,
 ):
     """Note [Fused finish] (tree_walk.h), then the store: finish_ptr holds (scale, divisor) as float64;
-    PAIR writes the single output as [1 - p, p]."""
+    PAIR writes the single output as [1 - p, p]. The exp is glibc's (Note [Library exp], libm_triton;
+    the kernels run with its FP_OPTIONS)."""
     s = acc.to(tl.float64)
     if MEAN:
         s = s / tl.load(finish_ptr + 1) + base[None, :]
@@ -123,15 +128,15 @@ def _finish_store(
     elif ACC_F32:  # the library transforms in float32 too
         z = s.to(tl.float32) * tl.load(finish_ptr).to(tl.float32)
         if FINISH == FINISH_SIGMOID:
-            v = (1.0 / (1.0 + tl.exp(-z))).to(tl.float64)
+            v = tl.math.div_rn(1.0, 1.0 + libm_expf(-z, exp_tables_ptr)).to(tl.float64)
         else:
-            v = tl.exp(z).to(tl.float64)
+            v = libm_expf(z, exp_tables_ptr).to(tl.float64)
     else:
         z = s * tl.load(finish_ptr)
         if FINISH == FINISH_SIGMOID:
-            v = 1.0 / (1.0 + tl.exp(-z))
+            v = 1.0 / (1.0 + libm_exp(-z, exp_tables_ptr))
         else:
-            v = tl.exp(z)
+            v = libm_exp(z, exp_tables_ptr)
     if PAIR:
         p = tl.sum(tl.where(o[None, :] == 0, v, -0.0), axis=1)  # the one output, exactly
         q = (1.0 - p.to(tl.float32)).to(tl.float64) if ACC_F32 else 1.0 - p  # P(0) in the library's precision
@@ -151,6 +156,7 @@ def _sum_value_rows_kernel(
     values_ptr,
     base_ptr,
     finish_ptr,
+    exp_tables_ptr,
     out_ptr,
     rows,
     n_outputs,
@@ -176,7 +182,22 @@ def _sum_value_rows_kernel(
         m2 = rmask[:, None] & (t < N_TREES)[None, :]
         vr = tl.load(rows_ptr + r.to(tl.int64)[:, None] * N_TREES + t[None, :], mask=m2, other=0).to(tl.int64)
         acc = _add_in_order(acc, values_ptr, vr, m2, o, omask, n_outputs, tt, ACC_F32, BLOCK_T)
-    _finish_store(acc, base, finish_ptr, out_ptr, r, rmask, o, omask, n_outputs, ACC_F32, FINISH, MEAN, PAIR)
+    _finish_store(
+        acc,
+        base,
+        finish_ptr,
+        exp_tables_ptr,
+        out_ptr,
+        r,
+        rmask,
+        o,
+        omask,
+        n_outputs,
+        ACC_F32,
+        FINISH,
+        MEAN,
+        PAIR,
+    )
 
 
 @triton.jit
@@ -191,6 +212,7 @@ def _walk_kernel(
     x_ptr,
     base_ptr,
     finish_ptr,
+    exp_tables_ptr,
     out_ptr,
     rows,
     x_stride,
@@ -325,7 +347,20 @@ def _walk_kernel(
             acc = _add_in_order(acc, values_ptr, vr, m2, o, omask, n_outputs, tt, ACC_F32, BLOCK_T)
     if not LEAVES:
         _finish_store(
-            acc, base, finish_ptr, out_ptr, r, rmask, o, omask, n_outputs, ACC_F32, FINISH, MEAN, PAIR
+            acc,
+            base,
+            finish_ptr,
+            exp_tables_ptr,
+            out_ptr,
+            r,
+            rmask,
+            o,
+            omask,
+            n_outputs,
+            ACC_F32,
+            FINISH,
+            MEAN,
+            PAIR,
         )
 
 
@@ -384,6 +419,7 @@ def walk(
             out[:] = base
         return out
     fin = _finish_scalars(x.device, float(scale), float(divisor))
+    tables = libm_exp_tables(x.device) if kind else fin  # read by the exp finishes only (fin: a placeholder)
     # compile-time arguments of the sums, their finish and the tile, the same in both kernels
     sums = {
         "ACC_F32": float32_accum,
@@ -414,6 +450,7 @@ def walk(
         x,
         base,
         fin,
+        tables,
         walked,
         rows,
         x.shape[1],
@@ -433,6 +470,7 @@ def walk(
         OUT=mode,
         TREES_PER_PROGRAM=per_program,
         **sums,
+        **FP_OPTIONS,
     )
     if mode == OUT_VALUE_ROWS.value:
         _sum_value_rows_kernel[(triton.cdiv(rows, block_r),)](
@@ -440,11 +478,13 @@ def walk(
             values,
             base,
             fin,
+            tables,
             out,
             rows,
             n_outputs,
             N_TREES=layout.n_trees,
             **sums,
+            **FP_OPTIONS,
         )
     return out
 

@@ -22,7 +22,8 @@ from sklearn.ensemble import (
 
 import pyzero
 from pyzero import trees
-from tests.trees.helpers import assert_binary_pair, mixed_data
+from pyzero.kernels import libm_triton
+from tests.trees.helpers import assert_binary_pair, finish_models, libm_exp_samples, mixed_data
 
 pytestmark = pytest.mark.triton
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -95,10 +96,11 @@ def test_triton_kernel_equals_the_cpu_kernel_bit_for_bit(case):
                 assert np.array_equal(tri._raw(tri._input(part)[0]).cpu().numpy(), ref[:n]), (name, layout, n)
 
 
-def test_triton_finishes_its_sums_like_the_torch_post_transforms():
+def test_triton_finishes_its_sums_equal_to_the_libraries():
     """Note [Fused finish] in the Triton twin, whole and split programs: sigmoid in float32 and scaled in
-    double, exp, and the binary [1 - p, p] (1 - p in the library's precision), within float32 rounding
-    of the CPU's torch post-transforms (the mean is bit for bit: the raw-score test above)."""
+    double, exp, and the binary [1 - p, p] (1 - p in the library's precision), equal to the library's
+    bit for bit (glibc's exp in Triton, Note [Library exp]; under the interpreter with the device's
+    fused multiply-add, tests/conftest.py)."""
     X, y = mixed_data(n=300)
     Xf = np.nan_to_num(X)
     models = [
@@ -117,12 +119,36 @@ def test_triton_finishes_its_sums_like_the_torch_post_transforms():
         for split in (1, 2):
             blocks = {"layout": "compact-bfs", "block_r": 16, "block_t": 2, "tree_split": split}
             tri = trees.compile(model, backend="triton", device=DEVICE, tune=blocks)
+            assert tri._launch("proba" if hasattr(model, "predict_proba") else "transformed") is not None
             if hasattr(model, "predict_proba"):
+                want = model.predict_proba(rows).astype(np.float64)
                 for x in (rows, torch.as_tensor(rows)):  # the pair after the kernel, in the kernel
                     proba = tri.predict_proba(x)
-                    np.testing.assert_allclose(proba, cpu.predict_proba(rows), rtol=1e-6, atol=1e-7)
+                    assert np.array_equal(proba, want), (type(model).__name__, split)
                     assert_binary_pair(proba, cpu.forest, split, type(x))
-            np.testing.assert_allclose(tri.predict(rows), cpu.predict(rows), rtol=1e-6)
+            assert np.array_equal(tri.predict(rows), model.predict(rows).astype(np.float64))
+
+
+def test_triton_outputs_equal_the_native_libraries_bit_for_bit():
+    """test_cuda_outputs_equal_the_native_libraries_bit_for_bit for the Triton twin: every model whose
+    finish a GPU backend applies (in the kernel, or finish_sums after it), whole and in batches of 7,
+    equal to the native library's bit for bit (on the CPU under the interpreter: its first 21 rows)."""
+    kinds = {"predict_proba": "proba", "predict": "transformed"}
+    checked = []
+    n = 21 if DEVICE == "cpu" else None
+    for model, rows in finish_models():
+        method = next(m for m in ("predict_proba", "score_samples", "predict") if hasattr(model, m))
+        tri = trees.compile(model, backend="triton", device=DEVICE, tune=False)
+        if method not in kinds or tri._launch(kinds[method]) is None:
+            continue
+        name = type(model).__name__
+        rows = rows[:n]
+        want = getattr(model, method)(rows).astype(np.float64)
+        assert np.array_equal(getattr(tri, method)(rows), want), name
+        parts = [getattr(tri, method)(rows[i : i + 7]) for i in range(0, 21, 7)]
+        assert np.array_equal(np.concatenate(parts), want[:21]), name
+        checked.append(name)
+    assert len(checked) == 13, checked
 
 
 def test_triton_softmax_goes_through_finish_sums_equal_to_the_libraries():
@@ -193,3 +219,18 @@ def test_triton_reads_row_slots_like_the_cuda_kernel():
         if copies > 1:
             with pytest.raises(ValueError, match=f"exactly {f.n_features} features for a layout of {copies}"):
                 tree_triton.walk(g, torch.cat([xd, xd[:, :1]], dim=1), bd, f32, False, 64, 8)
+
+
+def test_triton_libm_exp_equals_the_host_build():
+    """Note [Library exp] in Triton (pyzero/kernels/libm_triton.py) equals libm_exp.h's host build, which
+    test_backends holds to the host's libm, bit for bit (under the interpreter with the device's fused
+    multiply-add, tests/conftest.py); other dtypes are refused."""
+    for dtype in (torch.float32, torch.float64):
+        x = libm_exp_samples(dtype, 2000 if DEVICE == "cpu" else 1 << 20, seed=2)
+        want = torch.ops.pyzero.libm_exp(x)
+        got = libm_triton.exp(x.to(DEVICE)).cpu()
+        assert got.dtype == dtype and got.shape == x.shape
+        same = (got == want) | (got.isnan() & want.isnan())
+        assert bool(same.all()), (dtype, x[~same][:5], got[~same][:5], want[~same][:5])
+    with pytest.raises(ValueError, match=r"x must be float32 or float64, got torch\.float16"):
+        libm_triton.exp(torch.zeros(3, dtype=torch.float16))
