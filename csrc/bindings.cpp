@@ -314,8 +314,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("column_kind"), py::arg("n_features"));
   py::class_<pyzero::BinnedPlan, pyzero::CpuKernelPlan, std::shared_ptr<pyzero::BinnedPlan>>(
       m, "BinnedPlan", "Note [Binned float64 inputs]: float64 rows binned, then a float32 kernel plan.")
-      .def(py::init<std::shared_ptr<const pyzero::CpuKernelPlan>, const at::Tensor&, const at::Tensor&>(),
-           py::arg("inner"), py::arg("edges"), py::arg("starts"));
+      .def(py::init<std::shared_ptr<const pyzero::CpuKernelPlan>, const at::Tensor&, const at::Tensor&,
+                    const std::optional<at::Tensor>&, const std::optional<at::Tensor>&>(),
+           py::arg("inner"), py::arg("edges"), py::arg("starts"), py::arg("codes") = py::none(),
+           py::arg("encoded") = py::none());
   py::class_<pyzero::CpuPredictPlan, std::shared_ptr<pyzero::CpuPredictPlan>>(
       m, "CpuPredictPlan",
       "A kernel plan, base, summation and finish: the outputs of rows taken as they are.")

@@ -81,19 +81,26 @@ class PYZERO_LOCAL QsPlan : public CpuKernelPlan {
 // a float32 kernel plan of the forest whose thresholds are their ranks.
 class PYZERO_LOCAL BinnedPlan : public CpuKernelPlan {
  public:
-  // edges, starts: pyzero::bin_rows' (n_features + 1 starts).
-  BinnedPlan(std::shared_ptr<const CpuKernelPlan> inner, const at::Tensor& edges, const at::Tensor& starts);
+  // edges, starts, codes, encoded: pyzero::bin_rows' (n_features + 1 starts; codes and encoded for
+  // Note [Encoded categories], or neither).
+  BinnedPlan(std::shared_ptr<const CpuKernelPlan> inner, const at::Tensor& edges, const at::Tensor& starts,
+             const std::optional<at::Tensor>& codes, const std::optional<at::Tensor>& encoded);
   at::Tensor raw(const at::Tensor& x, const at::Tensor& base, bool float32_accum) const override;
   at::Tensor leaves(const at::Tensor& x) const override;
   at::ScalarType input_dtype() const override { return at::kDouble; }
 
  private:
+  at::Tensor bin(const at::Tensor& x) const;
+
   std::shared_ptr<const CpuKernelPlan> inner_;
   at::Tensor edges_, starts_;
+  std::optional<at::Tensor> codes_, encoded_;
 };
 
-// Note [Binned float64 inputs]: float32 ranks [rows, n_features] of float64 rows x.
-at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tensor& starts);
+// Note [Binned float64 inputs]: float32 ranks [rows, n_features] of float64 rows x (codes for the
+// features flagged in encoded).
+at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tensor& starts,
+                    const std::optional<at::Tensor>& codes, const std::optional<at::Tensor>& encoded);
 
 class PYZERO_LOCAL CpuPredictPlan {
  public:

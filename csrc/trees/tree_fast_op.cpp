@@ -2,6 +2,7 @@
 // pyzero::tree_perfect_leaves, and their prepared calls (PerfectPlan: Note [Prepared CPU calls],
 // tree_cpu_plan.h). Light includes only, so this unit compiles quickly.
 #include <algorithm>
+#include <limits>
 #include <utility>
 
 #include <ATen/Parallel.h>
@@ -121,9 +122,11 @@ constexpr int64_t kBinGrainRows = 1024;
 constexpr int64_t kBinLanes = 16;
 
 // The rank of each of the n values v (Note [Binned float64 inputs]): how many of e[0 .. len) (ascending)
-// lie below it, NaN for NaN, the value itself (as a float32) when len is 0; the searches go in lockstep
-// (Khuong and Morin's branchless lower bound).
-inline void bin_lanes(const double* e, int64_t len, const double* v, int64_t n, float* out) {
+// lie below it, NaN for NaN, the value itself (as a float32) when len is 0; with codes, the code of the
+// e[i] equal to v instead, NaN when none is (an unknown category). The searches go in lockstep (Khuong
+// and Morin's branchless lower bound).
+inline void bin_lanes(const double* e, const float* codes, int64_t len, const double* v, int64_t n,
+                      float* out) {
   int64_t at[kBinLanes] = {};
   for (int64_t size = len; size > 1; size -= size >> 1) {
     const int64_t half = size >> 1;
@@ -131,7 +134,11 @@ inline void bin_lanes(const double* e, int64_t len, const double* v, int64_t n, 
   }
   for (int64_t l = 0; l < n; ++l) {
     const int64_t rank = len == 0 ? 0 : at[l] + static_cast<int64_t>(e[at[l]] < v[l]);
-    out[l] = v[l] != v[l] || len == 0 ? static_cast<float>(v[l]) : static_cast<float>(rank);
+    if (codes != nullptr) {
+      out[l] = rank < len && e[rank] == v[l] ? codes[rank] : std::numeric_limits<float>::quiet_NaN();
+    } else {
+      out[l] = v[l] != v[l] || len == 0 ? static_cast<float>(v[l]) : static_cast<float>(rank);
+    }
   }
 }
 
@@ -139,8 +146,11 @@ inline void bin_lanes(const double* e, int64_t len, const double* v, int64_t n, 
 
 // Note [Binned float64 inputs] (fast_cpu.py): out[r, c] = the number of feature c's thresholds
 // edges[starts[c] .. starts[c + 1]) (ascending, distinct) below x[r, c], as a float32; NaN stays NaN, and
-// a feature without thresholds passes as float32(x[r, c]).
-at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tensor& starts) {
+// a feature without thresholds passes as float32(x[r, c]). A feature c with encoded[c] (Note [Encoded
+// categories]) has its known categories as edges instead and takes the code of the one equal to x[r, c]
+// (codes[i] for edges[i]), NaN for any other value.
+at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tensor& starts,
+                    const std::optional<at::Tensor>& codes, const std::optional<at::Tensor>& encoded) {
   TORCH_CHECK(x.scalar_type() == at::kDouble && x.dim() == 2 && x.is_contiguous() && x.is_cpu(),
               "pyzero.bin_rows: x must be a contiguous float64 CPU tensor of shape (rows, features)");
   TORCH_CHECK(edges.scalar_type() == at::kDouble && edges.dim() == 1 && edges.is_contiguous(),
@@ -155,6 +165,21 @@ at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tens
               edges.numel(), " (the edges)");
   for (int64_t c = 0; c < n_features; ++c)
     TORCH_CHECK(st[c] <= st[c + 1], "pyzero.bin_rows: starts must not decrease (feature ", c, ")");
+  TORCH_CHECK(codes.has_value() == encoded.has_value(), "pyzero.bin_rows: codes and encoded go together");
+  const float* code = nullptr;
+  const bool* is_encoded = nullptr;
+  if (codes.has_value()) {
+    TORCH_CHECK(codes->scalar_type() == at::kFloat && codes->dim() == 1 && codes->is_contiguous() &&
+                    codes->numel() == edges.numel(),
+                "pyzero.bin_rows: codes must be a contiguous float32 tensor of one code per edge (",
+                edges.numel(), "), got ", codes->numel());
+    TORCH_CHECK(encoded->scalar_type() == at::kBool && encoded->dim() == 1 && encoded->is_contiguous() &&
+                    encoded->numel() == n_features,
+                "pyzero.bin_rows: encoded must be a contiguous bool tensor of n_features = ", n_features,
+                " flags, got ", encoded->numel());
+    code = codes->data_ptr<float>();
+    is_encoded = encoded->data_ptr<bool>();
+  }
   at::Tensor out = at::empty({x.size(0), n_features}, x.options().dtype(at::kFloat));
   const double* xs = x.data_ptr<double>();
   const double* e = edges.data_ptr<double>();
@@ -166,7 +191,8 @@ at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tens
       const int64_t n = std::min(kBinLanes, r1 - b);
       for (int64_t c = 0; c < n_features; ++c) {
         for (int64_t l = 0; l < n; ++l) v[l] = xs[(b + l) * n_features + c];
-        bin_lanes(e + st[c], st[c + 1] - st[c], v, n, ranks);
+        const float* feature_codes = is_encoded != nullptr && is_encoded[c] ? code + st[c] : nullptr;
+        bin_lanes(e + st[c], feature_codes, st[c + 1] - st[c], v, n, ranks);
         for (int64_t l = 0; l < n; ++l) o[(b + l) * n_features + c] = ranks[l];
       }
     }
@@ -175,28 +201,36 @@ at::Tensor bin_rows(const at::Tensor& x, const at::Tensor& edges, const at::Tens
 }
 
 BinnedPlan::BinnedPlan(std::shared_ptr<const CpuKernelPlan> inner, const at::Tensor& edges,
-                       const at::Tensor& starts)
+                       const at::Tensor& starts, const std::optional<at::Tensor>& codes,
+                       const std::optional<at::Tensor>& encoded)
     : CpuKernelPlan(inner != nullptr ? inner->n_features() : 0),
       inner_(std::move(inner)),
       edges_(edges),
-      starts_(starts) {
+      starts_(starts),
+      codes_(codes),
+      encoded_(encoded) {
   TORCH_CHECK(inner_ != nullptr && inner_->input_dtype() == at::kFloat,
               "pyzero.trees: a binned plan needs a float32 kernel plan");
-  bin_rows(at::empty({0, n_features_}, edges.options().dtype(at::kDouble)), edges_, starts_);  // the checks
+  bin(at::empty({0, n_features_}, edges.options().dtype(at::kDouble)));  // the checks
+}
+
+at::Tensor BinnedPlan::bin(const at::Tensor& x) const {
+  return bin_rows(x, edges_, starts_, codes_, encoded_);
 }
 
 at::Tensor BinnedPlan::raw(const at::Tensor& x, const at::Tensor& base, bool float32_accum) const {
-  return inner_->raw(bin_rows(x, edges_, starts_), base, float32_accum);
+  return inner_->raw(bin(x), base, float32_accum);
 }
 
 at::Tensor BinnedPlan::leaves(const at::Tensor& x) const {
-  return inner_->leaves(bin_rows(x, edges_, starts_));
+  return inner_->leaves(bin(x));
 }
 
 }  // namespace pyzero
 
 TORCH_LIBRARY_FRAGMENT(pyzero, m) {
-  m.def("bin_rows(Tensor x, Tensor edges, Tensor starts) -> Tensor");
+  m.def(
+      "bin_rows(Tensor x, Tensor edges, Tensor starts, Tensor? codes=None, Tensor? encoded=None) -> Tensor");
   m.def(
       "tree_perfect_raw(Tensor meta, Tensor threshold, Tensor values, Tensor values32, Tensor leaf_nodes, "
       "Tensor column_kind, Tensor x, Tensor base, bool float32_accum) -> Tensor");

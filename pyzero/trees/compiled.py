@@ -99,6 +99,7 @@ class CompiledForest:
         self._stream: gpu.HostStream | None = None
         self._one_launch_kinds: dict[str, bool] = {}
         self._plain_inputs: bool | None = None  # see _as_is
+        self._encoded_inputs = False  # see _as_is
         self._launches: dict[str, tuple[tuple[float, ...], bool] | None] = {}  # see _launch
         # Note [Prepared walks] (csrc/trees/tree_walk_plan.h): per output kind, the CUDA kernel's calls
         # prepared per batch-size bucket for rows taken as they are (_as_is): device rows, and host rows
@@ -158,7 +159,8 @@ class CompiledForest:
         f = self.forest
         if plan is None or f.post_transform == "isolation":
             return {}
-        if not self._as_is(torch.empty((0, f.n_features), dtype=self._input_dtype)):
+        encodes = getattr(self._kernel, "encodes", False)  # Note [Encoded categories]
+        if not self._as_is(torch.empty((0, f.n_features), dtype=self._input_dtype), encoded=encodes):
             return {}
         timed = isinstance(getattr(self._kernel, "inner", self._kernel), fast_cpu.CpuKernelChoice)
         max_rows = fast_cpu.CPU_TUNE_MIN_ROWS if timed else 2**62
@@ -262,21 +264,20 @@ class CompiledForest:
             X, self.forest, self.device, self._input_dtype, lightgbm_reading=not kernel_reads
         )
 
-    def _as_is(self, X: Tensor, device: torch.device | None = None) -> bool:
+    def _as_is(self, X: Tensor, device: torch.device | None = None, encoded: bool = False) -> bool:
         """Whether the kernel takes tensor X as it is: on the device (or `device`), in the input dtype,
         [rows, n_features], contiguous, for a forest whose inputs need no conversion before this kernel
-        (what inputs.to_tensor would otherwise do)."""
+        (what inputs.to_tensor would otherwise do; encoded: but for the encoding of categories, which
+        the caller does)."""
         if self._plain_inputs is None:
             f = self.forest
             kernel_reads = isinstance(self._kernel, _READING_KERNELS) and fast_cpu.reads_like_lightgbm(f)
             lightgbm = bool(f.extra.get("zero_tiny_inputs") or f.extra.get("clamp_inf"))
-            self._plain_inputs = (
-                not (f.encode_numeric and f.categories)
-                and np.isnan(f.extra.get("missing", np.nan))
-                and (kernel_reads or not lightgbm)
-            )
+            self._encoded_inputs = bool(f.encode_numeric and f.categories)
+            self._plain_inputs = np.isnan(f.extra.get("missing", np.nan)) and (kernel_reads or not lightgbm)
         return (
             self._plain_inputs
+            and (encoded or not self._encoded_inputs)
             and X.device == (device or self.device)
             and X.dtype == self._input_dtype
             and X.dim() == 2
@@ -339,10 +340,14 @@ class CompiledForest:
             return None
         if type(X) is Tensor:
             return plans(X)
-        if type(X) is np.ndarray and self._numpy_as_is(X):
-            out = plans(torch.from_numpy(X))
-            return None if out is None else out.numpy()
-        return None
+        if type(X) is not np.ndarray:
+            return None
+        if not self._numpy_as_is(X):  # small batches of other numbers: converted as inputs.to_tensor does
+            if X.dtype.kind not in "biuf" or X.ndim != 2 or X.shape[0] > inputs.NUMPY_PREP_MAX_ROWS:
+                return None
+            X = np.array(X, dtype=self._input_dtype_np, order="C")  # a writable copy
+        out = plans(torch.from_numpy(X))
+        return None if out is None else out.numpy()
 
     def _numpy_as_is(self, X: np.ndarray) -> bool:
         """Whether numpy rows go to a prepared call through torch.from_numpy (a writable C-contiguous

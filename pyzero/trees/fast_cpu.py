@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from pyzero import _native
+from pyzero.trees import inputs
 from pyzero.trees.forest import (
     CAT_INVALID_LEFT,
     CAT_INVALID_RIGHT,
@@ -512,6 +513,16 @@ class CpuKernelChoice:
 # kernel against 0.9 M on the float64 node kernel and 0.45-0.60 M for scikit-learn; depth 6: 5.2 M on
 # the perfect kernel, 1.3 M and 0.44-0.56 M; four categorical features: 2.8 M, 0.77 M and 0.26 M.
 # BinnedKernel.plan bins inside the prepared call (batch 1: 6.7 us).
+#
+# Note [Encoded categories]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~
+# HistGradientBoosting encodes its categorical features before its trees read them (an OrdinalEncoder:
+# a category's position among the known ones, NaN for any other value); inputs.py does the same in numpy
+# or torch (_encode_numeric). For numeric rows taken as they are, the prepared call does it instead
+# (BinnedRows.encoding, the plan of BinnedKernel): in pyzero::bin_rows a feature's known categories are
+# its edges, ascending, and a value takes the code of the edge it equals (the same lockstep search), NaN
+# when it equals none, so a batch of categorical rows takes one C++ call too. Forests whose categories
+# are all numbers (not NaN) and whose encoded features have no thresholds.
 
 
 def why_not_binned(forest: Forest) -> str | None:
@@ -557,6 +568,7 @@ class BinnedRows:
             rank[nodes] = np.searchsorted(e, forest.threshold64[nodes])
         self.edges = torch.as_tensor(np.concatenate(edges) if edges else np.zeros(0))
         self.starts = torch.as_tensor(starts)
+        self.encoding = _encoding(forest, edges)
         self.forest = replace(
             forest,
             threshold64=rank,
@@ -566,11 +578,37 @@ class BinnedRows:
         _native.require("binned float64 inputs")  # registers pyzero::bin_rows
 
     def bin(self, x: Tensor) -> Tensor:
-        """float32 [rows, n_features] ranks of float64 rows x [rows, n_features]."""
+        """float32 [rows, n_features] ranks of float64 rows x [rows, n_features] (categories encoded)."""
         return torch.ops.pyzero.bin_rows(x.contiguous(), self.edges, self.starts)
+
+    def encode_and_bin(self, x: Tensor) -> Tensor:
+        """bin() of rows whose categorical features hold categories, not codes (Note [Encoded
+        categories]); self.encoding must not be None."""
+        return torch.ops.pyzero.bin_rows(x.contiguous(), *self.encoding)
 
     def kernel(self, inner: Any) -> BinnedKernel:
         return BinnedKernel(self, inner)
+
+
+def _encoding(forest: Forest, edges: list[np.ndarray]) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
+    """Note [Encoded categories]: bin_rows' (edges, starts, codes, encoded) that also encode the
+    categorical features (float64, int64 [n_features + 1], float32, bool [n_features]), or None."""
+    if not (forest.encode_numeric and forest.categories):
+        return None
+    try:
+        table = inputs.category_codes(forest)
+    except TypeError:  # string categories: DataFrames only
+        return None
+    edges = list(edges)
+    codes = [np.zeros(e.size, dtype=np.float32) for e in edges]
+    encoded = np.zeros(forest.n_features, dtype=bool)
+    for j, known, code in table:
+        if edges[j].size or np.isnan(known).any():
+            return None
+        edges[j], codes[j], encoded[j] = known, code.astype(np.float32), True
+    starts = np.concatenate([[0], np.cumsum([e.size for e in edges])]).astype(np.int64)
+    as_tensor = [np.concatenate(edges).astype(np.float64), starts, np.concatenate(codes), encoded]
+    return tuple(torch.as_tensor(a) for a in as_tensor)
 
 
 class BinnedKernel:
@@ -579,8 +617,10 @@ class BinnedKernel:
 
     def __init__(self, binned: BinnedRows, inner: Any) -> None:
         self.binned, self.inner = binned, inner
-        # Note [Prepared CPU calls]: the inner kernel's plan behind the binning, in one C++ call
-        self.plan = _native.C.BinnedPlan(inner.plan, binned.edges, binned.starts)
+        # Note [Prepared CPU calls]: the inner kernel's plan behind the binning, in one C++ call; it takes
+        # categories rather than codes when it encodes them (Note [Encoded categories])
+        self.encodes = binned.encoding is not None
+        self.plan = _native.C.BinnedPlan(inner.plan, *(binned.encoding or (binned.edges, binned.starts)))
 
     def raw(self, x: Tensor, base: Tensor, float32_accum: bool) -> Tensor:
         """base + sum of the leaf values over trees in tree order: float64 [rows, outputs]."""

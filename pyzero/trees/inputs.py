@@ -160,7 +160,7 @@ def _frame_to_numpy(df: Any, forest: Forest, np_dtype) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def _category_codes(forest: Forest) -> list[tuple[int, np.ndarray, np.ndarray]]:
+def category_codes(forest: Forest) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """[(feature, its known numeric categories ascending (float64), the code of each)], made once per
     forest (kept on it): rebuilding them took most of a HistGradientBoosting call at batch 1."""
     cached = forest.__dict__.get("_category_codes")
@@ -182,7 +182,7 @@ def _encode_numeric(x: Any, forest: Forest) -> Any:
     HistGradientBoosting; a copy."""
     lib = np if isinstance(x, np.ndarray) else torch
     x = x.copy() if lib is np else x.clone()
-    for j, k_sorted, codes in _category_codes(forest):
+    for j, k_sorted, codes in category_codes(forest):
         v = x[:, j]
         if k_sorted.size == 0:
             x[:, j] = float("nan")

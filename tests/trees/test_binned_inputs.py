@@ -65,6 +65,61 @@ def test_bin_rows_names_bad_arguments():
         torch.ops.pyzero.bin_rows(x, torch.zeros(0, dtype=torch.float64), torch.tensor([0, -1, 0]))
 
 
+def test_bin_rows_encodes_categories_as_the_python_encoding():
+    """Note [Encoded categories]: features flagged `encoded` take the code of the known category (an
+    edge) their value equals, NaN for unknown values, fractions, NaN and infinities (inputs.py's
+    _encode_numeric), while the other features are binned as before, in one call."""
+    rng = np.random.default_rng(4)
+    for _ in range(100):
+        features = int(rng.integers(1, 5))
+        encoded = rng.random(features) < 0.5
+        edges, codes = [], []
+        for flag in encoded:
+            values = np.unique(rng.integers(-30, 30, int(rng.integers(0, 40))) / 2.0)
+            edges.append(values)
+            codes.append(rng.permutation(values.size).astype(np.float32) if flag else np.zeros(values.size))
+        x = rng.integers(-35, 35, (int(rng.integers(1, 40)), features)) / 2.0 + (rng.random((1, 1)) < 0.2) / 4
+        x[rng.random(x.shape) < 0.1] = np.nan
+        x.flat[: min(4, x.size)] = [np.inf, -np.inf, -0.0, 0.0][: min(4, x.size)]
+        want = []
+        for c, e in enumerate(edges):
+            if encoded[c]:
+                pos = np.minimum(np.searchsorted(e, x[:, c]), max(e.size - 1, 0))
+                hit = e[pos] == x[:, c] if e.size else np.zeros(x.shape[0], dtype=bool)
+                want.append(np.where(hit, codes[c][pos] if e.size else 0, np.nan))
+            else:
+                rank = np.searchsorted(e, x[:, c], side="left")
+                want.append(np.where(np.isnan(x[:, c]) | (e.size == 0), x[:, c], rank))
+        starts = np.concatenate([[0], np.cumsum([e.size for e in edges])]).astype(np.int64)
+        got = torch.ops.pyzero.bin_rows(
+            torch.from_numpy(x),
+            torch.from_numpy(np.concatenate(edges)),
+            torch.from_numpy(starts),
+            torch.from_numpy(np.concatenate(codes).astype(np.float32)),
+            torch.from_numpy(encoded),
+        )
+        np.testing.assert_array_equal(got.numpy(), np.stack(want, axis=1).astype(np.float32))
+
+
+def test_bin_rows_names_bad_encodings():
+    x, edges, starts = torch.zeros((2, 2), dtype=torch.float64), torch.zeros(3, dtype=torch.float64), None
+    starts = torch.tensor([0, 1, 3])
+    codes, encoded = torch.zeros(3), torch.tensor([True, False])
+    assert torch.ops.pyzero.bin_rows(x, edges, starts, codes, encoded).tolist() == [[0.0, 0.0]] * 2
+    with pytest.raises(RuntimeError, match="codes and encoded go together"):
+        torch.ops.pyzero.bin_rows(x, edges, starts, codes)
+    with pytest.raises(
+        RuntimeError, match=r"codes must be a contiguous float32 tensor of one code per edge \(3\)"
+    ):
+        torch.ops.pyzero.bin_rows(x, edges, starts, codes[:2], encoded)
+    with pytest.raises(RuntimeError, match="codes must be a contiguous float32"):
+        torch.ops.pyzero.bin_rows(x, edges, starts, codes.double(), encoded)
+    with pytest.raises(
+        RuntimeError, match="encoded must be a contiguous bool tensor of n_features = 2 flags"
+    ):
+        torch.ops.pyzero.bin_rows(x, edges, starts, codes, encoded.int())
+
+
 def hgb_models():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((800, 6))  # float64: HistGradientBoosting compares float64 inputs
@@ -140,6 +195,38 @@ def test_categorical_forests_keep_their_codes_through_the_binning():
     assert trees.verify(model, cf, X)["ok"]
 
 
+def test_prepared_calls_encode_categories():
+    """Note [Encoded categories]: a categorical HistGradientBoosting forest's prepared CPU calls take
+    numeric rows as they are and encode them in C++, equal to scikit-learn bit for bit at batch 1 and 7
+    (unknown, negative, fractional and huge categories, -0.0, NaN), from numpy (any dtype, order or
+    flags) and tensors; forests with string categories keep the Python encoding."""
+    X, model = categorical_model()
+    rows = X[:70].copy()
+    rows[:6, 0] = [45.0, -1.0, 2.5, 1e300, -0.0, 39.0]
+    rows[6:10, 3] = [10.5, 4.5, -1.5, 3.0]
+    cf = trees.compile(model, backend="cpu")
+    assert cf._kernel.encodes and set(cf._plans) == {"raw", "proba"}
+    want, raw = model.predict_proba(rows), model.decision_function(rows)
+    for size in (1, 7):
+        for i in range(0, 70, size):
+            part = rows[i : i + size]
+            assert cf._prepared("proba", part) is not None
+            assert np.array_equal(cf.predict_proba(part), want[i : i + size]), (size, i)
+            assert np.array_equal(cf.predict_proba(torch.from_numpy(part)).numpy(), want[i : i + size])
+            assert np.array_equal(cf.decision_function(part), raw[i : i + size])
+    assert np.array_equal(cf.predict(rows), model.predict(rows))
+    # other numpy rows of a small batch are converted first, as the general path converts them
+    frozen = rows[10:17].copy()
+    frozen.flags.writeable = False
+    for other in (rows[10:17].astype(np.float32), np.nan_to_num(rows[10:17]).astype(np.int64), frozen):
+        assert cf._prepared("proba", other) is not None
+        assert np.array_equal(cf.predict_proba(other), model.predict_proba(other.astype(np.float64)))
+    assert np.asfortranarray(rows[:7]).flags.c_contiguous is False
+    assert np.array_equal(cf.predict_proba(np.asfortranarray(rows[:7])), want[:7])
+    forest = replace(cf.forest, categories={0: ["a", "b"], 3: cf.forest.categories[3]})
+    assert fast_cpu.BinnedRows(forest).encoding is None
+
+
 def test_why_not_binned():
     _, models = hgb_models()
     forest = trees.compile(models[0], backend="cpu").forest
@@ -183,5 +270,5 @@ def test_category_encoding_is_the_same_in_numpy_and_torch():
     assert np.isnan(by_numpy[:4, 0]).all() and by_numpy[4, 0] == forest.categories[0].index(0.0)
     assert np.isnan(by_numpy[5, 3]) and np.isnan(by_numpy[7, 3])
     assert by_numpy[6, 3] == forest.categories[3].index(4.5)
-    assert inputs._category_codes(forest) is inputs._category_codes(forest)
+    assert inputs.category_codes(forest) is inputs.category_codes(forest)
     np.testing.assert_array_equal(rows[:, [1, 2, 4]], by_numpy[:, [1, 2, 4]])  # other columns untouched

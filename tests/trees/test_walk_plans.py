@@ -18,7 +18,7 @@ from sklearn.ensemble import (
 )
 
 from pyzero import _native, trees
-from pyzero.trees import compiled, fast_cpu, gpu, gpu_layout
+from pyzero.trees import compiled, fast_cpu, gpu, gpu_layout, inputs
 from tests.trees.helpers import finish_models, mixed_data
 from tests.trees.test_gpu_layouts import EMULATED_CONFIGS, EMULATED_TILED, _models
 
@@ -186,8 +186,9 @@ def _fitted():
 def test_compiled_forests_prepare_their_calls_on_rows_taken_as_they_are():
     """The first call of a bucket on rows taken as they are (tensors or numpy) prepares it, staged for at
     most GRAPH_MAX_ROWS rows (as host rows are on a GPU); the next calls go through the plan with the
-    outputs as the full path, bit for bit (raw scores: the CPU backend's too); other inputs, output kinds
-    that take more than one launch, and classifiers' labels take the full path."""
+    outputs as the full path, bit for bit (raw scores: the CPU backend's too), and so do small numpy
+    batches that need converting (converted first); tensors that need converting, output kinds that take
+    more than one launch, and classifiers' labels take the full path."""
     Xf, models = _fitted()
     for model in models:
         name = type(model).__name__
@@ -221,9 +222,15 @@ def test_compiled_forests_prepare_their_calls_on_rows_taken_as_they_are():
                 strided = torch.as_tensor(np.repeat(rows, 2, axis=1))[:, ::2]
                 frozen = rows.copy()
                 frozen.flags.writeable = False
-                for other in (x.double(), strided, rows.astype(np.float64), frozen):  # converted inputs
+                for other in (x.double(), strided):  # tensors to convert: the full path
                     assert cf._prepared(kinds[method], other) is None
                     assert np.array_equal(np.asarray(getattr(cf, method)(other)), np.asarray(want))
+                for other in (
+                    rows.astype(np.float64),
+                    frozen,
+                ):  # small numpy batches: converted, then the plan
+                    assert (cf._prepared(kinds[method], other) is not None) == expected, (name, method, n)
+                    assert np.array_equal(getattr(cf, method)(other), want.numpy()), (name, method, n)
 
 
 def test_tuning_drops_the_prepared_calls():
@@ -241,9 +248,10 @@ def test_tuning_drops_the_prepared_calls():
 def test_cpu_backend_prepared_calls_equal_the_full_path():
     """Note [Prepared CPU calls]: the cpu backend prepares every output kind that is the kernel and one
     finish (none for IsolationForest scores, classifiers' labels or the node kernel); rows taken as they
-    are go through the plan with the full path's outputs, bit for bit, and other inputs, batches the
-    timed kernel choice takes, and kinds without a plan take the full path. HistGradientBoosting: float64
-    rows binned in the plan (Note [Binned float64 inputs])."""
+    are go through the plan with the full path's outputs, bit for bit, and so do small numpy batches to
+    convert (converted first); tensors to convert, batches the timed kernel choice takes, and kinds
+    without a plan take the full path. HistGradientBoosting: float64 rows binned in the plan (Note
+    [Binned float64 inputs])."""
     Xf, models = _fitted()
     X64 = mixed_data(n=300, dtype=np.float64)[0]
     y64 = np.nan_to_num(X64[:, 0]) + np.nan_to_num(X64[:, 1]) > 0
@@ -280,8 +288,12 @@ def test_cpu_backend_prepared_calls_equal_the_full_path():
                 strided = torch.as_tensor(np.repeat(rows, 2, axis=1))[:, ::2]
                 frozen = rows.copy()
                 frozen.flags.writeable = False
-                for other in (strided, frozen, rows[:, :-1].copy()):  # converted inputs, wrong width
+                for other in (strided, rows[:, :-1].copy()):  # a tensor to convert, the wrong width
                     assert cf._prepared(kinds[method], other) is None
+                planned = kinds[method] in cf._plans and n <= inputs.NUMPY_PREP_MAX_ROWS
+                assert (
+                    cf._prepared(kinds[method], frozen) is not None
+                ) == planned  # converted, then the plan
                 for other in (strided, frozen):
                     assert np.array_equal(np.asarray(getattr(cf, method)(other)), np.asarray(want))
     xgb_model = models[1]
