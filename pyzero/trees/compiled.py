@@ -101,6 +101,7 @@ class CompiledForest:
         self._plain_inputs: bool | None = None  # see _as_is
         self._encoded_inputs = False  # see _as_is
         self._launches: dict[str, tuple[tuple[float, ...], bool] | None] = {}  # see _launch
+        self._host_finish = host_finish(forest)  # Note [Host finishes]
         # Note [Prepared walks] (csrc/trees/tree_walk_plan.h): per output kind, the CUDA kernel's calls
         # prepared per batch-size bucket for rows taken as they are (_as_is): device rows, and host rows
         # of small batches (staged)
@@ -441,7 +442,8 @@ class CompiledForest:
                 return out
         x, as_torch = self._input(X)
         if self.forest.post_transform == "isolation":
-            return self._output(self._transformed(x)[:, 0] - self.forest.extra["offset"], as_torch)
+            scores = self._transformed(x, host=not as_torch)[:, 0]
+            return self._output(scores - self.forest.extra["offset"], as_torch)
         raw = self._raw(x)
         self._prepare("raw", X, flat=raw.shape[1] == 1)
         return self._output(raw[:, 0] if raw.shape[1] == 1 else raw, as_torch)
@@ -451,17 +453,25 @@ class CompiledForest:
         if self.forest.post_transform != "isolation":
             raise AttributeError(f"{self.forest.source} has no score_samples (IsolationForest only)")
         x, as_torch = self._input(X)
-        return self._output(self._transformed(x)[:, 0], as_torch)
+        return self._output(self._transformed(x, host=not as_torch)[:, 0], as_torch)
 
-    def _transformed(self, x: Tensor) -> Tensor:
-        """Raw scores through the forest's post-transform, one column per output."""
+    def _transformed(self, x: Tensor, host: bool = False) -> Tensor:
+        """Raw scores through the forest's post-transform, one column per output; host: the caller
+        takes them on the host (Note [Host finishes])."""
+        if self._host_finish:
+            out = self._post(self._raw(x).cpu())
+            return out if host else out.to(self.device)
         return self._route("transformed", self._transformed_direct, x)
 
     def _transformed_direct(self, x: Tensor) -> Tensor:
         fused = self._fused(x, "transformed")
         if fused is not None:
             return fused
-        raw = self._raw_direct(x, reported=False)
+        return self._post(self._raw_direct(x, reported=False))
+
+    def _post(self, raw: Tensor) -> Tensor:
+        """The forest's post-transform of raw scores [rows, outputs]: on the host as the library computes
+        it where a Python library does (Note [Host finishes]), else in torch."""
         post = self.forest.post_transform
         if self.forest.extra.get("accumulate") == "float32":  # the library transforms in float32 too
             raw = raw.to(torch.float32)
@@ -487,9 +497,13 @@ class CompiledForest:
             return -torch.pow(2.0, -raw / self.forest.extra["denominator"])
         return raw.double()
 
-    def _proba(self, x: Tensor) -> Tensor:
+    def _proba(self, x: Tensor, host: bool = False) -> Tensor:
         """Class probabilities [rows, classes]; small GPU batches in one graph, the binary [1 - p, p]
-        included (two fewer launches per call)."""
+        included (two fewer launches per call); host: as _transformed."""
+        if self._host_finish:
+            p = self._transformed(x, host)
+            binary = self.forest.classes is not None and self.forest.n_outputs == 1
+            return _binary_proba(p, self.forest) if binary else p
         return self._route("proba", self._proba_direct, x)
 
     def _proba_direct(self, x: Tensor) -> Tensor:
@@ -513,10 +527,10 @@ class CompiledForest:
         x, as_torch = self._input(X)
         cpu_fused = self.backend == "cpu" and self._launch("proba") is not None  # [1 - p, p] in C++
         if as_torch or self._small(x) or self._streamed(x) or cpu_fused:
-            p = self._proba(x)
+            p = self._proba(x, host=not as_torch)
             self._prepare("proba", X, flat=False)
             return self._output(p, as_torch)
-        p = self._transformed(x)
+        p = self._transformed(x, host=True)
         if p.shape[1] != 1:
             return self._output(p, as_torch)
         return _binary_proba(p.cpu().numpy(), self.forest)  # half the copy back, cheaper array calls
@@ -529,14 +543,14 @@ class CompiledForest:
                 return out
         x, as_torch = self._input(X)
         if self.forest.post_transform == "isolation":  # 1 inlier, -1 outlier
-            decision = self._transformed(x)[:, 0] - self.forest.extra["offset"]
+            decision = self._transformed(x, host=not as_torch)[:, 0] - self.forest.extra["offset"]
             labels = torch.where(decision < 0, -1, 1)
             return labels if as_torch else labels.cpu().numpy()
         if self.forest.classes is not None:
-            idx = self._proba(x).argmax(dim=1).cpu().numpy()
+            idx = self._proba(x, host=True).argmax(dim=1).cpu().numpy()
             labels = self.forest.classes[idx]
             return torch.as_tensor(labels) if as_torch else labels
-        out = self._transformed(x)
+        out = self._transformed(x, host=not as_torch)
         self._prepare("transformed", X, flat=out.shape[1] == 1)
         if out.shape[1] == 1:
             out = out[:, 0]
@@ -575,6 +589,30 @@ _FUSED_POST = {"identity": 0, "sigmoid": 1, "exp": 2}
 # extra["softmax"] of forests whose library computes its softmax in Python: scikit-learn's numpy steps,
 # XGBClassifier's scipy.special.softmax of the float32 margins (objective multi:softmax).
 PYTHON_SOFTMAX = ("numpy", "scipy")
+
+# Note [Host finishes]
+# ~~~~~~~~~~~~~~~~~~~~
+# Where the library itself finishes its sums in numpy or scipy (scikit-learn's multiclass softmax and
+# its numpy exp of Poisson, gamma and Tweedie scores, IsolationForest's 2 ** -x, XGBClassifier's scipy
+# softmax for multi:softmax), every backend finishes them the same way: the raw scores (on any device,
+# through the small-batch graphs and streams of a GPU), then the library's own numpy or scipy calls on
+# the host (_post). Their results depend on the host's numpy (its SIMD exp, glibc's pow), which no
+# device code repeats, so only the host's own calls equal them bit for bit. On a GPU the scores cross
+# to the host once (callers that return numpy take them there; tensor callers get them back on the
+# device), and the finish costs what it costs the library.
+
+
+def host_finish(forest: Forest) -> bool:
+    """Whether Note [Host finishes] applies: the library finishes the forest's sums in Python."""
+    post, extra = forest.post_transform, forest.extra
+    python = (
+        (post == "softmax" and extra.get("softmax") in PYTHON_SOFTMAX)
+        or (post == "exp" and extra.get("exp") == "numpy")
+        or post == "isolation"
+    )
+    return python and not extra.get("raw_is_sum")  # decision_function's raw scores are the finish's
+
+
 FINISH_SOFTMAX = 3.0  # finish_sums' softmax of a row's outputs (kFinishSoftmax): after the kernel, not in it
 
 

@@ -257,29 +257,26 @@ def test_cuda_libm_exp_equals_the_host_build():
 def test_cuda_outputs_equal_the_native_libraries_bit_for_bit():
     """Note [Library exp] and Note [Fused finish] on the GPU: where the CUDA kernel finishes the sums
     (XGBoost's float32 sigmoid and exp, LightGBM's and scikit-learn's double ones, the forests' means,
-    the binary pair; XGBoost's and LightGBM's softmax in finish_sums after the kernel), probabilities
-    and predictions equal the native libraries' bit for bit: whole, in batches of 1 and 7 rows (graphs,
-    prepared calls), from numpy and device rows. scikit-learn's softmax and the IsolationForest score
-    take torch steps on the GPU (within 1e-6: the adversarial-row test)."""
-    kinds = {"predict_proba": "proba", "predict": "transformed"}
+    the binary pair; XGBoost's and LightGBM's softmax in finish_sums after the kernel), and where the
+    host finishes them as the library does (Note [Host finishes]: scikit-learn's softmax and numpy exp,
+    IsolationForest's scores, XGBoost's scipy softmax), probabilities, scores and predictions equal the
+    native libraries' bit for bit: whole, in batches of 1 and 7 rows (graphs, prepared calls), from numpy
+    and device rows."""
     checked = []
     for model, rows in finish_models():
         method = next(m for m in ("predict_proba", "score_samples", "predict") if hasattr(model, m))
         gpu = trees.compile(model, device="cuda")
-        if method not in kinds or gpu._launch(kinds[method]) is None:
-            continue
         name = type(model).__name__
         want = getattr(model, method)(rows).astype(np.float64)
         assert np.array_equal(getattr(gpu, method)(rows), want), name
         xd = torch.as_tensor(rows, dtype=gpu._input_dtype, device="cuda")
-        assert np.array_equal(getattr(gpu, method)(xd).cpu().numpy(), want), name
+        got = getattr(gpu, method)(xd)
+        assert got.device.type == "cuda" and np.array_equal(got.cpu().numpy(), want), name
         for size in (1, 7):
             parts = [getattr(gpu, method)(rows[i : i + size]) for i in range(0, 70, size)]
             assert np.array_equal(np.concatenate(parts), want[:70]), (name, size)
         checked.append(name)
-    # XGBoost binary, Poisson and softmax, LightGBM binary (twice), Poisson, softmax and rf softmax, the
-    # three scikit-learn random forests, binary GB (log loss and exponential)
-    assert len(checked) == 13, checked
+    assert len(checked) == 18, checked
 
 
 def test_finish_sums_on_the_device_equals_the_host():

@@ -346,3 +346,43 @@ def test_cpu_kernel_plans_check_their_inputs():
         C.BinnedPlan(pf.plan, edges, starts[:3])
     with pytest.raises(RuntimeError, match=r"x must be a contiguous float64 CPU tensor"):
         binned.raw(x, base, False)
+
+
+def test_library_finishes_in_python_run_on_the_host_after_the_raw_scores():
+    """Note [Host finishes]: on a GPU backend (here the cuda backend's Python side on CPU tensors), the
+    forests whose library finishes its sums in numpy or scipy route only their raw scores (graphs,
+    streams) and finish them with the library's calls, equal to it bit for bit, from numpy and tensors;
+    every other forest finishes on the device."""
+    hosted = []
+    for model, rows in finish_models():
+        cf = cuda_backend_on_cpu(model)
+        name = type(model).__name__
+        if not compiled.host_finish(cf.forest):
+            continue
+        routed = []
+        route = cf._route
+        cf._route = lambda kind, fn, x, route=route, routed=routed: routed.append(kind) or route(kind, fn, x)
+        rows = rows[:40]
+        methods = [
+            m for m in ("predict_proba", "score_samples", "decision_function", "predict") if hasattr(model, m)
+        ]
+        for method in methods:
+            want = np.asarray(getattr(model, method)(rows))
+            got = getattr(cf, method)(rows)
+            assert type(got) is np.ndarray and np.array_equal(got, want), (name, method)
+            x = torch.as_tensor(rows, dtype=cf._input_dtype)
+            got = getattr(cf, method)(x)
+            assert type(got) is torch.Tensor and np.array_equal(got.numpy(), want), (name, method)
+        assert set(routed) == {"raw"}, (name, routed)
+        hosted.append(name)
+    # scikit-learn's multiclass GradientBoosting and HistGradientBoosting, its Poisson HistGradientBoosting,
+    # IsolationForest, XGBoost's multi:softmax
+    assert sorted(hosted) == sorted(
+        [
+            "GradientBoostingClassifier",
+            "HistGradientBoostingClassifier",
+            "HistGradientBoostingRegressor",
+            "IsolationForest",
+            "XGBClassifier",
+        ]
+    ), hosted
