@@ -38,9 +38,9 @@ if [ "${GPU_CHECK_ONLY:-}" = trees ]; then
         # the host's libm against Note [Library exp], which the device's finish repeats
         LIBM_TEST=tests/trees/test_backends.py::test_libm_exp_equals_the_host_libm
         # shellcheck disable=SC2086  # GPU_CHECK_TESTS is a list of pytest arguments
-        PYZERO_TEST_DEVICE=cuda timeout "${GPU_CHECK_TEST_S:-300}" "$PY" -m pytest -q -p no:cacheprovider \
+        PYZERO_TEST_DEVICE=cuda timeout "${GPU_CHECK_TEST_S:-300}" "$PY" -m pytest -q -p no:cacheprovider --durations=10 \
           --maxfail=5 ${GPU_CHECK_TESTS:-tests/trees/test_cuda_trees.py tests/trees/test_triton_trees.py $LIBM_TEST} 2>&1 \
-          | tee "$OUT/pytest_trees.log" | tail -25 ;;
+          | tee "$OUT/pytest_trees.log" | tail -40 ;;
       profile)  # where the time goes (kernel, graph, whole call)
         # shellcheck disable=SC2086
         timeout "${GPU_CHECK_PROFILE_S:-300}" "$PY" bench/profile_trees_gpu.py ${GPU_CHECK_PROFILE_ARGS:-} 2>&1 \
