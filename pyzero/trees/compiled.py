@@ -491,6 +491,8 @@ class CompiledForest:
             if self.forest.extra.get("exp") == "numpy" and raw.device.type == "cpu":
                 return torch.from_numpy(np.exp(raw.numpy()))  # scikit-learn's inverse link (np.exp)
             return torch.exp(raw).double()
+        if post == "hinge":  # XGBoost's binary:hinge: 1 where the margin is > 0
+            return (raw > 0).double()
         if post == "isolation":
             if raw.device.type == "cpu":  # scikit-learn's own numpy steps (IsolationForest.score_samples)
                 return torch.from_numpy(-(2 ** -np.divide(raw.numpy(), self.forest.extra["denominator"])))

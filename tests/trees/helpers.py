@@ -51,10 +51,9 @@ def mixed_data(n=500, features=6, seed=0, dtype=np.float32, zero_rate=0.0, coars
 
 def finish_models():
     """[(fitted model, rows)] of every finish a library applies to its sums (Note [Fused finish]):
-    XGBoost's float32 sigmoid, exp and softmax (scipy's for multi:softmax), LightGBM's double ones (a
-    sigmoid scale too),
-    scikit-learn's forest means, sigmoid (of 2 x for the exponential loss), softmax, numpy exp and
-    IsolationForest score."""
+    XGBoost's float32 sigmoid, exp and softmax (scipy's for multi:softmax) and binary:hinge's 0/1,
+    LightGBM's double ones (a sigmoid scale too), scikit-learn's forest means, sigmoid (of 2 x for the
+    exponential loss), softmax, numpy exp and IsolationForest score."""
     import lightgbm as lgb
     import xgboost as xgb
     from sklearn import ensemble
@@ -74,6 +73,7 @@ def finish_models():
         (lgb.LGBMRegressor(n_estimators=30, verbose=-1, objective="poisson").fit(X, ys["count"]), X),
         (xgb.XGBClassifier(n_estimators=20, max_depth=6).fit(X, ys["multi"]), X),  # softmax in float32
         (xgb.XGBClassifier(n_estimators=8, objective="multi:softmax").fit(X, ys["multi"]), X),  # scipy's
+        (xgb.XGBClassifier(n_estimators=8, objective="binary:hinge").fit(X, ys["bin"]), X),  # the sign
         (lgb.LGBMClassifier(n_estimators=20, verbose=-1).fit(X, ys["multi"]), X),  # softmax in double
         (  # rf: the softmax of the mean over rounds (three trees a round)
             lgb.LGBMClassifier(

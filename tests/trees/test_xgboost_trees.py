@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pyzero import trees
+from pyzero.trees.compiled import adversarial_rows
 from tests.trees.helpers import assert_exact, mixed_data
 
 xgb = pytest.importorskip("xgboost")
@@ -110,6 +111,38 @@ def test_log_link_quantile_and_multi_target_regressors_equal_xgboost_bit_for_bit
         TypeError, match=r"vector leaves \(multi_strategy='multi_output_tree'\) are not supported"
     ):
         trees.compile(vector)
+
+
+def test_hinge_and_cox_objectives_equal_xgboost_bit_for_bit():
+    """binary:hinge (labels and 0/1 probabilities from the margin's sign, on every backend) and
+    survival:cox (expf of the margin, a hazard ratio) equal XGBoost's outputs bit for bit, on adversarial
+    rows too; survival:aft (whose exp is in double, then float32) is refused by name."""
+    X, ys = data()
+    hinge = xgb.XGBClassifier(objective="binary:hinge", n_estimators=12, max_depth=4).fit(X, ys["bin"])
+    want = hinge.predict_proba(X).astype(np.float64)
+    assert set(np.unique(want)) == {0.0, 1.0}
+    for backend in ("cpu", "torch"):
+        cf = trees.compile(hinge, backend=backend)
+        assert cf.forest.post_transform == "hinge"
+        assert np.array_equal(cf.predict_proba(X), want), backend
+        assert np.array_equal(cf.predict(X), hinge.predict(X)), backend
+        assert np.array_equal(
+            cf.decision_function(X), hinge.predict(X, output_margin=True).astype(np.float64)
+        )
+    assert trees.verify(hinge, trees.compile(hinge, backend="cpu"), X)["ok"]
+    rng = np.random.default_rng(0)
+    time = np.abs(np.nan_to_num(X[:, 1])) + 0.1
+    censored = np.where(rng.random(len(X)) < 0.3, -time, time)  # negative: censored
+    cox = xgb.XGBRegressor(objective="survival:cox", n_estimators=30, max_depth=5).fit(X, censored)
+    cf = trees.compile(cox, backend="cpu")
+    rows = np.vstack([X, adversarial_rows(cf.forest, X[:100], allow_inf=False, allow_nan=True)])
+    assert np.array_equal(cf.predict(rows), cox.predict(rows).astype(np.float64))
+    dm = xgb.DMatrix(X)
+    dm.set_float_info("label_lower_bound", time)
+    dm.set_float_info("label_upper_bound", time)
+    aft = xgb.train({"objective": "survival:aft"}, dm, num_boost_round=2)
+    with pytest.raises(TypeError, match="XGBoost objective 'survival:aft' is not supported"):
+        trees.compile(aft)
 
 
 def test_unfitted_model_is_named():
