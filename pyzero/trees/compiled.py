@@ -488,8 +488,11 @@ class CompiledForest:
                 return torch.from_numpy(softmax(raw.numpy(), axis=1).astype(np.float64))
             return torch.softmax(raw, dim=1).double()
         if post == "exp":
-            if self.forest.extra.get("exp") == "numpy" and raw.device.type == "cpu":
+            how = self.forest.extra.get("exp")
+            if how == "numpy" and raw.device.type == "cpu":
                 return torch.from_numpy(np.exp(raw.numpy()))  # scikit-learn's inverse link (np.exp)
+            if how == "double":  # XGBoost's survival:aft: exp of the float32 margin in double, to float32
+                return torch.ops.pyzero.libm_exp(raw.double()).float().double()  # Note [Library exp]
             return torch.exp(raw).double()
         if post == "hinge":  # XGBoost's binary:hinge: 1 where the margin is > 0
             return (raw > 0).double()
@@ -624,8 +627,8 @@ def fused_finish(forest: Forest, post: bool, pair: bool = False) -> tuple[float,
     [1 - p, p] when `pair`; None where the kernels do not (softmax, isolation, scikit-learn's numpy exp,
     a mean summed in float32 then transformed, no trees)."""
     kind = _FUSED_POST.get(forest.post_transform) if post else _FUSED_POST["identity"]
-    if post and forest.post_transform == "exp" and forest.extra.get("exp") == "numpy":
-        kind = None  # scikit-learn's np.exp (_transformed_direct), not libm's
+    if post and forest.post_transform == "exp" and forest.extra.get("exp") in ("numpy", "double"):
+        kind = None  # scikit-learn's np.exp, XGBoost's double exp of survival:aft (_post), not expf
     mean = forest.aggregation == "mean"
     if kind is None or forest.n_trees == 0 or (mean and post and forest.extra.get("accumulate") == "float32"):
         return None

@@ -35,6 +35,7 @@ POST = {
     "reg:gamma": "exp",
     "reg:tweedie": "exp",
     "survival:cox": "exp",
+    "survival:aft": "exp",
     "reg:quantileerror": "identity",
     "rank:pairwise": "identity",
     "rank:ndcg": "identity",
@@ -108,6 +109,8 @@ def convert(model, iteration_range: tuple[int, int] | None = None) -> Forest:
             "sparse_absent": "missing",
             # XGBClassifier.predict_proba of multi:softmax: scipy's softmax of the float32 margins
             **({"softmax": "scipy"} if objective == "multi:softmax" else {}),
+            # survival:aft takes exp of its float32 margin in double, then rounds to float32
+            **({"exp": "double"} if objective == "survival:aft" else {}),
         },
     )
     forest.base = _base_margin(booster, forest, (lo, hi))

@@ -113,10 +113,11 @@ def test_log_link_quantile_and_multi_target_regressors_equal_xgboost_bit_for_bit
         trees.compile(vector)
 
 
-def test_hinge_and_cox_objectives_equal_xgboost_bit_for_bit():
-    """binary:hinge (labels and 0/1 probabilities from the margin's sign, on every backend) and
-    survival:cox (expf of the margin, a hazard ratio) equal XGBoost's outputs bit for bit, on adversarial
-    rows too; survival:aft (whose exp is in double, then float32) is refused by name."""
+def test_hinge_and_survival_objectives_equal_xgboost_bit_for_bit():
+    """binary:hinge (labels and 0/1 probabilities from the margin's sign, on every backend),
+    survival:cox (expf of the margin, a hazard ratio) and survival:aft (a Booster trained on interval
+    labels: exp of the float32 margin in double, then float32) equal XGBoost's outputs bit for bit, on
+    adversarial rows too."""
     X, ys = data()
     hinge = xgb.XGBClassifier(objective="binary:hinge", n_estimators=12, max_depth=4).fit(X, ys["bin"])
     want = hinge.predict_proba(X).astype(np.float64)
@@ -139,10 +140,14 @@ def test_hinge_and_cox_objectives_equal_xgboost_bit_for_bit():
     assert np.array_equal(cf.predict(rows), cox.predict(rows).astype(np.float64))
     dm = xgb.DMatrix(X)
     dm.set_float_info("label_lower_bound", time)
-    dm.set_float_info("label_upper_bound", time)
-    aft = xgb.train({"objective": "survival:aft"}, dm, num_boost_round=2)
-    with pytest.raises(TypeError, match="XGBoost objective 'survival:aft' is not supported"):
-        trees.compile(aft)
+    dm.set_float_info("label_upper_bound", np.where(rng.random(len(X)) < 0.3, np.inf, time))
+    aft = xgb.train({"objective": "survival:aft", "max_depth": 5}, dm, num_boost_round=30)
+    rows = np.vstack(
+        [X, adversarial_rows(trees.compile(aft).forest, X[:100], allow_inf=False, allow_nan=True)]
+    )
+    want = aft.predict(xgb.DMatrix(rows)).astype(np.float64)
+    for backend in ("cpu", "torch"):
+        assert np.array_equal(trees.compile(aft, backend=backend).predict(rows), want), backend
 
 
 def test_unfitted_model_is_named():
