@@ -580,11 +580,29 @@ at::Tensor libm_exp_impl(const at::Tensor& x) {
   return y;
 }
 
+// LightGBM's cross_entropy_lambda output, log1p(exp(x)) of each element of float64 CPU x with the host's
+// libm, as LightGBM computes it (Note [Host finishes] in pyzero/trees/compiled.py: no device repeats
+// glibc's log1p).
+at::Tensor libm_softplus_impl(const at::Tensor& x) {
+  TORCH_CHECK(x.scalar_type() == at::kDouble && x.is_cpu(),
+              "pyzero.libm_softplus: x must be a float64 CPU tensor, got ", x.scalar_type(), " on ",
+              x.device());
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::empty_like(xc);
+  const double* in = xc.data_ptr<double>();
+  double* out = y.data_ptr<double>();
+  at::parallel_for(0, xc.numel(), kLibmExpGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = std::log1p(std::exp(in[i]));
+  });
+  return y;
+}
+
 }  // namespace
 }  // namespace pyzero
 
 TORCH_LIBRARY_FRAGMENT(pyzero, m) {
   m.def("libm_exp(Tensor x) -> Tensor");
+  m.def("libm_softplus(Tensor x) -> Tensor");
   m.def(
       "tree_walk(int format, Tensor nodes, Tensor roots, Tensor leaf_nodes, Tensor values, "
       "Tensor threshold64, Tensor cat_bits, float[] cat_domain, Tensor column_kind, int depth, int "
@@ -602,6 +620,7 @@ TORCH_LIBRARY_IMPL(pyzero, CPU, m) {
   m.impl("tree_walk", &pyzero::tree_walk_impl<false>);
   m.impl("tree_walk_emulated", &pyzero::tree_walk_impl<true>);
   m.impl("libm_exp", &pyzero::libm_exp_impl);
+  m.impl("libm_softplus", &pyzero::libm_softplus_impl);
 }
 
 #ifdef PYZERO_WITH_CUDA

@@ -496,6 +496,8 @@ class CompiledForest:
             return torch.exp(raw).double()
         if post == "hinge":  # XGBoost's binary:hinge: 1 where the margin is > 0
             return (raw > 0).double()
+        if post == "softplus":  # LightGBM's cross_entropy_lambda, with the host's log1p and exp
+            return torch.ops.pyzero.libm_softplus(raw.double().cpu()).to(raw.device)
         if post == "isolation":
             if raw.device.type == "cpu":  # scikit-learn's own numpy steps (IsolationForest.score_samples)
                 return torch.from_numpy(-(2 ** -np.divide(raw.numpy(), self.forest.extra["denominator"])))
@@ -599,21 +601,24 @@ PYTHON_SOFTMAX = ("numpy", "scipy")
 # ~~~~~~~~~~~~~~~~~~~~
 # Where the library itself finishes its sums in numpy or scipy (scikit-learn's multiclass softmax and
 # its numpy exp of Poisson, gamma and Tweedie scores, IsolationForest's 2 ** -x, XGBClassifier's scipy
-# softmax for multi:softmax), every backend finishes them the same way: the raw scores (on any device,
-# through the small-batch graphs and streams of a GPU), then the library's own numpy or scipy calls on
-# the host (_post). Their results depend on the host's numpy (its SIMD exp, glibc's pow), which no
-# device code repeats, so only the host's own calls equal them bit for bit. On a GPU the scores cross
+# softmax for multi:softmax), or with a libm function no device code repeats (LightGBM's
+# cross_entropy_lambda: log1p(exp(x))), every backend finishes them the same way: the raw scores (on any
+# device, through the small-batch graphs and streams of a GPU), then the library's own calls on the
+# host (_post). Their results depend on the host's numpy (its SIMD exp, glibc's pow) or libm, so only
+# the host's own calls equal them bit for bit. On a GPU the scores cross
 # to the host once (callers that return numpy take them there; tensor callers get them back on the
 # device), and the finish costs what it costs the library.
 
 
 def host_finish(forest: Forest) -> bool:
-    """Whether Note [Host finishes] applies: the library finishes the forest's sums in Python."""
+    """Whether Note [Host finishes] applies: the library finishes the forest's sums in Python, or with a
+    libm function that only the host has."""
     post, extra = forest.post_transform, forest.extra
     python = (
         (post == "softmax" and extra.get("softmax") in PYTHON_SOFTMAX)
         or (post == "exp" and extra.get("exp") == "numpy")
         or post == "isolation"
+        or post == "softplus"  # LightGBM's log1p(exp(x)): glibc's log1p, which no device code repeats
     )
     return python and not extra.get("raw_is_sum")  # decision_function's raw scores are the finish's
 

@@ -46,6 +46,8 @@ def _objective(spec: str) -> tuple[str, dict]:
         return "softmax", {}
     if name in ("cross_entropy", "xentropy"):  # its output: 1 / (1 + exp(-score))
         return "sigmoid", {}
+    if name in ("cross_entropy_lambda", "xentlambda"):  # its output: log1p(exp(score))
+        return "softplus", {}
     if name == "multiclassova":
         return "sigmoid", {"sigmoid_scale": float(opts.get("sigmoid", 1.0))}
     if name in (
@@ -133,10 +135,16 @@ def convert(model, num_iteration: int | None = None) -> Forest:
         num_iteration = best if best > 0 else None
     doc = booster.dump_model(num_iteration=num_iteration if num_iteration is not None else -1)
     k = int(doc["num_tree_per_iteration"])
-    post, extra = _objective(doc["objective"])
+    name = type(model).__name__
+    objective = doc.get("objective", "custom")  # a Python callable leaves none: predictions are raw
+    if objective == "custom" and name == "LGBMClassifier":
+        raise TypeError(
+            "LGBMClassifier with a custom objective is not supported: LightGBM's predict_proba returns raw "
+            "scores for it; compile model.booster_ for those"
+        )
+    post, extra = ("identity", {}) if objective == "custom" else _objective(objective)
     cat_sets: list[np.ndarray] = []
     trees = [_flatten(t["tree_structure"], k, i % k, cat_sets) for i, t in enumerate(doc["tree_info"])]
-    name = type(model).__name__
     classes = getattr(model, "classes_", None) if name == "LGBMClassifier" else None
     average = bool(doc.get("average_output", False))
     forest = concat_trees(
@@ -151,7 +159,7 @@ def convert(model, num_iteration: int | None = None) -> Forest:
         classes=None if classes is None else np.asarray(classes),
         source=name,
         extra={
-            "objective": doc["objective"],
+            "objective": objective,
             "zero_tiny_inputs": True,
             "clamp_inf": True,
             "trees_per_round": k,

@@ -62,7 +62,7 @@ MISSING_NONE = 1  # NaN is read as 0.0 and compared (LightGBM missing_type None)
 MISSING_ZERO = 2  # NaN and |x| <= ZERO_THRESHOLD are missing (LightGBM missing_type Zero)
 ZERO_THRESHOLD = float(np.float32(1e-35))  # LightGBM's kZeroThreshold (a float constant)
 AGGREGATIONS = ("sum", "mean")
-POST_TRANSFORMS = ("identity", "sigmoid", "softmax", "exp", "isolation", "hinge")
+POST_TRANSFORMS = ("identity", "sigmoid", "softmax", "exp", "isolation", "hinge", "softplus")
 
 
 def round_down_f32(t: np.ndarray) -> np.ndarray:
@@ -108,8 +108,9 @@ class Forest:
     n_features: features the model was fitted on. base: float64 [n_outputs], added to the sum.
     aggregation: "sum" (boosting) or "mean" (averaging ensembles: sum / mean_divisor, the trees).
     post_transform: "identity", "sigmoid" (binary: one output -> P(class 1)), "softmax", "exp",
-        "isolation" (IsolationForest: score = -2 ** (-sum / extra["denominator"])), or "hinge" (XGBoost's
-        binary:hinge: P(class 1) = 1 where the sum is > 0, else 0).
+        "isolation" (IsolationForest: score = -2 ** (-sum / extra["denominator"])), "hinge" (XGBoost's
+        binary:hinge: P(class 1) = 1 where the sum is > 0, else 0), or "softplus" (LightGBM's
+        cross_entropy_lambda: log1p(exp(sum))).
     classes: class labels for classifiers (predict returns classes[argmax]), else None.
     categories: {feature: known category values} for input encoding (Note [Categorical splits]);
     encode_numeric: encode numeric categorical columns too; unknown_category: "missing" or "error".

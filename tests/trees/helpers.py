@@ -52,8 +52,8 @@ def mixed_data(n=500, features=6, seed=0, dtype=np.float32, zero_rate=0.0, coars
 def finish_models():
     """[(fitted model, rows)] of every finish a library applies to its sums (Note [Fused finish]):
     XGBoost's float32 sigmoid, exp and softmax (scipy's for multi:softmax) and binary:hinge's 0/1,
-    LightGBM's double ones (a sigmoid scale too), scikit-learn's forest means, sigmoid (of 2 x for the
-    exponential loss), softmax, numpy exp and IsolationForest score."""
+    LightGBM's double ones (a sigmoid scale too) and its log1p(exp(x)), scikit-learn's forest means,
+    sigmoid (of 2 x for the exponential loss), softmax, numpy exp and IsolationForest score."""
     import lightgbm as lgb
     import xgboost as xgb
     from sklearn import ensemble
@@ -71,6 +71,12 @@ def finish_models():
             X,
         ),
         (lgb.LGBMRegressor(n_estimators=30, verbose=-1, objective="poisson").fit(X, ys["count"]), X),
+        (  # log1p(exp(x)): the host's libm
+            lgb.LGBMRegressor(n_estimators=10, verbose=-1, objective="cross_entropy_lambda").fit(
+                X, ys["bin"] * 0.8 + 0.1
+            ),
+            X,
+        ),
         (xgb.XGBClassifier(n_estimators=20, max_depth=6).fit(X, ys["multi"]), X),  # softmax in float32
         (xgb.XGBClassifier(n_estimators=8, objective="multi:softmax").fit(X, ys["multi"]), X),  # scipy's
         (xgb.XGBClassifier(n_estimators=8, objective="binary:hinge").fit(X, ys["bin"]), X),  # the sign

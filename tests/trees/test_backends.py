@@ -233,6 +233,17 @@ def test_libm_exp_equals_the_host_libm():
         torch.ops.pyzero.libm_exp(torch.zeros(3, dtype=torch.float16))
 
 
+def test_libm_softplus_is_the_host_log1p_of_exp():
+    """LightGBM's cross_entropy_lambda output (Note [Host finishes]): log1p(exp(x)) with the host's libm,
+    element for element as math.log1p(math.exp(x)) gives it; other dtypes and devices are refused."""
+    x = libm_exp_samples(torch.float64, 2000)
+    got = torch.ops.pyzero.libm_softplus(x)
+    want = torch.tensor([math.log1p(_host_exp(math.exp, v)) for v in x.tolist()], dtype=torch.float64)
+    assert bool(((got == want) | (got.isnan() & want.isnan())).all())
+    with pytest.raises(RuntimeError, match="x must be a float64 CPU tensor, got Float"):
+        torch.ops.pyzero.libm_softplus(x.float())
+
+
 def _host_exp(host, v: float) -> float:
     """host(v), with Python's OverflowError as libm's infinity."""
     try:

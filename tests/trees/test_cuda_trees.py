@@ -276,7 +276,7 @@ def test_cuda_outputs_equal_the_native_libraries_bit_for_bit():
             parts = [getattr(gpu, method)(rows[i : i + size]) for i in range(0, 70, size)]
             assert np.array_equal(np.concatenate(parts), want[:70]), (name, size)
         checked.append(name)
-    assert len(checked) == 19, checked
+    assert len(checked) == 20, checked
 
 
 def test_finish_sums_on_the_device_equals_the_host():

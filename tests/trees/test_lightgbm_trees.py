@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from pyzero import trees
+from pyzero.trees import convert_lightgbm
+from pyzero.trees.compiled import adversarial_rows
 from tests.trees.helpers import assert_exact, mixed_data
 
 lgb = pytest.importorskip("lightgbm")
@@ -63,11 +65,36 @@ def test_every_regression_objective_equals_lightgbm_bit_for_bit():
         model = lgb.LGBMRegressor(n_estimators=10, objective=objective, verbose=-1).fit(X, y)
         cf = trees.compile(model, backend="cpu")
         assert np.array_equal(cf.predict(X), model.predict(X)), objective
-    lam = lgb.LGBMRegressor(n_estimators=2, objective="cross_entropy_lambda", verbose=-1).fit(
-        X, targets["xentropy"]
+    with pytest.raises(TypeError, match="LightGBM objective 'made_up sigmoid:1' is not supported"):
+        convert_lightgbm._objective("made_up sigmoid:1")
+
+
+def test_cross_entropy_lambda_and_custom_objectives_equal_lightgbm_bit_for_bit():
+    """cross_entropy_lambda's output log1p(exp(score)) with the host's libm (Note [Host finishes], every
+    backend), on adversarial rows too, and a custom objective's raw predictions equal LightGBM's bit for
+    bit on the cpu backend; a classifier with a custom objective (whose predict_proba LightGBM leaves
+    raw) is refused by name."""
+    X, ys = data()
+    y = 1 / (1 + np.exp(-ys["reg"]))
+    lam = lgb.LGBMRegressor(n_estimators=20, objective="cross_entropy_lambda", verbose=-1).fit(X, y)
+    rows = np.vstack(
+        [X, adversarial_rows(trees.compile(lam).forest, X[:100], allow_inf=True, allow_nan=True)]
     )
-    with pytest.raises(TypeError, match="LightGBM objective 'cross_entropy_lambda' is not supported"):
-        trees.compile(lam)
+    cf = trees.compile(lam, backend="cpu")
+    assert cf.forest.post_transform == "softplus" and cf._host_finish
+    assert np.array_equal(cf.predict(rows), lam.predict(rows))
+    assert np.array_equal(cf.decision_function(rows), lam.predict(rows, raw_score=True))
+    portable = trees.compile(lam, backend="torch")  # its sums within float64 rounding of LightGBM's
+    np.testing.assert_allclose(portable.predict(rows), lam.predict(rows), rtol=1e-12, atol=0)
+
+    def squared(y_true, y_pred):
+        return y_pred - y_true, np.ones_like(y_true)
+
+    custom = lgb.LGBMRegressor(n_estimators=8, objective=squared, verbose=-1).fit(X, ys["reg"])
+    assert np.array_equal(trees.compile(custom, backend="cpu").predict(X), custom.predict(X))
+    classifier = lgb.LGBMClassifier(n_estimators=2, objective=squared, verbose=-1).fit(X, ys["bin"])
+    with pytest.raises(TypeError, match="LGBMClassifier with a custom objective is not supported"):
+        trees.compile(classifier)
 
 
 def test_random_forest_mode_reports_the_sum_and_predicts_the_mean():

@@ -376,13 +376,14 @@ def test_library_finishes_in_python_run_on_the_host_after_the_raw_scores():
         assert set(routed) == {"raw"}, (name, routed)
         hosted.append(name)
     # scikit-learn's multiclass GradientBoosting and HistGradientBoosting, its Poisson HistGradientBoosting,
-    # IsolationForest, XGBoost's multi:softmax
+    # IsolationForest, XGBoost's multi:softmax, LightGBM's cross_entropy_lambda
     assert sorted(hosted) == sorted(
         [
             "GradientBoostingClassifier",
             "HistGradientBoostingClassifier",
             "HistGradientBoostingRegressor",
             "IsolationForest",
+            "LGBMRegressor",
             "XGBClassifier",
         ]
     ), hosted
