@@ -63,11 +63,9 @@ def convert(model, iteration_range: tuple[int, int] | None = None) -> Forest:
     trees, cat_sets = [], []
     for i in chosen:
         t = m["trees"][i]
-        if int(t["tree_param"].get("size_leaf_vector", "1")) > 1:
-            raise TypeError(
-                "XGBoost trees with vector leaves (multi_strategy='multi_output_tree') are not supported"
-            )
+        vector = int(t["tree_param"].get("size_leaf_vector", "1"))  # > 1: multi_output_tree
         left = np.asarray(t["left_children"], dtype=np.int64)
+        right = np.asarray(t["right_children"], dtype=np.int64)
         cat_set = np.full(left.shape[0], -1)
         seg, size = t.get("categories_segments", []), t.get("categories_sizes", [])
         for j, node in enumerate(t.get("categories_nodes", [])):
@@ -75,13 +73,21 @@ def convert(model, iteration_range: tuple[int, int] | None = None) -> Forest:
             cat_sets.append(np.asarray(t["categories"][seg[j] : seg[j] + size[j]], dtype=np.int64))
         cond = np.asarray(t["split_conditions"], dtype=np.float32)  # exact float32 values
         value = np.zeros((left.shape[0], n_groups))
-        value[:, m["tree_info"][i]] = np.where(left < 0, cond, 0.0)
+        leaf = left < 0
+        if vector > 1:  # a leaf's right child is its row of leaf_weights, one value per output
+            if vector != n_groups:
+                raise TypeError(f"XGBoost vector leaves of {vector} values for {n_groups} outputs")
+            weights = np.asarray(t["leaf_weights"], dtype=np.float32).reshape(-1, vector)
+            value[leaf] = weights[right[leaf]]
+            right = np.where(leaf, -1, right)
+        else:
+            value[:, m["tree_info"][i]] = np.where(leaf, cond, 0.0)
         trees.append(
             {
                 "feature": np.asarray(t["split_indices"], dtype=np.int64),
                 "threshold": cond.astype(np.float64),  # directed rounding of an f32 value is itself
                 "left": left,
-                "right": np.asarray(t["right_children"], dtype=np.int64),
+                "right": right,
                 "default_left": np.asarray(t["default_left"], dtype=bool),
                 "cmp": np.where(np.asarray(t["split_type"]) == 1, CMP_CAT_IN_RIGHT, CMP_LT),
                 "cat_set": cat_set,

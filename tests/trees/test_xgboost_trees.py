@@ -89,7 +89,7 @@ def test_the_base_margin_is_pinned_to_the_bit():
 def test_log_link_quantile_and_multi_target_regressors_equal_xgboost_bit_for_bit():
     """reg:gamma and reg:tweedie (exp of the margin), reg:quantileerror with one and two quantiles, and a
     two-target regressor (one tree per target a round): predictions equal XGBoost's on adversarial rows
-    too; trees with vector leaves are refused by name."""
+    too."""
     X, ys = data()
     y = np.exp(ys["reg"] / 4)
     for kw, target in (
@@ -105,12 +105,6 @@ def test_log_link_quantile_and_multi_target_regressors_equal_xgboost_bit_for_bit
         assert cf.predict(X).shape == want.shape, kw
         assert np.array_equal(cf.predict(X), want.astype(np.float64)), kw
         assert trees.verify(model, cf, X)["ok"], kw
-    vector = xgb.XGBRegressor(n_estimators=2, max_depth=2, multi_strategy="multi_output_tree")
-    vector.fit(X, np.c_[ys["reg"], ys["reg"] ** 2])
-    with pytest.raises(
-        TypeError, match=r"vector leaves \(multi_strategy='multi_output_tree'\) are not supported"
-    ):
-        trees.compile(vector)
 
 
 def test_hinge_and_survival_objectives_equal_xgboost_bit_for_bit():
@@ -148,6 +142,25 @@ def test_hinge_and_survival_objectives_equal_xgboost_bit_for_bit():
     want = aft.predict(xgb.DMatrix(rows)).astype(np.float64)
     for backend in ("cpu", "torch"):
         assert np.array_equal(trees.compile(aft, backend=backend).predict(rows), want), backend
+
+
+def test_vector_leaf_trees_equal_xgboost_bit_for_bit():
+    """multi_strategy='multi_output_tree': one tree a round whose leaves hold a value per target or class
+    (a leaf's right child indexes leaf_weights): a three-target regressor and a three-class classifier
+    equal XGBoost's predictions and probabilities bit for bit, on adversarial rows too."""
+    X, ys = data()
+    kw = {"n_estimators": 12, "max_depth": 4, "multi_strategy": "multi_output_tree", "tree_method": "hist"}
+    targets = np.c_[ys["reg"], ys["reg"] ** 2, np.nan_to_num(X[:, 2])]
+    for model, method in (
+        (xgb.XGBRegressor(**kw).fit(X, targets), "predict"),
+        (xgb.XGBClassifier(**kw).fit(X, ys["multi"]), "predict_proba"),
+    ):
+        cf = trees.compile(model, backend="cpu")
+        assert cf.forest.n_trees == 12 and cf.forest.n_outputs == 3
+        rows = np.vstack([X, adversarial_rows(cf.forest, X[:100], allow_inf=False, allow_nan=True)])
+        want = getattr(model, method)(rows).astype(np.float64)
+        assert np.array_equal(getattr(cf, method)(rows), want), method
+        assert np.array_equal(cf.predict(rows), model.predict(rows)), method
 
 
 def test_unfitted_model_is_named():
