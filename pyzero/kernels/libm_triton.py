@@ -1,6 +1,7 @@
 """Note [Library exp] (csrc/trees/libm_exp.h) in Triton: glibc's expf and exp, operation for operation,
 for the Triton twin's fused finish (tree_triton.py), so its probabilities equal the native libraries'
-bit for bit as the CUDA kernel's do. The tables are libm_exp.h's (``pyzero._C.libm_exp_tables``).
+bit for bit as the CUDA kernel's do. The tables are libm_exp.h's (``pyzero._C.libm_exp_tables``), their
+bits held in float64 words.
 
 Note [Triton rounding]
 Triton's defaults would change the bits: LLVM and ptxas contract a product and a sum into a fused
@@ -57,7 +58,8 @@ def _double_of(bits):
 
 @triton.jit
 def libm_expf(x, tables_ptr):
-    """glibc's expf of a float32 tensor (libm_exp.h's libm_expf); tables_ptr: libm_exp_tables(device)."""
+    """glibc's expf of a float32 tensor (libm_exp.h's libm_expf); tables_ptr: the float64 words of
+    libm_exp_tables(device)."""
     ux = x.to(tl.uint32, bitcast=True)
     abstop = (ux >> 20) & 0x7FF
     xd = x.to(tl.float64)
@@ -83,7 +85,7 @@ def libm_expf(x, tables_ptr):
 
 @triton.jit
 def libm_exp(x, tables_ptr):
-    """glibc's exp of a float64 tensor (libm_exp.h's libm_exp); tables_ptr: libm_exp_tables(device)."""
+    """glibc's exp of a float64 tensor (libm_exp.h's libm_exp); tables_ptr: as libm_expf's."""
     ux = x.to(tl.uint64, bitcast=True)
     abstop = ((ux >> 52) & 0x7FF).to(tl.int32)
     kd = tl.fma(x, _f64(EXP_INV_LN2_N), _f64(ROUND_SHIFT))
@@ -91,7 +93,7 @@ def libm_exp(x, tables_ptr):
     kd = kd - _f64(ROUND_SHIFT)
     r = tl.fma(kd, _f64(EXP_NEG_LN2_LO_N), tl.fma(kd, _f64(EXP_NEG_LN2_HI_N), x))
     idx = EXPF_TABLE_SIZE + 2 * (ki & 127).to(tl.int32)
-    tail = _double_of(tl.load(tables_ptr + idx))
+    tail = tl.load(tables_ptr + idx)
     sbits = tl.load(tables_ptr + idx + 1).to(tl.uint64, bitcast=True) + (ki << 45)
     r2 = r * r
     low = tl.fma(r2, tl.fma(r, _f64(EXP_C3), _f64(EXP_C2)), r + tail)
@@ -138,13 +140,14 @@ _TABLES: dict[torch.device, Tensor] = {}
 
 
 def libm_exp_tables(device: torch.device) -> Tensor:
-    """libm_exp.h's expf table (32 entries) then exp's (256), int64 [288] on `device`, made once."""
+    """libm_exp.h's expf table (32 entries) then exp's (256), their bits as float64 [288] on `device`
+    (the words the kernels read), made once."""
     device = torch.device(device)
     if device not in _TABLES:
         from pyzero import _native
 
         expf_table, exp_table = _native.require("the Triton finish").libm_exp_tables()
-        _TABLES[device] = torch.cat([expf_table, exp_table]).to(device)
+        _TABLES[device] = torch.cat([expf_table, exp_table]).view(torch.float64).to(device)
     return _TABLES[device]
 
 

@@ -29,6 +29,7 @@ OUT_SUMS, OUT_LEAVES, OUT_VALUE_ROWS = tl.constexpr(0), tl.constexpr(1), tl.cons
 # Finish kinds (kFinish* in csrc/trees/tree_walk.h).
 FINISH_RAW, FINISH_SIGMOID = tl.constexpr(0), tl.constexpr(1)
 FLT_MAX = tl.constexpr(3.4028234663852886e38)
+FINISH_TABLES = tl.constexpr(2)  # where the exp tables start in the finish words: after scale, divisor
 NAN_BITS = tl.constexpr(0x7FC00000)  # a float32 NaN (a NaN constexpr never equals itself)
 
 
@@ -105,21 +106,21 @@ def _finish_store(
     acc,
     base,
     finish_ptr,
-    exp_tables_ptr,
     out_ptr,
     r,
     rmask,
-    o,
-    omask,
     n_outputs,
     ACC_F32: tl.constexpr,
     FINISH: tl.constexpr,
     MEAN: tl.constexpr,
     PAIR: tl.constexpr,
 ):
-    """Note [Fused finish] (tree_walk.h), then the store: finish_ptr holds (scale, divisor) as float64;
-    PAIR writes the single output as [1 - p, p]. The exp is glibc's (Note [Library exp], libm_triton;
-    the kernels run with its FP_OPTIONS)."""
+    """Note [Fused finish] (tree_walk.h), then the store of acc [rows, OUT_P]: finish_ptr holds (scale,
+    divisor) as float64, then for exp finishes the tables of libm_triton (glibc's exp, Note [Library
+    exp]; the kernels run with its FP_OPTIONS); PAIR writes the single output as [1 - p, p]."""
+    o = tl.arange(0, acc.shape[1])
+    omask = o < n_outputs
+    exp_tables_ptr = finish_ptr + FINISH_TABLES
     s = acc.to(tl.float64)
     if MEAN:
         s = s / tl.load(finish_ptr + 1) + base[None, :]
@@ -156,7 +157,6 @@ def _sum_value_rows_kernel(
     values_ptr,
     base_ptr,
     finish_ptr,
-    exp_tables_ptr,
     out_ptr,
     rows,
     n_outputs,
@@ -182,22 +182,7 @@ def _sum_value_rows_kernel(
         m2 = rmask[:, None] & (t < N_TREES)[None, :]
         vr = tl.load(rows_ptr + r.to(tl.int64)[:, None] * N_TREES + t[None, :], mask=m2, other=0).to(tl.int64)
         acc = _add_in_order(acc, values_ptr, vr, m2, o, omask, n_outputs, tt, ACC_F32, BLOCK_T)
-    _finish_store(
-        acc,
-        base,
-        finish_ptr,
-        exp_tables_ptr,
-        out_ptr,
-        r,
-        rmask,
-        o,
-        omask,
-        n_outputs,
-        ACC_F32,
-        FINISH,
-        MEAN,
-        PAIR,
-    )
+    _finish_store(acc, base, finish_ptr, out_ptr, r, rmask, n_outputs, ACC_F32, FINISH, MEAN, PAIR)
 
 
 @triton.jit
@@ -212,7 +197,6 @@ def _walk_kernel(
     x_ptr,
     base_ptr,
     finish_ptr,
-    exp_tables_ptr,
     out_ptr,
     rows,
     x_stride,
@@ -346,22 +330,7 @@ def _walk_kernel(
         else:
             acc = _add_in_order(acc, values_ptr, vr, m2, o, omask, n_outputs, tt, ACC_F32, BLOCK_T)
     if not LEAVES:
-        _finish_store(
-            acc,
-            base,
-            finish_ptr,
-            exp_tables_ptr,
-            out_ptr,
-            r,
-            rmask,
-            o,
-            omask,
-            n_outputs,
-            ACC_F32,
-            FINISH,
-            MEAN,
-            PAIR,
-        )
+        _finish_store(acc, base, finish_ptr, out_ptr, r, rmask, n_outputs, ACC_F32, FINISH, MEAN, PAIR)
 
 
 def walk(
@@ -418,8 +387,7 @@ def walk(
         if not leaves:
             out[:] = base
         return out
-    fin = _finish_scalars(x.device, float(scale), float(divisor))
-    tables = libm_exp_tables(x.device) if kind else fin  # read by the exp finishes only (fin: a placeholder)
+    fin = _finish_scalars(x.device, float(scale), float(divisor), exp=kind != 0)
     # compile-time arguments of the sums, their finish and the tile, the same in both kernels
     sums = {
         "ACC_F32": float32_accum,
@@ -450,7 +418,6 @@ def walk(
         x,
         base,
         fin,
-        tables,
         walked,
         rows,
         x.shape[1],
@@ -478,7 +445,6 @@ def walk(
             values,
             base,
             fin,
-            tables,
             out,
             rows,
             n_outputs,
@@ -489,13 +455,15 @@ def walk(
     return out
 
 
-_FINISH_SCALARS: dict[tuple[torch.device, float, float], Tensor] = {}
+_FINISH_SCALARS: dict[tuple[torch.device, float, float, bool], Tensor] = {}
 
 
-def _finish_scalars(device: torch.device, scale: float, divisor: float) -> Tensor:
-    """(scale, divisor) as a float64 tensor on `device`, made once: a kernel argument that is a Python
-    float would be float32, and a graph cannot copy it from the host while it captures."""
-    key = (device, scale, divisor)
+def _finish_scalars(device: torch.device, scale: float, divisor: float, exp: bool) -> Tensor:
+    """(scale, divisor) as a float64 tensor on `device`, then with `exp` the tables of libm_triton
+    (from FINISH_TABLES on), made once: a kernel argument that is a Python float would be float32, and a
+    graph cannot copy it from the host while it captures."""
+    key = (device, scale, divisor, exp)
     if key not in _FINISH_SCALARS:
-        _FINISH_SCALARS[key] = torch.tensor([scale, divisor], dtype=torch.float64, device=device)
+        scalars = torch.tensor([scale, divisor], dtype=torch.float64, device=device)
+        _FINISH_SCALARS[key] = torch.cat([scalars, libm_exp_tables(device)]) if exp else scalars
     return _FINISH_SCALARS[key]
