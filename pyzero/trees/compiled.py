@@ -250,10 +250,14 @@ class CompiledForest:
     def _input(self, X: Any) -> tuple[Tensor, bool]:
         if type(X) is Tensor and self._as_is(X):  # the common latency-bound case, checked first
             return X, True
-        rows = _rows(X) if self._graphs is not None else 0
-        if self._graphs is not None and (rows <= gpu.GRAPH_MAX_ROWS or rows >= gpu.STREAM_MIN_ROWS):
-            on_host = not isinstance(X, Tensor) or X.device.type == "cpu"
-            if on_host:  # host rows: Note [Small-batch graphs] and Note [Streamed host batches]
+        if self._graphs is not None:
+            # host rows: Note [Small-batch graphs] and Note [Streamed host batches]; a CPU tensor of any
+            # size (its outputs stay on the host), other host rows of small or streamed batches
+            cpu_tensor = isinstance(X, Tensor) and X.device.type == "cpu"
+            rows = 0 if isinstance(X, Tensor) else _rows(X)
+            if cpu_tensor or (
+                not isinstance(X, Tensor) and (rows <= gpu.GRAPH_MAX_ROWS or rows >= gpu.STREAM_MIN_ROWS)
+            ):
                 reads = fast_cpu.reads_like_lightgbm(self.forest)  # then the kernel reads like LightGBM
                 return inputs.to_tensor(
                     X, self.forest, torch.device("cpu"), self._input_dtype, lightgbm_reading=not reads
@@ -460,7 +464,7 @@ class CompiledForest:
         takes them on the host (Note [Host finishes])."""
         if self._host_finish:
             out = self._post(self._raw(x).cpu())
-            return out if host else out.to(self.device)
+            return out if host or x.device.type == "cpu" else out.to(self.device)
         return self._route("transformed", self._transformed_direct, x)
 
     def _transformed_direct(self, x: Tensor) -> Tensor:

@@ -191,8 +191,25 @@ def _encode_numeric(x: Any, forest: Forest) -> Any:
             pos = np.minimum(np.searchsorted(k_sorted, v), k_sorted.size - 1)
             x[:, j] = np.where(k_sorted[pos] == v, codes[pos], np.nan)
         else:
-            k = torch.as_tensor(k_sorted, device=x.device, dtype=x.dtype)
+            k, code = _category_tensors(forest, x.device, x.dtype)[j]
             pos = torch.searchsorted(k, v.contiguous()).clamp(max=k_sorted.size - 1)
-            code = torch.as_tensor(codes, device=x.device, dtype=x.dtype)[pos]
-            x[:, j] = torch.where(k[pos] == v, code, torch.full_like(v, float("nan")))
+            x[:, j] = torch.where(k[pos] == v, code[pos], torch.full_like(v, float("nan")))
     return x
+
+
+def _category_tensors(
+    forest: Forest, device: torch.device, dtype: torch.dtype
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """category_codes' tables as tensors on `device`, made once per (device, dtype) and kept on the
+    forest: no host-to-device copy per call, so that calls can be captured in a CUDA graph."""
+    tables = forest.__dict__.setdefault("_category_tensors", {})
+    key = (str(device), dtype)
+    if key not in tables:
+        tables[key] = {
+            j: (
+                torch.as_tensor(k, device=device, dtype=dtype),
+                torch.as_tensor(c, device=device, dtype=dtype),
+            )
+            for j, k, c in category_codes(forest)
+        }
+    return tables[key]

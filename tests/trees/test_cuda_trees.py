@@ -344,8 +344,9 @@ def test_small_batches_replay_graphs_from_numpy_pinned_and_device_inputs():
 def test_prepared_calls_give_the_same_bits_from_device_and_host_rows():
     """Note [Prepared walks]: after the first call of a bucket, later calls (new rows of the same bucket)
     take its prepared kernel call: device rows directly, numpy and CPU tensors (pageable or pinned) of
-    at most GRAPH_MAX_ROWS rows staged; outputs equal the CPU kernel's (raw scores bit for bit) and the
-    full path's; converted inputs and calls inside a CUDA graph capture give the same."""
+    at most GRAPH_MAX_ROWS rows staged; CPU tensors of any size are taken, their outputs on the host;
+    outputs equal the CPU kernel's (raw scores bit for bit) and the full path's; converted inputs and
+    calls inside a CUDA graph capture give the same."""
     from pyzero.trees import gpu as gpu_mod
 
     X, models = fitted_models()
@@ -367,6 +368,8 @@ def test_prepared_calls_give_the_same_bits_from_device_and_host_rows():
                 for where, x in inputs.items():
                     out = getattr(gpu, method)(x)
                     assert type(out) is (np.ndarray if where == "numpy" else torch.Tensor), (name, where)
+                    if where != "numpy":  # host rows of any size give host outputs
+                        assert out.device.type == ("cuda" if where == "device" else "cpu"), (name, where, n)
                     got = out if where == "numpy" else out.cpu().numpy()
                     assert got.shape == want.shape and np.array_equal(got, want_full), (
                         name,
@@ -380,7 +383,8 @@ def test_prepared_calls_give_the_same_bits_from_device_and_host_rows():
                         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
                     plan = gpu._plans[kind].plan_for(host if where == "numpy" else x)
                     staged = where != "device" and n <= gpu_mod.GRAPH_MAX_ROWS
-                    taken = gpu._plain_inputs and gpu._one_launch(kind) and (where == "device" or staged)
+                    plain = gpu._plain_inputs and not gpu._encoded_inputs  # encoded: Note [Encoded categories]
+                    taken = plain and gpu._one_launch(kind) and (where == "device" or staged)
                     assert (plan is not None) == taken, (name, method, where, n)
                     assert plan is None or plan.staged == staged, (name, method, where, n)
         dev = torch.as_tensor(X[:16], dtype=dtype, device="cuda")
