@@ -360,20 +360,26 @@ at::Tensor WalkPlan::run_staged(const at::Tensor& x) const {
   const auto in_bytes = static_cast<size_t>(x.nbytes());
   at::Tensor out = at::empty(out_sizes(rows), x.options().dtype(leaves_ ? at::kInt : at::kDouble));
   const auto out_bytes = static_cast<size_t>(out.nbytes());
-  std::memcpy(in_stage_.data_ptr(), x.data_ptr(), in_bytes);  // pageable rows: one host copy first
+  // rows from the staging buffer's own allocator (pinned on a GPU) are copied from directly, others
+  // (pageable) into the staging buffer first
+  const void* src = in_stage_.data_ptr();
+  if (x.storage().allocator() == in_stage_.storage().allocator()) {
+    src = x.data_ptr();
+  } else {
+    std::memcpy(in_stage_.data_ptr(), x.data_ptr(), in_bytes);
+  }
   if (runner_ == Runner::kCuda) {
 #ifdef PYZERO_WITH_CUDA
     const c10::cuda::CUDAGuard guard(device_);
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device_.index()).stream();
-    C10_CUDA_CHECK(
-        cudaMemcpyAsync(in_dev_.data_ptr(), in_stage_.data_ptr(), in_bytes, cudaMemcpyHostToDevice, stream));
+    C10_CUDA_CHECK(cudaMemcpyAsync(in_dev_.data_ptr(), src, in_bytes, cudaMemcpyHostToDevice, stream));
     walk(in_dev_.data_ptr(), rows, out_dev_.data_ptr());
     C10_CUDA_CHECK(cudaMemcpyAsync(out_stage_.data_ptr(), out_dev_.data_ptr(), out_bytes,
                                    cudaMemcpyDeviceToHost, stream));
     C10_CUDA_CHECK(cudaStreamSynchronize(stream));
 #endif
   } else {  // CPU plans (tests): the same steps, the copies on the host
-    std::memcpy(in_dev_.data_ptr(), in_stage_.data_ptr(), in_bytes);
+    std::memcpy(in_dev_.data_ptr(), src, in_bytes);
     walk(in_dev_.data_ptr(), rows, out_dev_.data_ptr());
     std::memcpy(out_stage_.data_ptr(), out_dev_.data_ptr(), out_bytes);
   }

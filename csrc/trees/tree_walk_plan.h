@@ -23,7 +23,8 @@ namespace pyzero {
 // prototype `x_like` (its dtype, device and column count), and keeps the forest tensors alive. A call
 // then checks only x, allocates the output and launches: the same code, the same outputs, bit for bit
 // (the op itself is a plan made and called once). A staged plan (host_rows > 0) takes rows on the
-// host instead, up to host_rows of them: it copies them into its pinned buffer, then to its device
+// host instead, up to host_rows of them: it copies them into its pinned buffer (rows already in memory
+// of that buffer's allocator, a pinned tensor of torch's, are read from directly), then to its device
 // buffer, walks them, copies the outputs back the same way and waits for them, four steps on the
 // current stream with no Python in between (the CUDA-graph path of a small host batch spends about 40
 // us of Python and torch calls around the same copies). WalkPlans holds one plan per batch-size bucket

@@ -29,13 +29,15 @@ replay, with its two copies, against calling the function directly and keeps the
 are never read back; each row's outputs do not depend on the others.
 
 Note [Streamed host batches]
-Host batches of at least STREAM_MIN_ROWS rows go to the GPU in chunks of about STREAM_CHUNK_BYTES through
-two pinned staging buffers, so the CPU's copy of chunk k + 1 into pinned memory, the DMA of chunk k, the
-kernel on chunk k - 1 and the copy of its outputs back overlap, where one pageable copy of the whole
-batch would run before the first kernel. Chunk k waits for: the DMA out of its staging buffer two
-chunks back (before the CPU overwrites it), the kernel that read its device buffer two chunks back
-(before the DMA overwrites it), and the CPU's copy-out of the pinned output buffer two chunks back. Each
-chunk's rows are independent of the others, so the outputs are the ones of a single call.
+Host batches of at least STREAM_MIN_ROWS rows (CPU tensors: more than GRAPH_MAX_ROWS) go to the GPU in
+chunks of about STREAM_CHUNK_BYTES through two pinned staging buffers, so the CPU's copy of chunk k + 1
+into pinned memory, the DMA of chunk k, the kernel on chunk k - 1 and the copy of its outputs back
+overlap, where one pageable copy of the whole batch would run before the first kernel. Chunk k waits
+for: the DMA out of its staging buffer two chunks back (before the CPU overwrites it), the kernel that
+read its device buffer two chunks back (before the DMA overwrites it), and the CPU's copy-out of the
+pinned output buffer two chunks back. A pinned tensor's chunks are copied to the device from its own
+memory, without the staging buffers. Each chunk's rows are independent of the others, so the outputs
+are the ones of a single call.
 """
 
 from __future__ import annotations
@@ -709,14 +711,19 @@ class HostStream:
         self._in_dev: list[Tensor] = []
         self._out_host: list[Tensor] = []
 
+    def _direct(self, x: Tensor) -> bool:
+        """Whether x's chunks go to the device from x's own memory (pinned rows), not a staging buffer."""
+        return self.cuda and x.is_pinned()
+
     def _host(self, shape: tuple[int, int], dtype: torch.dtype) -> Tensor:
         t = torch.empty(shape, dtype=dtype)
         return t.pin_memory() if self.cuda else t
 
-    def _inputs(self) -> None:
-        if not self._in_host:
-            shape = (self.chunk, self.n_features)
+    def _inputs(self, staged: bool) -> None:
+        shape = (self.chunk, self.n_features)
+        if staged and not self._in_host:
             self._in_host = [self._host(shape, self.dtype) for _ in range(2)]
+        if not self._in_dev:
             self._in_dev = [torch.empty(shape, dtype=self.dtype, device=self.device) for _ in range(2)]
 
     def _outputs(self, cols: int) -> None:
@@ -741,7 +748,8 @@ class HostStream:
         read_done: list[Any] = []  # chunk k's kernel has read its device buffer
         back_done: list[Any] = []  # chunk k's outputs are in pinned memory
         result = torch.empty((rows, 0), dtype=torch.float64)
-        self._inputs()
+        direct = self._direct(x)
+        self._inputs(staged=not direct)
 
         def copy_out(k: int) -> None:
             if back_done[k] is not None:
@@ -751,13 +759,15 @@ class HostStream:
 
         for k, start in enumerate(starts):
             b, n = k % 2, min(chunk, rows - start)
-            if k >= 2 and dma_done[k - 2] is not None:
-                dma_done[k - 2].synchronize()  # the staging buffer's DMA two chunks back is done
-            self._in_host[b][:n].copy_(x[start : start + n])
+            src = x[start : start + n]
+            if not direct:
+                if k >= 2 and dma_done[k - 2] is not None:
+                    dma_done[k - 2].synchronize()  # the staging buffer's DMA two chunks back is done
+                src = self._in_host[b][:n].copy_(src)
             with torch.cuda.stream(self._copy) if self.cuda else contextlib.nullcontext():
                 if k >= 2 and read_done[k - 2] is not None:
                     self._copy.wait_event(read_done[k - 2])  # the kernel two chunks back has read it
-                self._in_dev[b][:n].copy_(self._in_host[b][:n], non_blocking=True)
+                self._in_dev[b][:n].copy_(src, non_blocking=True)
                 dma_done.append(self._mark(self._copy))
             if dma_done[k] is not None:
                 compute.wait_event(dma_done[k])

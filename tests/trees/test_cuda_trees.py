@@ -383,7 +383,8 @@ def test_prepared_calls_give_the_same_bits_from_device_and_host_rows():
                         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
                     plan = gpu._plans[kind].plan_for(host if where == "numpy" else x)
                     staged = where != "device" and n <= gpu_mod.GRAPH_MAX_ROWS
-                    plain = gpu._plain_inputs and not gpu._encoded_inputs  # encoded: Note [Encoded categories]
+                    # encoded categories: no GPU plans (Note [Encoded categories])
+                    plain = gpu._plain_inputs and not gpu._encoded_inputs
                     taken = plain and gpu._one_launch(kind) and (where == "device" or staged)
                     assert (plan is not None) == taken, (name, method, where, n)
                     assert plan is None or plan.staged == staged, (name, method, where, n)

@@ -708,6 +708,11 @@ def test_host_streams_reassemble_the_chunks_in_order(monkeypatch):
         assert calls[:-1] == [min(7, rows - start) for start in range(0, rows, 7)]
     one = stream.run(lambda xc: xc[:, :1].double(), x)  # fewer output columns: new output buffers
     assert torch.equal(one, x[:, :1].double())
+    direct = gpu.HostStream(torch.device("cpu"), 5, torch.float32)  # pinned rows: no staging buffers
+    monkeypatch.setattr(direct, "_direct", lambda rows: True)
+    for rows in (52, 7, 3):
+        assert torch.equal(direct.run(fn, x[:rows]), fn(x[:rows])), rows
+    assert direct._in_host == [] and len(direct._in_dev) == 2
 
 
 def test_forest_digest_follows_the_forest():

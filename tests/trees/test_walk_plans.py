@@ -29,7 +29,8 @@ ROW_COUNTS = (1, 7, 40)
 @pytest.mark.parametrize("case", range(10))
 def test_a_prepared_walk_equals_the_op_bit_for_bit(case):
     """Raw sums, leaves, fused finishes and flat sums of every layout, host twin and emulated kernel,
-    direct and staged (through its buffers), for batches of other sizes than the prototype's (none)."""
+    direct and staged (through its buffers, or from the rows' own memory), for batches of other sizes
+    than the prototype's (none)."""
     name, X, model = _models()[case]
     cpu = trees.compile(model, backend="cpu", strategy="traverse")
     f = cpu.forest
@@ -56,6 +57,8 @@ def test_a_prepared_walk_equals_the_op_bit_for_bit(case):
                 xr = x[:n]
                 want = g.walk(xr, cpu._base, f32, False, cfg, emulate=emulate)
                 assert torch.equal(raw(xr), want), (name, lay, emulate, n)
+                if host_rows:  # rows of torch's allocator, read directly (xr: numpy's memory, copied)
+                    assert torch.equal(raw(xr.clone()), want), (name, lay, n)
                 assert torch.equal(leaves(xr), g.walk(xr, cpu._base, False, True, cfg, emulate)), (name, lay)
                 if done is not None:
                     want_done = g.walk(xr, cpu._base, f32, False, cfg, emulate, finish)
